@@ -1,0 +1,81 @@
+"""Unit tests of the foundation: errors on bad input, save/load round trips, resumable pre-training, the CLI."""
+import json, shutil, subprocess, sys
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+
+from dreamvid_lib.core import AssetError, ConfigError, PromptError, DreamvidError, save_json, load_json
+from dreamvid_lib.backbones import ToyBackbone, ToyModelConfig, load_backbone, default_toy_weights, IDENTIFIER_TOKENS
+from dreamvid_lib.pretrain import PretrainConfig, pretrain, caption_vocabulary, video_caption
+from dreamvid_lib.generate import generate
+from dreamvid_lib import toyworld as tw
+
+
+def test_prompt_errors(toy):
+    with pytest.raises(PromptError, match="'sparkly'"): toy.encode_prompt('a video of a sparkly mug')
+    with pytest.raises(PromptError, match='empty prompt'): toy.encode_prompt('')
+    with pytest.raises(PromptError, match='at most'): toy.encode_prompt(' '.join(['red'] * 40))
+    assert toy.encode_prompt(f'a video of a {IDENTIFIER_TOKENS[0]} mug rotating clockwise').shape[0] == 1
+
+
+def test_shipped_assets_load_and_are_described():
+    p = default_toy_weights()
+    for part in ('backbone.json', 'transformer', 'text_encoder', 'tokenizer', 'scheduler', 'README.md', 'training_log.json', 'loss_curve.png'):
+        assert (p/part).exists(), f'assets/toy_t2v/{part} missing'
+    card = (p/'README.md').read_text()
+    assert 'steps' in card and 'min training' in card
+    vocab = set(load_backbone('toy').vocabulary)
+    assert set(caption_vocabulary()) <= vocab
+
+
+def test_missing_and_malformed_assets(tmp_path):
+    with pytest.raises(AssetError, match='not found'): load_backbone('toy', tmp_path/'nope')
+    d = tmp_path/'m'; shutil.copytree(default_toy_weights(), d)
+    shutil.rmtree(d/'transformer')
+    with pytest.raises(AssetError, match='transformer'): load_backbone('toy', d)
+    d2 = tmp_path/'m2'; shutil.copytree(default_toy_weights(), d2)
+    (d2/'backbone.json').write_text('{"backbone": "toy", "config": {"num_layers": -1}}')
+    with pytest.raises(ConfigError, match='num_layers'): load_backbone('toy', d2)
+    (d2/'backbone.json').write_text('not json')
+    with pytest.raises(ConfigError, match='not valid JSON'): load_backbone('toy', d2)
+    with pytest.raises(ConfigError, match="unknown backbone"): load_backbone('sora')
+
+
+def test_generation_deterministic(toy):
+    p = video_caption(tw.heldout_subjects(1)[0], 1)
+    a = generate(toy, p, seeds=3, steps=3); b = generate(toy, p, seeds=3, steps=3)
+    assert torch.equal(a, b) and a.shape == (1, 8, 32, 32, 3)
+    with pytest.raises(ConfigError, match='seeds'): generate(toy, [p, p], seeds=[1], steps=2)
+
+
+@pytest.fixture(scope='module')
+def rings(tmp_path_factory):
+    d = tmp_path_factory.mktemp('rings')
+    return tw.load_ring_dataset(tw.build_ring_dataset(d, 4, res=32, workers=1))
+
+
+def test_pretrain_kill_and_resume_matches_uninterrupted(rings, tmp_path):
+    cfg = PretrainConfig(steps=6, checkpoint_every=2, warmup=2, batch_videos=2, batch_images=4)
+    small = ToyModelConfig(num_layers=1)
+    a = ToyBackbone.create(caption_vocabulary(), small, seed=0); pretrain(a, rings, cfg, tmp_path/'a', progress=False)
+    b = ToyBackbone.create(caption_vocabulary(), small, seed=0); pretrain(b, rings, cfg, tmp_path/'b', progress=False, stop_after=3)
+    b = ToyBackbone.create(caption_vocabulary(), small, seed=0); log = pretrain(b, rings, cfg, tmp_path/'b', progress=False)
+    assert log['steps_this_call'] == 4
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()): assert torch.allclose(x, y, atol=1e-6), k
+
+
+def test_cli_demo_fast(tmp_path):
+    exe = Path(sys.executable).with_name('dreamvid')
+    r = subprocess.run([str(exe), 'demo', '--out', str(tmp_path/'d'), '--fast', '--subject-seed', '1'], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((tmp_path/'d'/'report.json').read_text())
+    assert {'rotation_monotone_rate', 'text_binding_rate'} <= set(rep['base']) and rep['seconds'] > 0
+    assert (tmp_path/'d'/'frames_grid.png').exists()
+    assert len(list((tmp_path/'d'/'videos').glob('*.mp4'))) == rep['base']['n_videos']
+
+
+def test_cli_reports_bad_weights(tmp_path):
+    exe = Path(sys.executable).with_name('dreamvid')
+    r = subprocess.run([str(exe), 'demo', '--out', str(tmp_path), '--weights', str(tmp_path/'missing')], capture_output=True, text=True)
+    assert r.returncode == 2 and 'not found' in r.stderr

@@ -1,0 +1,41 @@
+"""Every notebook runs top to bottom: through papermill (kernel python3, CI parameters, temporary working
+directory, execution timeout) and through `nbdev-test` (in-process, default parameters)."""
+import os, sys, json, subprocess, pathlib
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+NBS = sorted(p.name for p in (ROOT/'nbs').glob('*.ipynb'))
+
+# Tiny parameters for CI; the defaults in each notebook's `parameters` cell are what the committed outputs ran.
+CI_PARAMS = {
+    '01_toyworld.ipynb': {'n_demo_subjects': 2, 'bench_subjects': 2},
+    '05_toy_pretrain.ipynb': {'demo_subjects': 8, 'demo_steps': 12},
+    '08_generate.ipynb': {'steps': 6},
+    '13_cli.ipynb': {'fast': True},
+}
+
+def _parameters_cell(nb):
+    return [c for c in nb['cells'] if 'parameters' in c.get('metadata', {}).get('tags', [])]
+
+@pytest.mark.parametrize('name', NBS)
+def test_notebook_structure(name):
+    nb = json.loads((ROOT/'nbs'/name).read_text())
+    assert nb['metadata']['kernelspec']['name'] == 'python3', f'{name}: kernel must be python3 for papermill'
+    code = [c for c in nb['cells'] if c['cell_type'] == 'code' and ''.join(c['source']).strip()]
+    assert any(c.get('outputs') for c in code) or not code, f'{name}: commit the notebook with outputs from a real run'
+    for k in CI_PARAMS.get(name, {}):
+        assert _parameters_cell(nb), f'{name}: has CI parameters but no cell tagged `parameters`'
+        assert k in ''.join(_parameters_cell(nb)[0]['source']), f'{name}: parameter {k} is not in its parameters cell'
+
+@pytest.mark.parametrize('name', NBS)
+def test_notebook_papermill(name, tmp_path):
+    import papermill as pm
+    env_jp = str(pathlib.Path(sys.prefix)/'share'/'jupyter')
+    os.environ['JUPYTER_PATH'] = env_jp + os.pathsep + os.environ.get('JUPYTER_PATH', '')
+    pm.execute_notebook(str(ROOT/'nbs'/name), str(tmp_path/name), parameters=CI_PARAMS.get(name, {}),
+                        kernel_name='python3', cwd=str(tmp_path), execution_timeout=900, progress_bar=False)
+
+def test_nbdev_test():
+    exe = pathlib.Path(sys.executable).with_name('nbdev-test')
+    r = subprocess.run([str(exe), '--n_workers', '1', '--timing'], cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
