@@ -623,11 +623,12 @@ def build_ring_dataset(root, n_subjects: int, res: int = 32, n_ring: int = 24, s
           f'{n_subjects * n_ring / dt:.0f} renders/s ({workers} worker{"s" if workers > 1 else ""})')
     with atomic_path(path) as tmp, open(tmp, 'wb') as f:
         np.savez_compressed(f, rgba=rgba, elevation=elev, azimuth=(np.arange(n_ring) * 360 / n_ring).astype(np.float32),
-                            subjects=json.dumps([s.to_dict() for s in subjects]))
+                            subjects=json.dumps([s.to_dict() for s in subjects]), render_seconds=np.float64(dt))
     return path
 
 def load_ring_dataset(path) -> dict:
-    "Read a ring set: {'rgba': uint8 [S,n_ring,H,W,4], 'elevation': [S], 'azimuth': [n_ring], 'subjects': [Subject]}."
+    "Read a ring set: {'rgba': uint8 [S,n_ring,H,W,4], 'elevation': [S], 'azimuth': [n_ring], 'subjects': [Subject], 'render_seconds'}."
     with np.load(path) as z:
         return {'rgba': z['rgba'], 'elevation': z['elevation'], 'azimuth': z['azimuth'],
-                'subjects': [Subject.from_dict(d) for d in json.loads(str(z['subjects']))]}
+                'subjects': [Subject.from_dict(d) for d in json.loads(str(z['subjects']))],
+                'render_seconds': float(z['render_seconds']) if 'render_seconds' in z else float('nan')}

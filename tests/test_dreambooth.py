@@ -1,0 +1,64 @@
+"""3DreamBooth: prep on real photos is covered in test_multiview.py; here the trainer: kill-and-resume, LoRA
+save→load, and a 2-process CPU `accelerate` run."""
+import json, os, subprocess, sys
+from pathlib import Path
+import pytest
+import torch
+from peft.utils import get_peft_model_state_dict
+
+from dreamvid_lib.backbones import ToyBackbone, ToyModelConfig
+from dreamvid_lib.pretrain import caption_vocabulary
+from dreamvid_lib.adapters import add_lora, save_adapter, load_adapter
+from dreamvid_lib.dreambooth import DreamBoothConfig, train_3dreambooth
+from dreamvid_lib.generate import generate
+from dreamvid_lib.multiview import from_views
+from dreamvid_lib.core import ConfigError, AssetError
+from dreamvid_lib import toyworld as tw
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bb(): return ToyBackbone.create(caption_vocabulary(), ToyModelConfig(num_layers=1), seed=0)
+
+
+@pytest.fixture(scope='module')
+def mv(): return from_views(tw.multiview_set(tw.heldout_subjects(1)[0], n_views=8, res=32, seed=0))
+
+
+def test_kill_and_resume_gives_the_same_adapter(mv, tmp_path):
+    cfg = DreamBoothConfig(steps=8, batch_size=2, checkpoint_every=3, preview_prompt='')
+    a = _bb(); train_3dreambooth(a, mv, cfg, tmp_path/'full', progress=False)
+    b = _bb(); train_3dreambooth(b, mv, cfg, tmp_path/'killed', progress=False, stop_after=5)
+    b = _bb(); log = train_3dreambooth(b, mv, cfg, tmp_path/'killed', progress=False)
+    assert log['steps_this_call'] == 5          # resumed at the step-3 checkpoint
+    sa, sb = get_peft_model_state_dict(a.transformer, adapter_name='3db'), get_peft_model_state_dict(b.transformer, adapter_name='3db')
+    assert sa.keys() == sb.keys() and all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
+    assert any(v.abs().sum() > 0 for k, v in sa.items() if 'lora_B' in k)   # the adapter did train
+
+
+def test_lora_save_load_identical_outputs(mv, tmp_path):
+    cfg = DreamBoothConfig(steps=3, batch_size=2, preview_prompt='')
+    a = _bb(); train_3dreambooth(a, mv, cfg, tmp_path/'w', out_dir=tmp_path/'adapter', progress=False)
+    assert (tmp_path/'adapter'/'pytorch_lora_weights.safetensors').exists()
+    cfgj = json.loads((tmp_path/'adapter'/'adapter_config.json').read_text())
+    assert cfgj['rank'] == 16 and cfgj['alpha'] == 32 and cfgj['train_config']['prompt'] == mv.prompt()
+    b = _bb(); load_adapter(b, tmp_path/'adapter')
+    p = mv.prompt() + ' rotating clockwise'
+    assert torch.allclose(generate(a, p, seeds=1, steps=3), generate(b, p, seeds=1, steps=3), atol=1e-6)
+    with pytest.raises(ConfigError, match='trained on backbone'):
+        load_adapter(ToyBackbone.create(caption_vocabulary(), ToyModelConfig(num_layers=2)), tmp_path/'adapter')
+    with pytest.raises(AssetError, match='not an adapter folder'): load_adapter(_bb(), tmp_path)
+
+
+def test_two_process_accelerate_run(tmp_path):
+    exe = Path(sys.executable).with_name('accelerate')
+    cmd = [str(exe), 'launch', '--num_processes', '2', '--num_machines', '1', '--cpu', '--mixed_precision', 'no',
+           '--dynamo_backend', 'no', str(ROOT/'tests'/'scripts'/'ddp_lora.py'), str(tmp_path)]
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    info = [json.loads((tmp_path/f'rank{i}.json').read_text()) for i in range(2)]
+    assert all(i['world'] == 2 and len(i['losses']) == 4 for i in info)
+    assert info[0]['losses'] != info[1]['losses']          # different batches on each rank
+    s0, s1 = torch.load(tmp_path/'rank0.pt'), torch.load(tmp_path/'rank1.pt')
+    assert all(torch.allclose(s0[k], s1[k], atol=1e-6) for k in s0)   # gradients were all-reduced
