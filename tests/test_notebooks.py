@@ -9,6 +9,8 @@ NBS = sorted(p.name for p in (ROOT/'nbs').glob('*.ipynb'))
 # Tiny parameters for CI; the defaults in each notebook's `parameters` cell are what the committed outputs ran.
 CI_PARAMS = {
     '01_toyworld.ipynb': {'n_demo_subjects': 2, 'bench_subjects': 2},
+    '02_multiview.ipynb': {'size': 48},
+    '06_3dreambooth.ipynb': {'steps': 24, 'n_subjects': 2, 'ablation_steps': 8, 'gen_steps': 4},
     '05_toy_pretrain.ipynb': {'demo_subjects': 8, 'demo_steps': 12},
     '08_generate.ipynb': {'steps': 6},
     '13_cli.ipynb': {'fast': True},
