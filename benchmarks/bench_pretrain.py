@@ -19,13 +19,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--steps', type=int, default=20)
     ap.add_argument('--threads', type=int, default=None)
-    ap.add_argument('--subjects', type=int, default=8)
+    ap.add_argument('--subjects', type=int, default=24)
+    ap.add_argument('--workers', type=int, default=1, help='render processes (start-up dominates below ~100 subjects)')
     args = ap.parse_args()
     if args.threads: torch.set_num_threads(args.threads)
     res = {'machine': f'{platform.machine()} {platform.processor()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}'}
 
     with tempfile.TemporaryDirectory() as d:
-        with Timer() as t: p = tw.build_ring_dataset(Path(d), args.subjects, res=32, workers=2)
+        with Timer() as t: p = tw.build_ring_dataset(Path(d), args.subjects, res=32, workers=args.workers)
         rings = tw.load_ring_dataset(p)
         n_r = rings['rgba'].shape[0] * rings['rgba'].shape[1]
         res['render_views_per_s'] = round(n_r / t.seconds, 1)
@@ -36,7 +37,7 @@ def main():
     opt = torch.optim.AdamW([p for p in bb.parameters() if p.requires_grad], lr=1e-4)
     g = torch.Generator().manual_seed(0)
     stream = OrbitStream(rings, cfg, g)
-    for kind, step_ids in (('video', [0, 1]), ('image', [2])):
+    for kind, step_ids in (('video', [0]), ('image', [cfg.image_every - 1])):
         times = []
         for i in range(args.steps + 2):
             vid, caps = stream.batch(step_ids[i % len(step_ids)])

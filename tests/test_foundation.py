@@ -72,7 +72,9 @@ def test_cli_demo_fast(tmp_path):
     rep = json.loads((tmp_path/'d'/'report.json').read_text())
     assert {'rotation_monotone_rate', 'text_binding_rate'} <= set(rep['base']) and rep['seconds'] > 0
     assert (tmp_path/'d'/'frames_grid.png').exists()
-    assert len(list((tmp_path/'d'/'videos').glob('*.mp4'))) == rep['base']['n_videos']
+    assert len(list((tmp_path/'d'/'videos').glob('base_*.mp4'))) == rep['base']['n_videos']
+    assert {'psnr', 'ssim', 'rotation_monotone_rate'} <= set(rep['dreambooth']) and {'psnr', 'ssim'} <= set(rep['base_class_prompt'])
+    assert (tmp_path/'d'/'adapter_3db'/'adapter_config.json').exists()
 
 
 def test_cli_reports_bad_weights(tmp_path):
