@@ -12,7 +12,7 @@ if inside_git && ! git diff --quiet -- nbs; then git --no-pager diff --stat -- n
 echo "== nbdev-export must leave no diff"
 nbdev-export
 if inside_git && ! git diff --quiet -- dreamvid_lib; then git --no-pager diff --stat -- dreamvid_lib; echo "the library disagrees with the notebooks: run nbdev-export and commit"; exit 1; fi
-echo "== nbdev-proc-nbs (the docs processing step, without Quarto)"
+echo "== nbdev-proc-nbs (the docs processing step, without Quarto; it tries to install Quarto and says \"sudo: not found\" where it cannot)"
 nbdev-proc-nbs >/dev/null
 echo "== pytest (unit tests, every notebook through papermill, nbdev-test)"
 python -m pytest tests -ra --durations=15 "$@"

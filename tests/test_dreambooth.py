@@ -52,7 +52,9 @@ def test_lora_save_load_identical_outputs(mv, tmp_path):
 
 def test_two_process_accelerate_run(tmp_path):
     exe = Path(sys.executable).with_name('accelerate')
-    cmd = [str(exe), 'launch', '--num_processes', '2', '--num_machines', '1', '--cpu', '--mixed_precision', 'no',
+    # accelerate's `--cpu` picks its single-process launcher; `--multi_gpu` is its torchrun launcher, which runs
+    # data-parallel on the CPU (gloo) when the script's state is created with cpu=True, as train_lora does on a CPU.
+    cmd = [str(exe), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1', '--mixed_precision', 'no',
            '--dynamo_backend', 'no', str(ROOT/'tests'/'scripts'/'ddp_lora.py'), str(tmp_path)]
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)

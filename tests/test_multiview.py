@@ -7,7 +7,8 @@ from PIL import Image
 
 from dreamvid_lib.core import assets_dir, AssetError
 from dreamvid_lib.multiview import (MultiViewError, MultiViewSet, load_image, remove_background, from_folder,
-                                    from_transforms_json, from_views, select_conditioning_views, contact_sheet)
+                                    from_transforms_json, from_views, select_conditioning_views, contact_sheet,
+                                    crop_to_subject)
 from dreamvid_lib import toyworld as tw
 
 REAL = assets_dir()/'dreambooth_subset'
@@ -52,7 +53,8 @@ def test_empty_mask_warns_with_the_view_name(tmp_path):
     with pytest.warns(UserWarning, match='blank.png'): from_folder(tmp_path, 'can', size=16, remover='uniform')
 
 
-def test_birefnet_absent_is_a_clear_error():
+def test_birefnet_absent_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv('DREAMVID_BIREFNET', str(tmp_path))
     with pytest.raises(AssetError, match='ZhengPeng7/BiRefNet'): remove_background(np.ones((8, 8, 3), np.float32), 'birefnet')
 
 
@@ -72,3 +74,105 @@ def test_transforms_json_and_pose_coverage(tmp_path):
     p = mv.save(tmp_path/'mv.npz'); back = MultiViewSet.load(p)
     assert back.prompt() == mv.prompt() and np.allclose(back.images, mv.images)
     fig = contact_sheet(mv, [0, 1]); assert fig is not None
+
+
+def test_birefnet_error_names_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv('DREAMVID_BIREFNET', str(tmp_path/'birefnet'))
+    with pytest.raises(AssetError, match='birefnet'): remove_background(np.ones((8, 8, 3), np.float32), 'birefnet')
+    with pytest.raises(AssetError, match='ZhengPeng7/BiRefNet'): from_folder(REAL/'can', 'can', size=16, remover='birefnet')
+
+
+def test_removers_on_a_toy_render_with_a_backdrop():
+    s = tw.heldout_subjects(1, seed=0)[0]
+    v = tw.render_views(s, [30], [10], res=64)
+    img = tw.composite(v.rgb, v.alpha, tw.backdrop('blue background', 64))[0]
+    iou = lambda a: ((a > .5) & (v.alpha[0] > .5)).sum() / ((a > .5) | (v.alpha[0] > .5)).sum()
+    assert iou(remove_background(img, 'uniform')) > 0.85 and iou(remove_background(img, 'grabcut')) > 0.85
+    assert remove_background(img, lambda im: v.alpha[0]).shape == (64, 64)          # a callable remover
+    with pytest.raises(Exception, match='unknown background remover'): remove_background(img, 'sam')
+
+
+def test_alpha_drives_auto_mask_and_crop(tmp_path):
+    a = np.zeros((40, 60), np.uint8); a[5:15, 40:55] = 255                            # subject in the top right corner
+    rgba = np.dstack([np.full((40, 60, 3), 60, np.uint8), a]); Image.fromarray(rgba).save(tmp_path/'x.png')
+    Image.fromarray(rgba[..., :3]).save(tmp_path/'y.png')
+    img, alpha = load_image(tmp_path/'x.png')
+    m = remove_background(img, 'auto', alpha=alpha)
+    assert np.array_equal(m > .5, a > 0)
+    ci, cm = crop_to_subject(img, m, 24, margin=0.1)
+    ys, xs = np.nonzero(cm > .5)
+    assert abs((ys.min() + ys.max()) / 2 - 11.5) <= 1.5 and abs((xs.min() + xs.max()) / 2 - 11.5) <= 1.5
+    assert np.allclose(ci[0, 0], 1) and np.allclose(ci[12, 12], 60 / 255, atol=0.02)   # white outside, subject inside
+    opaque = np.dstack([rgba[..., :3], np.full((40, 60), 255, np.uint8)]); Image.fromarray(opaque).save(tmp_path/'o.png')
+    assert load_image(tmp_path/'o.png')[1] is None                                     # opaque alpha carries no mask
+
+
+def test_natural_order_and_hidden_files(tmp_path):
+    for n in ('10.jpg', '2.jpg', '1.jpg'): shutil.copy(REAL/'can'/'00.jpg', tmp_path/n)
+    (tmp_path/'.DS_Store').write_bytes(b'junk')
+    assert from_folder(tmp_path, 'can', size=16).names == ['1.jpg', '2.jpg', '10.jpg']
+
+
+def test_multiviewset_validation_subset_and_roundtrip(tmp_path):
+    c2w = np.stack([tw.camera_to_world(a, e) for a, e in ((0, 0), (90, 30), (180, 10), (270, 45))])
+    mv = MultiViewSet(np.ones((4, 8, 8, 3)), np.zeros((4, 8, 8)), 'shoe', 'xyz', c2w=c2w, K=np.eye(3))
+    assert np.allclose(mv.azimuth, [0, 90, 180, 270], atol=1e-3) and np.allclose(mv.elevation, [0, 30, 10, 45], atol=1e-3)
+    assert mv.prompt() == 'a video of a xyz shoe' and mv.prompt('{identifier}-{class_noun}') == 'xyz-shoe'
+    one = mv.subset(2); assert len(one) == 1 and one.images.shape == (1, 8, 8, 3) and one.K.shape == (3, 3)
+    assert mv.subset(slice(1, 3)).names == ['view_01', 'view_02']
+    assert mv.subset(np.array([True, False, True, False])).names == ['view_00', 'view_02']
+    back = MultiViewSet.load(mv.save(tmp_path/'a'/'s.npz'))
+    assert back.identifier == 'xyz' and np.allclose(back.c2w, c2w) and back.depth is None
+    with pytest.raises(MultiViewError, match='do not match'): MultiViewSet(np.ones((2, 8, 8, 3)), np.zeros((3, 8, 8)), 'x')
+    with pytest.raises(MultiViewError, match='names'): MultiViewSet(np.ones((2, 8, 8, 3)), np.zeros((2, 8, 8)), 'x', names=['a'])
+
+
+def test_from_views_keeps_resolution_and_noun():
+    s = tw.heldout_subjects(2, seed=1)[1]
+    mv = from_views(tw.multiview_set(s, n_views=6, res=24, seed=0))
+    assert mv.images.shape == (6, 24, 24, 3) and mv.class_noun == s.cls and mv.depth.shape == (6, 24, 24)
+    assert from_views(tw.multiview_set(s, n_views=6, res=24, seed=0), 'thing', 'zzq').prompt() == 'a video of a zzq thing'
+
+
+def test_selection_by_pose_and_by_features():
+    s = tw.heldout_subjects(1, seed=4)[0]
+    mv = from_views(tw.multiview_set(s, n_views=24, res=24, seed=5))
+    for k in (2, 3, 4, 6):
+        sel = select_conditioning_views(mv, k)
+        az = np.sort(mv.azimuth[sel]); gap = np.diff(np.r_[az, az[0] + 360]).min()
+        assert len(set(sel.tolist())) == k and gap >= 0.6 * 360 / k, (k, az)
+    assert np.array_equal(select_conditioning_views(mv, 4, seed=3), select_conditioning_views(mv, 4, seed=3))
+    nopose = MultiViewSet(mv.images, mv.masks, mv.class_noun)
+    sel = select_conditioning_views(nopose, 4)
+    assert len(set(sel.tolist())) == 4 and sel.min() >= 0 and sel.max() < len(mv)
+    with pytest.raises(MultiViewError, match='too few'): select_conditioning_views(mv.subset(range(4)), 4)
+
+
+def test_transforms_json_intrinsics_follow_the_crop(tmp_path):
+    s = tw.heldout_subjects(1, seed=6)[0]
+    v = tw.multiview_set(s, n_views=5, res=64, seed=1)
+    K = tw.intrinsics(64)
+    frames = []
+    for i in range(len(v)):
+        Image.fromarray((np.dstack([v.rgb[i], v.alpha[i]]) * 255 + .5).astype(np.uint8)).save(tmp_path/f'f{i}.png')
+        frames.append({'file_path': f'f{i}', 'transform_matrix': v.c2w[i].tolist(), 'fl_x': float(K[0, 0])})
+    (tmp_path/'transforms.json').write_text(json.dumps({'fl_y': float(K[1, 1]), 'cx': 32.0, 'cy': 32.0, 'w': 64, 'h': 64, 'frames': frames}))
+    mv = from_transforms_json(tmp_path/'transforms.json', s.cls, size=40)
+    assert mv.K.shape == (5, 3, 3)
+    for i in range(len(mv)):                                                           # the origin lands on the subject's centre
+        uv = tw.project(np.zeros((1, 3)), mv.K[i], mv.c2w[i])[0]
+        assert np.abs(uv - (np.argwhere(mv.masks[i] > .5).mean(0)[::-1] + .5)).max() < 4
+    frames[2]['file_path'] = 'missing.png'
+    (tmp_path/'transforms.json').write_text(json.dumps({'camera_angle_x': 0.5, 'frames': frames}))
+    with pytest.raises(MultiViewError, match='missing.png'): from_transforms_json(tmp_path, s.cls, size=16)
+    (tmp_path/'transforms.json').write_text(json.dumps({'camera_angle_x': 0.5}))
+    with pytest.raises(MultiViewError, match='frames'): from_transforms_json(tmp_path, s.cls, size=16)
+
+
+def test_contact_sheet_caps_views_but_keeps_chosen():
+    import matplotlib.pyplot as plt
+    mv = MultiViewSet(np.ones((40, 8, 8, 3)), np.zeros((40, 8, 8)), 'mug')
+    fig = contact_sheet(mv, [3, 39], max_views=10)
+    assert sum(bool(a.get_images()) for a in fig.axes) == 20
+    assert sorted(a.get_title() for a in fig.axes if a.title.get_color() == 'red') == ['view_03', 'view_39']
+    plt.close(fig)

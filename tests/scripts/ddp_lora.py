@@ -13,7 +13,7 @@ from dreamvid_lib.multiview import from_views
 from dreamvid_lib import toyworld as tw
 
 out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
-state = PartialState()
+state = PartialState(cpu=not torch.cuda.is_available())
 torch.set_num_threads(1)
 bb = ToyBackbone.create(caption_vocabulary(), ToyModelConfig(num_layers=1), seed=0)
 mv = from_views(tw.multiview_set(tw.heldout_subjects(1)[0], n_views=6, res=32, seed=0))
