@@ -39,5 +39,5 @@ def test_notebook_papermill(name, tmp_path):
 
 def test_nbdev_test():
     exe = pathlib.Path(sys.executable).with_name('nbdev-test')
-    r = subprocess.run([str(exe), '--n_workers', '1', '--timing'], cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    r = subprocess.run([str(exe), '--n-workers', '1', '--timing'], cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
