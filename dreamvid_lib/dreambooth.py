@@ -83,8 +83,10 @@ def save_lora_checkpoint(path, step, backbone, names, opt, sched, history, previ
     return Path(path)
 
 def train_lora(backbone: Backbone, batches: Callable, cfg: DreamBoothConfig, work_dir, names: Sequence[str] = ('3db',),
-               loss_module: torch.nn.Module | None = None, progress: bool = True, stop_after: int | None = None) -> dict:
-    """Train the LoRA adapters `names` (already added) on `batches(step, gen)`; resumable from `work_dir`.
+               loss_module: torch.nn.Module | None = None, progress: bool = True, stop_after: int | None = None,
+               preview_references=None) -> dict:
+    """Train the LoRA adapters `names` (already added) on `batches(step, gen)` → `(video, captions)` or
+    `(video, captions, references)` (then passed to `loss_module`); resumable from `work_dir`.
     Returns {'history', 'previews', 'seconds', 'steps_this_call', 'step_seconds'}."""
     work_dir = Path(work_dir); work_dir.mkdir(parents=True, exist_ok=True)
     ckpt = work_dir/'checkpoint.pt'
@@ -108,10 +110,10 @@ def train_lora(backbone: Backbone, batches: Callable, cfg: DreamBoothConfig, wor
     for step in bar:
         ts = time.perf_counter()
         gen = step_generator(cfg.seed, acc.process_index, step)
-        video, caps = batches(step, gen)
+        video, caps, *refs = batches(step, gen)
         sig = sample_sigmas(backbone, video.shape[0], gen, cfg.logit_mean, cfg.logit_std)
         noise = torch.randn(backbone.encode_video(video).shape, generator=gen)
-        loss = loss_mod(video, caps, sig, noise)
+        loss = loss_mod(video, caps, sig, noise, *refs)
         acc.backward(loss)
         acc.clip_grad_norm_(params, cfg.grad_clip)
         opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
@@ -121,7 +123,7 @@ def train_lora(backbone: Backbone, batches: Callable, cfg: DreamBoothConfig, wor
         if (step + 1) % 10 == 0: bar.set_postfix(loss=np.mean([h['loss'] for h in history[-10:]]))
         if cfg.preview_prompt and cfg.preview_every and (step + 1) % cfg.preview_every == 0 and acc.is_main_process:
             backbone.eval()
-            v = generate(backbone, cfg.preview_prompt, seeds=0, steps=12)[0]
+            v = generate(backbone, cfg.preview_prompt, seeds=0, steps=12, references=preview_references)[0]
             previews.append({'step': step + 1, 'frames': (v.numpy() * 255).astype(np.uint8)})
             backbone.train()
         if ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps) and acc.is_main_process:

@@ -17,39 +17,88 @@ from .core import DreamvidError, ConfigError, atomic_path
 from .backbones import Backbone, load_backbone
 
 # %% auto #0
-__all__ = ['generate', 'to_uint8', 'save_video', 'frames_grid']
+__all__ = ['encode_references', 'tab_bias', 'generate', 'to_uint8', 'save_video', 'frames_grid']
 
 # %% ../nbs/08_generate.ipynb #a5b7913f
+def encode_references(backbone: Backbone, references, batch: int) -> torch.Tensor:
+    """Reference views `[K,H,W,3]` (shared by the batch) or `[B,K,H,W,3]` in [0,1] → clean latents `[B,C,K,h,w]`.
+    Each view is encoded as its own 1-frame video (one latent frame through a causal video VAE)."""
+    r = torch.as_tensor(np.asarray(references) if not isinstance(references, torch.Tensor) else references).float()
+    if r.ndim == 4: r = r[None].expand(batch, *r.shape)
+    if r.ndim != 5 or r.shape[-1] != 3:
+        raise ConfigError(f"references must be [K, H, W, 3] or [B, K, H, W, 3] images in [0, 1], got shape {tuple(r.shape)}")
+    if r.shape[0] != batch: raise ConfigError(f"references are given for {r.shape[0]} videos but {batch} are generated")
+    B, K = r.shape[:2]
+    lat = backbone.encode_video(r.reshape(B * K, 1, *r.shape[2:]))      # [B*K, C, 1, h, w]
+    return lat.unflatten(0, (B, K)).squeeze(3).permute(0, 2, 1, 3, 4)   # [B, C, K, h, w]
+
+def tab_bias(t: float, num_train_timesteps: int = 1000, gamma: float = 10.0, eps: float = 0.1) -> float:
+    "CustomVideoX's Time-Aware Attention Bias on reference keys: tanh(M(t)), M(t) = −γ(2t/T − 1)² + ε."
+    return float(np.tanh(-gamma * (2 * t / num_train_timesteps - 1) ** 2 + eps))
+
 @torch.no_grad()
 def generate(backbone: Backbone, prompts: str | Sequence[str], seeds: int | Sequence[int] = 0, num_frames: int = 8,
              steps: int = 30, guidance: float = 4.0, height: int | None = None, width: int | None = None,
-             negative_prompt: str = '', progress: bool = False) -> torch.Tensor:
+             negative_prompt: str = '', progress: bool = False, references=None, ref_layout: str = 'sequential',
+             tab: bool = False, tab_gamma: float = 10.0, tab_eps: float = 0.1,
+             erae: bool = False, erae_word: str | Sequence[str] | None = None, erae_lambda: float = 0.1, erae_bias: float = 0.1,
+             capture: bool = False) -> torch.Tensor:
     """Generate one video per (prompt, seed); returns `[B, F, H, W, 3]` in [0, 1].
-    `guidance` ≤ 1 disables classifier-free guidance."""
+    `guidance` ≤ 1 disables classifier-free guidance. `references` (`[K,H,W,3]` or `[B,K,H,W,3]`) are fed as clean
+    extra frames through the 3Dapter branch (`ref_layout`: 'sequential' or 'official'); `tab` / `erae` switch on
+    CustomVideoX's Time-Aware Attention Bias and Entity Region-Aware Enhancement (the entity is `erae_word`, by
+    default the prompt's last word before 'rotating'); `capture` records the router's attention mass
+    (read it from `router.probe_of(backbone).records`)."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     seeds = [seeds] * len(prompts) if isinstance(seeds, int) else list(seeds)
     if len(seeds) != len(prompts): raise ConfigError(f"got {len(prompts)} prompts but {len(seeds)} seeds: pass one seed per prompt")
     if num_frames < 1 or steps < 1: raise ConfigError(f"num_frames ({num_frames}) and steps ({steps}) must be ≥ 1")
+    if (tab or erae or capture) and references is None:
+        raise ConfigError("tab, erae and capture act on reference views: pass references=[K, H, W, 3] views")
     res = getattr(getattr(backbone, 'config', None), 'resolution', None)
     height, width = height or res, width or res
     if height is None or width is None: raise ConfigError("pass height and width for this backbone")
-    dev = backbone.device
+    dev, B = backbone.device, len(prompts)
     cond = backbone.encode_prompt(prompts)
     use_cfg = guidance > 1
-    if use_cfg: text = torch.cat([backbone.encode_prompt([negative_prompt] * len(prompts), allow_empty=True), cond])
+    if use_cfg: text = torch.cat([backbone.encode_prompt([negative_prompt] * B, allow_empty=True), cond])
     else: text = cond
     s = backbone.codec.spatial_factor
-    shape = (backbone.codec.latent_channels, backbone.latent_frames(num_frames), height // s, width // s)
+    T = backbone.latent_frames(num_frames)
+    shape = (backbone.codec.latent_channels, T, height // s, width // s)
     lat = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(sd))) for sd in seeds]).to(dev)
+    refs, probe = None, None
+    if references is not None:
+        from dreamvid_lib.adapters import joint_velocity, ReferenceLayout
+        refs = encode_references(backbone, references, B).to(dev)
+        if refs.shape[3:] != lat.shape[3:]:
+            raise ConfigError(f"reference views are {tuple(refs.shape[3:])} latents but the video is {tuple(lat.shape[3:])}: "
+                              f"resize the references to {height}x{width}")
+        if use_cfg: refs = torch.cat([refs, refs])                       # references condition both CFG branches
+        if tab or erae or capture:
+            from dreamvid_lib.router import install_probe
+            _, ph, pw = backbone.patch_size
+            probe = install_probe(backbone.transformer)
+            probe.reset(ReferenceLayout(T, refs.shape[2], ref_layout), (height // s // ph) * (width // s // pw), capture=capture)
+            if erae: probe.watch_words(backbone.tokenizer, prompts, erae_word, cfg_doubled=use_cfg)
     sch = FlowMatchEulerDiscreteScheduler.from_config(backbone.scheduler.config)
     sch.set_timesteps(steps, device=dev)
-    for t in tqdm(sch.timesteps, disable=not progress, desc='sampling'):
-        sigma = (t / sch.config.num_train_timesteps).expand(lat.shape[0])
-        if use_cfg:
-            v_u, v_c = backbone.predict_velocity(torch.cat([lat, lat]), torch.cat([sigma, sigma]), text).chunk(2)
-            v = v_u + guidance * (v_c - v_u)
-        else: v = backbone.predict_velocity(lat, sigma, text)
-        lat = sch.step(v, t, lat, return_dict=False)[0]
+    try:
+        for i, t in enumerate(tqdm(sch.timesteps, disable=not progress, desc='sampling')):
+            sigma = (t / sch.config.num_train_timesteps).expand(lat.shape[0])
+            x, sg = (torch.cat([lat, lat]), torch.cat([sigma, sigma])) if use_cfg else (lat, sigma)
+            if probe is not None:
+                probe.begin_step(i, ref_bias=tab_bias(float(t), sch.config.num_train_timesteps, tab_gamma, tab_eps) if tab else 0.0,
+                                 region_bias=erae_bias if erae else 0.0, region_lambda=erae_lambda)
+            if refs is None: out = backbone.predict_velocity(x, sg, text)
+            else: out = joint_velocity(backbone, x, sg, text, refs, ref_layout)
+            if use_cfg:
+                v_u, v_c = out.chunk(2)
+                v = v_u + guidance * (v_c - v_u)
+            else: v = out
+            lat = sch.step(v, t, lat, return_dict=False)[0]
+    finally:
+        if probe is not None: probe.finish()
     return backbone.decode_latents(lat)[:, :num_frames].float().cpu()
 
 # %% ../nbs/08_generate.ipynb #5062ded5

@@ -11,8 +11,10 @@ CI_PARAMS = {
     '01_toyworld.ipynb': {'n_demo_subjects': 2, 'bench_subjects': 2},
     '02_multiview.ipynb': {'size': 48},
     '06_3dreambooth.ipynb': {'steps': 24, 'n_subjects': 2, 'ablation_steps': 8, 'gen_steps': 4},
-    '05_toy_pretrain.ipynb': {'demo_subjects': 8, 'demo_steps': 12},
-    '08_generate.ipynb': {'steps': 6},
+    '05_toy_pretrain.ipynb': {'demo_subjects': 8, 'demo_steps': 12, 'diag_subjects': 1},
+    '07_3dapter.ipynb': {'n_subjects': 1, 'max_steps': 20, 'eval_every': 10, 'gen_steps': 3},
+    '08_generate.ipynb': {'steps': 6, 'ablation_subjects': 1, 'ablation_joint_steps': 5},
+    '09_router.ipynb': {'joint_steps': 10, 'gen_steps': 3, 'n_videos': 2},
     '13_cli.ipynb': {'fast': True},
 }
 
