@@ -16,7 +16,7 @@ from dreamvid_lib.backbones import load_backbone
 from dreamvid_lib.adapters import add_lora, activate_branches, adapter_parameters, joint_velocity, references
 from dreamvid_lib.pretrain import FlowMatchingLoss
 from dreamvid_lib.dapter import JointFlowLoss
-from dreamvid_lib.generate import generate
+from dreamvid_lib.generate import generate, encode_references
 from dreamvid_lib.router import install_probe
 from dreamvid_lib import toyworld as tw
 
@@ -82,7 +82,7 @@ def main():
         def __init__(s, bb): super().__init__(); s.bb = bb
         def forward(s, video, caps, sig, noise, refs):
             x0 = s.bb.encode_video(video); xs = (1 - sig.view(-1, 1, 1, 1, 1)) * x0 + sig.view(-1, 1, 1, 1, 1) * noise
-            r = s.bb.encode_video(refs.reshape(-1, 1, *refs.shape[2:])).unflatten(0, refs.shape[:2]).squeeze(3).permute(0, 2, 1, 3, 4)
+            r = encode_references(s.bb, refs, refs.shape[0])
             v = s.bb.predict_velocity(torch.cat([xs, r], 2), sig, s.bb.encode_prompt(caps))[:, :, :1]
             return torch.nn.functional.mse_loss(v, noise - x0)
     to = time_steps(sb, OneAdapter(sb), joint_batch, sps, a.steps)
