@@ -23,4 +23,14 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
 fi
 echo "== installing dreamvid and its pinned dependencies"
 "$PY" -m pip install -q -e ".[dev]"
+# open3d (3D geometric fidelity) links against the system's libusb-1.0; Debian/Ubuntu images often lack it.
+if ! "$PY" -c "import open3d" >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "== installing libusb-1.0-0 (needed by open3d)"
+    (apt-get install -y -q libusb-1.0-0 >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libusb-1.0-0 >/dev/null 2>&1)) \
+      || echo "!! could not install libusb-1.0-0; run: sudo apt-get install libusb-1.0-0 (open3d needs it)"
+  else
+    echo "!! open3d cannot load; on Debian/Ubuntu run: sudo apt-get install libusb-1.0-0"
+  fi
+fi
 "$PY" -c "import dreamvid_lib, torch, diffusers, peft, nbdev, papermill; print('dreamvid', dreamvid_lib.__version__, '| torch', torch.__version__, '| cuda', torch.cuda.is_available())"
