@@ -27,7 +27,7 @@ class AttentionProbe:
         self.layout, self.tokens_per_frame, self.capture, self.spatial = None, 0, False, True
         self.ref_bias, self.region, self.region_bias, self.region_lambda = 0.0, None, 0.0, 0.1
         self.word_index, self._map_sum, self._map_n = None, None, 0
-        self.chunk_bytes, self.step, self.records, self.cfg_doubled = 64 << 20, 0, [], False
+        self.step, self.records, self.cfg_doubled = 0, [], False
     def reset(self, layout: ReferenceLayout, tokens_per_frame: int, capture: bool = False, spatial: bool = True):
         "Start a new generation with `layout`; clears earlier records."
         self.layout, self.tokens_per_frame, self.capture, self.spatial = layout, tokens_per_frame, capture, spatial
@@ -81,7 +81,8 @@ def entity_region(token_map: torch.Tensor, frames: int, lam: float = 0.1) -> tor
 class JointAttnProcessor:
     """Self-attention processor for Wan blocks: exactly the model's own processor unless the probe asks for
     reference-key biases or capture; then the same computation written out, with the biases folded into one extra
-    query/key channel (no `[L, L]` mask is ever built) and the capture chunked over queries."""
+    query/key channel (no `[L, L]` mask is ever built) and the capture read from K indicator value channels of the
+    same fused attention call."""
     def __init__(self, layer: int, probe: AttentionProbe, fallback):
         self.layer, self.probe, self.fallback = layer, probe, fallback
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
@@ -102,34 +103,27 @@ class JointAttnProcessor:
         qc[:, :nt] = p.ref_bias
         if p.region is not None and p.region_bias: qc[:, :nt] += p.region_bias * p.region.to(qc.device).float()
         kc = torch.zeros(L, device=q.device, dtype=torch.float32); kc[nt:] = 1 / scale   # 1 on reference keys (pre-scale)
-        pad = 8 - D % 8 if D % 8 else 8                                          # keep head dims kernel-friendly
+        K = lay.n_refs
+        pad = -(-(D + max(1, K)) // 8) * 8 - D                                   # ≥ 1 bias / K indicator channels, dims a multiple of 8
         qa = torch.cat([q, F.pad(qc.to(q.dtype)[:, :, None, None].expand(B, L, H, 1), (0, pad - 1))], -1)
         ka = torch.cat([k, F.pad(kc.to(k.dtype)[None, :, None, None].expand(B, L, H, 1), (0, pad - 1))], -1)
-        va = F.pad(v, (0, pad))
-        if p.capture: out = self._attend_and_capture(qa, ka, va, nt, scale)       # one pass: output and mass together
-        else: out = F.scaled_dot_product_attention(qa.transpose(1, 2), ka.transpose(1, 2), va.transpose(1, 2), scale=scale)
+        ind = torch.zeros(L, pad, device=v.device, dtype=v.dtype)                # value e_r on reference view r's keys
+        if p.capture: ind[nt:, :K] = torch.eye(K, device=v.device, dtype=v.dtype).repeat_interleave(tpf, 0)
+        va = torch.cat([v, ind[None, :, None, :].expand(B, L, H, pad)], -1)
+        out = F.scaled_dot_product_attention(qa.transpose(1, 2), ka.transpose(1, 2), va.transpose(1, 2), scale=scale)
+        if p.capture: self._record(out[:, :, :nt, D:D + K])                      # [B, H, nt, K]: mass of target queries per view
         out = out.transpose(1, 2)[..., :D].flatten(2, 3).type_as(hidden_states)
         out = attn.to_out[0](out)
         return attn.to_out[1](out)
 
-    def _attend_and_capture(self, qa, ka, va, nt, scale):
-        """Attention written as explicit softmax over chunks of queries (memory bounded by `chunk_bytes`); from the
-        same probabilities, the mass of target queries on each reference view. Returns the output `[B, H, L, Da]`."""
-        p = self.probe; B, L, H, Da = qa.shape; K, tpf, T = p.layout.n_refs, p.tokens_per_frame, p.layout.video_frames
-        q, k, v = qa.transpose(1, 2), ka.transpose(1, 2), va.transpose(1, 2)    # [B, H, L, Da]
-        rows = max(tpf, (p.chunk_bytes // (4 * B * H * L)) // tpf * tpf)       # whole frames per chunk
-        outs, mass = [], []
-        for a in range(0, L, rows):
-            pr = torch.softmax((q[:, :, a:a + rows] @ k.transpose(-1, -2)).float() * scale, -1)   # [B, H, c, L]
-            outs.append((pr.to(v.dtype) @ v))
-            if a < nt:
-                with torch.no_grad(): mass.append(pr[:, :, :max(0, min(rows, nt - a)), nt:].unflatten(-1, (K, tpf)).sum(-1))
+    def _record(self, m):
+        "Keep per-frame means `[B, H, T, K]` (and per-token maps `[B, nt, K]`) of the mass `m` `[B, H, nt, K]`."
+        p = self.probe; T, tpf = p.layout.video_frames, p.tokens_per_frame
         with torch.no_grad():
-            m = torch.cat(mass, 2)                                              # [B, H, nt, K]
-            rec = {'layer': self.layer, 'step': p.step, 'frames': m.unflatten(2, (T, tpf)).mean(3).cpu()}   # [B, H, T, K]
-            if p.spatial: rec['tokens'] = m.mean(1).cpu()                      # [B, nt, K]
+            m = m.float()
+            rec = {'layer': self.layer, 'step': p.step, 'frames': m.unflatten(2, (T, tpf)).mean(3).cpu()}
+            if p.spatial: rec['tokens'] = m.mean(1).cpu()
             p.records.append(rec)
-        return torch.cat(outs, 2)
 
 class EntityMapProcessor:
     "Cross-attention processor that, while ERAE watches a word, also records how much each video token attends to it."

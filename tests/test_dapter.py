@@ -136,6 +136,29 @@ def test_router_capture_is_exact_and_sums_to_at_most_one():
     probe.finish()
 
 
+def test_router_mass_equals_dense_softmax_with_biases():
+    import math
+    import torch.nn.functional as F
+    from dreamvid_lib.router import rotary
+    from dreamvid_lib.adapters import references
+    bb = _two(); probe = install_probe(bb.transformer)
+    blk = bb.transformer.blocks[1].attn1
+    h, rot = torch.randn(1, 5 * 64, 128), bb.transformer.rope(torch.zeros(1, 3, 5, 32, 32))
+    probe.reset(ReferenceLayout(3, 2), 64, capture=True)
+    probe.ref_bias = 0.3
+    with torch.no_grad(), references(bb.transformer, ReferenceLayout(3, 2)):
+        blk(h, None, None, rot)
+        q = rotary(blk.norm_q(blk.to_q(h)).unflatten(2, (4, -1)), *rot).transpose(1, 2)
+        k = rotary(blk.norm_k(blk.to_k(h)).unflatten(2, (4, -1)), *rot).transpose(1, 2)
+    bias = torch.zeros(320, 320); bias[:192, 192:] = 0.3
+    pr = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + bias, -1)[:, :, :192, 192:]
+    want = pr.unflatten(-1, (2, 64)).sum(-1)                                   # [1, H, 192, K]
+    rec = probe.records[-1]
+    assert torch.allclose(rec['frames'], want.unflatten(2, (3, 64)).mean(3), atol=1e-5)
+    assert torch.allclose(rec['tokens'], want.mean(1), atol=1e-5)
+    probe.finish()
+
+
 def test_generation_with_references_tab_erae_and_capture():
     bb = _two()
     refs = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)

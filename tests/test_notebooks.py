@@ -15,6 +15,8 @@ CI_PARAMS = {
     '07_3dapter.ipynb': {'n_subjects': 1, 'max_steps': 20, 'eval_every': 10, 'gen_steps': 3},
     '08_generate.ipynb': {'steps': 6, 'ablation_subjects': 1, 'ablation_joint_steps': 5},
     '09_router.ipynb': {'joint_steps': 10, 'gen_steps': 3, 'n_videos': 2},
+    '11_bench.ipynb': {'n_subjects': 1, 'train_steps': 8, 'gen_steps': 3, 'n_videos': 1},
+    '12_sweeps.ipynb': {'steps': 8, 'gen_steps': 3, 'grid_ranks': [4], 'grid_k': [1, 2]},
     '13_cli.ipynb': {'fast': True},
 }
 
