@@ -50,7 +50,7 @@ def add_lora(backbone, name: str = '3db', branch: str | None = None, rank: int =
     for p in backbone.parameters(): p.requires_grad_(False)
     _add_adapter(tr, lora_config(branch or name, rank, alpha), name)
     params = adapter_parameters(backbone, name)
-    for p in params: p.requires_grad_(True)
+    for p in params: p.data = p.data.float(); p.requires_grad_(True)   # trainable LoRA weights in fp32, also on a bf16 model
     return params
 
 def adapter_parameters(backbone, name: str) -> list[torch.nn.Parameter]:
@@ -74,7 +74,8 @@ def save_adapter(backbone, name: str, out_dir, train_config: dict | None = None)
     sd = {k: v.detach().contiguous() for k, v in sd.items()}
     tmp = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
     try:
-        WanPipeline.save_lora_weights(tmp, transformer_lora_layers=sd)
+        meta = {'r': cfg.r, 'lora_alpha': cfg.lora_alpha, 'target_modules': cfg.target_modules}   # lets WanPipeline.load_lora_weights use alpha
+        WanPipeline.save_lora_weights(tmp, transformer_lora_layers=sd, transformer_lora_adapter_metadata=meta)
         save_json(tmp/'adapter_config.json', {'adapter': name, 'rank': cfg.r, 'alpha': cfg.lora_alpha,
                                               'target_modules': cfg.target_modules, 'backbone': _backbone_signature(backbone),
                                               'train_config': train_config or {}})
@@ -189,10 +190,10 @@ class TokenRouter:
                 return None
             if kind == 'frames':                                           # [B, C, F, h, w] (patch embedding)
                 if out.shape[2] != len(m): raise ConfigError(f"{name}: {out.shape[2]} latent frames but the layout has {len(m)}")
-                w = m.to(out.dtype).view(1, 1, -1, 1, 1)
+                w = m.to(out.device, out.dtype).view(1, 1, -1, 1, 1)
             else:                                                          # [B, seq, d] (video tokens)
                 if out.shape[1] % len(m): raise ConfigError(f"{name}: {out.shape[1]} tokens do not split into {len(m)} frames")
-                w = m.to(out.dtype).repeat_interleave(out.shape[1] // len(m)).view(1, -1, 1)
+                w = m.to(out.device, out.dtype).repeat_interleave(out.shape[1] // len(m)).view(1, -1, 1)
             return out * (w if is_ref else 1 - w)
         return hook
     def remove(self):

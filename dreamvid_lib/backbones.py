@@ -240,7 +240,14 @@ def default_toy_weights() -> Path:
     "Path of the shipped pre-trained toy model."
     return assets_dir()/'toy_t2v'
 
-def load_backbone(backbone: str = 'toy', weights: str | Path | None = None, device: str | torch.device = 'cpu') -> Backbone:
-    "Load a backbone by name: `'toy'` (default weights: `assets/toy_t2v`)."
-    if backbone == 'toy': return ToyBackbone.from_pretrained(weights or default_toy_weights(), device=device)
-    raise ConfigError(f"unknown backbone {backbone!r}: available backbones are 'toy'")
+def load_backbone(backbone: str = 'toy', weights: str | Path | None = None, device: str | torch.device = 'cpu', **kwargs) -> Backbone:
+    """Load a backbone by name: `'toy'` (default weights: `assets/toy_t2v`) or `'wan'` (Wan 2.1 in the diffusers layout:
+    a local folder or a hub id already in the Hugging Face cache; default `Wan-AI/Wan2.1-T2V-1.3B-Diffusers`;
+    `kwargs` such as `dtype` go to `dreamvid_lib.wan.WanBackbone.from_pretrained`)."""
+    if backbone == 'toy':
+        if kwargs: raise ConfigError(f"the toy backbone takes no options {sorted(kwargs)}; they are for backbone='wan'")
+        return ToyBackbone.from_pretrained(weights or default_toy_weights(), device=device)
+    if backbone == 'wan':
+        from dreamvid_lib.wan import WanBackbone, WAN_MODEL_ID     # lazy: wan.py builds on this module
+        return WanBackbone.from_pretrained(weights or WAN_MODEL_ID, device=device, **kwargs)
+    raise ConfigError(f"unknown backbone {backbone!r}: available backbones are 'toy' and 'wan'")

@@ -6,7 +6,7 @@ Docs: https://dreamvid.github.io/dreamvid/cli.html.md"""
 
 # %% ../nbs/13_cli.ipynb #9680e7a2
 from __future__ import annotations
-import argparse, sys, time, platform
+import argparse, json, sys, time, platform
 from pathlib import Path
 import numpy as np
 import torch
@@ -17,11 +17,11 @@ from .generate import generate, save_video, frames_grid
 from .metrics import tracking_views, view_match, rotation_direction, rotation_monotone_rate, binding_matrix, text_binding_rate
 
 # %% auto #0
-__all__ = ['evaluate_base', 'demo_dreambooth', 'demo_joint', 'run_demo', 'build_parser', 'run_pretrain', 'main']
+__all__ = ['evaluate_base', 'demo_dreambooth', 'demo_joint', 'run_demo', 'build_parser', 'run_pretrain', 'bench_config', 'main']
 
 # %% ../nbs/13_cli.ipynb #2fabd13d
 def evaluate_base(backbone, subjects, out_dir, seeds_per_subject: int = 2, steps: int = 30, guidance: float = 4.0,
-                  num_frames: int = 8, progress: bool = True) -> dict:
+                  num_frames: int | None = None, progress: bool = True) -> dict:
     "Generate orbits of `subjects` from their captions; rotation and text-binding rates against ground truth."
     from dreamvid_lib.pretrain import video_caption
     from tqdm.auto import tqdm
@@ -83,7 +83,7 @@ def demo_dreambooth(backbone_name: str, weights, subject, out_dir, steps: int = 
             'conditioning_views': [int(i) for i in chosen]}
 
 def demo_joint(backbone_name: str, weights, subject, out_dir, steps: int = 400, seeds=(0, 1, 2, 3), gen_steps: int = 30,
-               k: int = 4, progress: bool = True) -> dict:
+               k: int = 4, progress: bool = True, dapter=None) -> dict:
     """Joint 3Dapter + 3DreamBooth (Eq. 4) on the same subject with K conditioning views; generation with the references
     and router capture; fidelity and routing accuracy (most-attended reference = the one nearest each frame's azimuth)."""
     import matplotlib.pyplot as plt
@@ -95,7 +95,7 @@ def demo_joint(backbone_name: str, weights, subject, out_dir, steps: int = 400, 
     bb = load_backbone(backbone_name, weights); res = bb.config.resolution
     mv = from_views(tw.multiview_set(subject, n_views=30, res=res, seed=0))
     with Timer() as t:
-        log = train_joint(bb, mv, JointConfig(steps=steps, k=k), work_dir=out_dir/'joint_work', out_dir=out_dir/'adapter_joint', progress=progress)
+        log = train_joint(bb, mv, JointConfig(steps=steps, k=k), dapter=dapter, work_dir=out_dir/'joint_work', out_dir=out_dir/'adapter_joint', progress=progress)
     ci = log['conditioning_views']; refs = mv.images[ci]; ref_az = mv.azimuth[ci]
     dirs = ['clockwise' if i % 2 == 0 else 'counterclockwise' for i in range(len(seeds))]
     prompts = [f'{mv.prompt()} rotating {d}' for d in dirs]
@@ -103,12 +103,15 @@ def demo_joint(backbone_name: str, weights, subject, out_dir, steps: int = 400, 
     mass = mass_array(probe_of(bb).records)
     grid = tracking_views(subject, res)
     frame_az = np.stack([view_match(v, grid)[1] for v in vids])
+    tf = getattr(bb.codec, 'temporal_factor', 1)                       # the router sees latent frames: Wan packs 4 frames in one
+    frame_az = frame_az[:, [min(j * tf, vids.shape[1] - 1) for j in range(mass.shape[-2])]]
     for j, v in enumerate(vids):
         for ext in ('mp4', 'gif'): save_video(v, out_dir/'videos'/f'joint_{j:02d}.{ext}')
     fig = frames_grid(list(vids), prompts); fig.savefig(out_dir/'joint_grid.png', dpi=110, bbox_inches='tight'); plt.close(fig)
     per_layer = routing_by_layer(mass, frame_az, ref_az)
     loss = [h['loss'] for h in log['history']]
     return {'joint': {**evaluate_videos(vids, subject, res), 'steps': steps, 'k': k, 'train_seconds': round(t.seconds, 1),
+                      'dapter': str(dapter) if dapter else 'shipped (assets/toy_3dapter)',
                       'step_ms': round(1000 * log['step_seconds'], 1), 'loss_first_last': [float(np.mean(loss[:20])), float(np.mean(loss[-20:]))],
                       'conditioning_views': ci, 'reference_azimuths': np.round(ref_az, 1).tolist()},
             'router': {'routing_accuracy': routing_accuracy(mass, frame_az, ref_az), 'chance': 1 / len(ci),
@@ -116,8 +119,9 @@ def demo_joint(backbone_name: str, weights, subject, out_dir, steps: int = 400, 
                        'frame_azimuths': np.round(frame_az, 1).tolist()}}
 
 def run_demo(out: str | Path, subject_seed: int = 0, fast: bool = False, backbone: str = 'toy',
-             weights: str | None = None, progress: bool = True) -> dict:
-    "The main job; writes `out/report.json` and returns the report."
+             weights: str | None = None, progress: bool = True, dapter: str | None = None) -> dict:
+    """The main job; writes `out/report.json` and returns the report. `dapter`: a pre-trained 3Dapter folder for the joint
+    stage (default: the shipped one for the toy; a randomly initialised branch for other backbones, which have none shipped)."""
     t0 = time.perf_counter()
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     seed_everything(subject_seed)
@@ -128,7 +132,7 @@ def run_demo(out: str | Path, subject_seed: int = 0, fast: bool = False, backbon
     db = demo_dreambooth(backbone, weights, subjects[0], out, steps=40 if fast else 400, seeds=(0, 1) if fast else (0, 1, 2, 3),
                          gen_steps=12 if fast else 30, progress=progress)
     jt = demo_joint(backbone, weights, subjects[0], out, steps=40 if fast else 400, seeds=(0, 1) if fast else (0, 1, 2, 3),
-                    gen_steps=12 if fast else 30, progress=progress)
+                    gen_steps=12 if fast else 30, progress=progress, dapter=dapter or (None if backbone == 'toy' else 'random'))
     report = {'backbone': backbone, 'fast': fast, 'subject_seed': subject_seed,
               'subjects': [s.description() for s in subjects], 'base': base,
               'dreambooth': {**db['dreambooth'], 'subject': db['subject'], 'prompt': db['prompt'], 'steps': db['steps'],
@@ -148,8 +152,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument('--out', required=True, help='output folder (report.json, videos/, frames_grid.png)')
     d.add_argument('--subject-seed', type=int, default=0, help='picks the held-out toy subjects deterministically')
     d.add_argument('--fast', action='store_true', help='a smaller, quicker run for smoke tests')
-    d.add_argument('--backbone', default='toy', help="backbone name (default: the shipped 'toy' model)")
-    d.add_argument('--weights', default=None, help='folder of the backbone weights (default: assets/toy_t2v)')
+    d.add_argument('--backbone', default='toy', choices=['toy', 'wan'], help="'toy' (default: the shipped model) or 'wan' (Wan 2.1, diffusers layout)")
+    d.add_argument('--dapter', default=None, help="pre-trained 3Dapter folder for the joint stage, or 'random' "
+                   "(default: assets/toy_3dapter for the toy; 'random' for wan)")
+    d.add_argument('--weights', default=None, help='folder of the backbone weights (default: assets/toy_t2v; for wan: '
+                   'a Wan2.1-T2V-1.3B-Diffusers folder or a hub id in the local cache, e.g. one made by dreamvid_lib.wan.make_tiny_wan)')
+    b = sub.add_parser('bench', help="the toy 3D-CustomBench: every method on held-out toy subjects, the paper's tables (resumable)")
+    b.add_argument('--out', required=True, help='run folder (cells/, per_video.csv, per_subject.csv, summary.json, tables.md, plots/); rerun to resume')
+    b.add_argument('--subjects', type=int, default=8, help='held-out toy subjects (default 8)')
+    b.add_argument('--subject-seed', type=int, default=0, help='picks the held-out subjects deterministically')
+    b.add_argument('--methods', default=None, help='comma-separated subset of base,3dapter,3db,joint,joint_tab,joint_erae,joint_tab_erae (default: all)')
+    b.add_argument('--steps', type=int, default=400, help='3DreamBooth / joint iterations per subject (the paper: 400)')
+    b.add_argument('--gen-steps', type=int, default=30, help='sampling steps (the paper: 50)')
+    b.add_argument('--videos', type=int, default=2, help='orbit videos per (subject, method)')
+    b.add_argument('--workers', type=int, default=1, help='subject processes on one machine (several GPUs: `accelerate launch $(which dreamvid) bench ...`)')
+    b.add_argument('--no-geometry', action='store_true', help='skip Accuracy / Completeness / Chamfer (visual hull + registration)')
+    b.add_argument('--clip', default=None, help='CLIP model folder or hub id in the local cache: adds CLIP-I and CLIP-T')
+    b.add_argument('--dino', default=None, help='DINOv2 model folder or hub id in the local cache: adds DINO-I')
+    b.add_argument('--backbone', default='toy', choices=['toy', 'wan']); b.add_argument('--weights', default=None, help='backbone weights folder')
+    b.add_argument('--dapter', default=None, help="pre-trained 3Dapter folder (default: the shipped toy one) or 'random' (joint methods)")
     t = sub.add_parser('pretrain', help='render the pre-training set and train the toy text-to-video model')
     t.add_argument('--out', required=True, help='where to save the trained model (e.g. assets/toy_t2v)')
     t.add_argument('--subjects', type=int, default=3000); t.add_argument('--steps', type=int, default=10000)
@@ -176,11 +197,20 @@ def run_pretrain(out, subjects: int = 3000, steps: int = 10000, work=None, worke
     save_json(log_path, info)
     return finalize_pretrained(bb, log, cfg, out, info)
 
+def bench_config(args) -> 'BenchConfig':
+    "The `BenchConfig` of parsed `dreamvid bench` arguments."
+    from dreamvid_lib.bench import BenchConfig, METHODS
+    methods = tuple(m.strip() for m in args.methods.split(',') if m.strip()) if args.methods else tuple(METHODS)
+    return BenchConfig(n_subjects=args.subjects, subject_seed=args.subject_seed, methods=methods, train_steps=args.steps,
+                       gen_steps=args.gen_steps, n_videos=args.videos, geometry=not args.no_geometry, backbone=args.backbone,
+                       weights=args.weights, dapter=args.dapter, num_frames=8 if args.backbone == 'toy' else None,
+                       feature_models={k: v for k, v in (('clip', args.clip), ('dino', args.dino)) if v}).validate()
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.cmd == 'demo':
-            r = run_demo(args.out, args.subject_seed, args.fast, args.backbone, args.weights)
+            r = run_demo(args.out, args.subject_seed, args.fast, args.backbone, args.weights, dapter=args.dapter)
             b = r['base']
             d, c = r['dreambooth'], r['base_class_prompt']
             print(f"base model: rotation_monotone_rate={b['rotation_monotone_rate']:.2f} text_binding_rate={b['text_binding_rate']:.2f} "
@@ -191,6 +221,12 @@ def main(argv=None) -> int:
             print(f"3Dapter+3DB: PSNR {j['psnr']:.2f} / SSIM {j['ssim']:.3f}; rotation_monotone_rate={j['rotation_monotone_rate']:.2f}; "
                   f"routing accuracy {ro['routing_accuracy']:.2f} (chance {ro['chance']:.2f})")
             print(f"done in {r['seconds']:.0f} s -> {Path(args.out)/'report.json'}")
+        elif args.cmd == 'bench':
+            from dreamvid_lib.bench import run_bench
+            s = run_bench(args.out, bench_config(args), workers=args.workers)
+            if s:                                                            # the main process of an accelerate launch
+                print((Path(args.out)/'tables.md').read_text())
+                print(f"{s['cells_done']}/{s['cells_total']} cells -> {Path(args.out)/'summary.json'}")
         elif args.cmd == 'pretrain':
             p = run_pretrain(args.out, args.subjects, args.steps, args.work, args.workers, args.seed, args.init_from)
             print(f'saved the pre-trained toy model to {p}')

@@ -37,14 +37,14 @@ def tab_bias(t: float, num_train_timesteps: int = 1000, gamma: float = 10.0, eps
     return float(np.tanh(-gamma * (2 * t / num_train_timesteps - 1) ** 2 + eps))
 
 @torch.no_grad()
-def generate(backbone: Backbone, prompts: str | Sequence[str], seeds: int | Sequence[int] = 0, num_frames: int = 8,
+def generate(backbone: Backbone, prompts: str | Sequence[str], seeds: int | Sequence[int] = 0, num_frames: int | None = None,
              steps: int = 30, guidance: float = 4.0, height: int | None = None, width: int | None = None,
              negative_prompt: str = '', progress: bool = False, references=None, ref_layout: str = 'sequential',
              tab: bool = False, tab_gamma: float = 10.0, tab_eps: float = 0.1,
              erae: bool = False, erae_word: str | Sequence[str] | None = None, erae_lambda: float = 0.1, erae_bias: float = 0.1,
              capture: bool = False) -> torch.Tensor:
-    """Generate one video per (prompt, seed); returns `[B, F, H, W, 3]` in [0, 1].
-    `guidance` ≤ 1 disables classifier-free guidance. `references` (`[K,H,W,3]` or `[B,K,H,W,3]`) are fed as clean
+    """Generate one video per (prompt, seed); returns `[B, F, H, W, 3]` in [0, 1]. `num_frames` defaults to the backbone's
+    `config.num_frames` (8 for the toy; Wan's causal VAE needs 4k+1). `guidance` ≤ 1 disables classifier-free guidance. `references` (`[K,H,W,3]` or `[B,K,H,W,3]`) are fed as clean
     extra frames through the 3Dapter branch (`ref_layout`: 'sequential' or 'official'); `tab` / `erae` switch on
     CustomVideoX's Time-Aware Attention Bias and Entity Region-Aware Enhancement (the entity is `erae_word`, by
     default the prompt's last word before 'rotating'); `capture` records the router's attention mass
@@ -52,6 +52,7 @@ def generate(backbone: Backbone, prompts: str | Sequence[str], seeds: int | Sequ
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     seeds = [seeds] * len(prompts) if isinstance(seeds, int) else list(seeds)
     if len(seeds) != len(prompts): raise ConfigError(f"got {len(prompts)} prompts but {len(seeds)} seeds: pass one seed per prompt")
+    if num_frames is None: num_frames = getattr(getattr(backbone, 'config', None), 'num_frames', 8)   # the backbone's default length
     if num_frames < 1 or steps < 1: raise ConfigError(f"num_frames ({num_frames}) and steps ({steps}) must be ≥ 1")
     if (tab or erae or capture) and references is None:
         raise ConfigError("tab, erae and capture act on reference views: pass references=[K, H, W, 3] views")
@@ -81,7 +82,8 @@ def generate(backbone: Backbone, prompts: str | Sequence[str], seeds: int | Sequ
             probe = install_probe(backbone.transformer)
             probe.reset(ReferenceLayout(T, refs.shape[2], ref_layout), (height // s // ph) * (width // s // pw), capture=capture)
             if erae: probe.watch_words(backbone.tokenizer, prompts, erae_word, cfg_doubled=use_cfg)
-    sch = FlowMatchEulerDiscreteScheduler.from_config(backbone.scheduler.config)
+    make_sampler = getattr(backbone, 'sampling_scheduler', None)          # e.g. Wan's UniPC; default: Euler on the training schedule
+    sch = make_sampler() if make_sampler else FlowMatchEulerDiscreteScheduler.from_config(backbone.scheduler.config)
     sch.set_timesteps(steps, device=dev)
     try:
         for i, t in enumerate(tqdm(sch.timesteps, disable=not progress, desc='sampling')):

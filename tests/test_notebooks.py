@@ -17,6 +17,7 @@ CI_PARAMS = {
     '09_router.ipynb': {'joint_steps': 10, 'gen_steps': 3, 'n_videos': 2},
     '11_bench.ipynb': {'n_subjects': 1, 'train_steps': 8, 'gen_steps': 3, 'n_videos': 1},
     '12_sweeps.ipynb': {'steps': 8, 'gen_steps': 3, 'grid_ranks': [4], 'grid_k': [1, 2]},
+    '10_metrics.ipynb': {'smoke_steps': 20, 'n_eval_subjects': 3},
     '13_cli.ipynb': {'fast': True},
 }
 
