@@ -601,8 +601,18 @@ def visual_hull(masks, K, c2ws, resolution: int = 48, bound: float = 1.15, dilat
     return X[(c & ~interior).ravel()]
 
 # %% ../nbs/10_metrics.ipynb #cc2b8a0c
+def _open3d():
+    "open3d, or an error saying how to make it load (its wheel needs the system library libusb-1.0)."
+    try:
+        import open3d as o3d
+    except ImportError as e:
+        raise MetricError(f"open3d cannot be imported ({e}): geometric fidelity needs it. Install it with "
+                          "`pip install open3d-cpu==0.20.0`; if the error names libusb-1.0, install the system library "
+                          "(Debian/Ubuntu: `sudo apt-get install libusb-1.0-0`; scripts/setup_env.sh does this when run as root)") from e
+    return o3d
+
 def _o3d_cloud(points):
-    import open3d as o3d
+    o3d = _open3d()
     p = o3d.geometry.PointCloud(); p.points = o3d.utility.Vector3dVector(np.asarray(points, np.float64))
     return p
 
@@ -612,7 +622,7 @@ def _normalise(points) -> tuple[np.ndarray, np.ndarray]:
     return (points - c) / s, similarity_matrix(1 / s, np.eye(3), -c / s)
 
 def _fpfh(cloud, voxel: float):
-    import open3d as o3d
+    o3d = _open3d()
     cloud.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=2 * voxel, max_nn=30))
     return o3d.pipelines.registration.compute_fpfh_feature(cloud, o3d.geometry.KDTreeSearchParamHybrid(radius=5 * voxel, max_nn=100))
 
@@ -630,7 +640,7 @@ def _umeyama_refine(x: np.ndarray, y: np.ndarray, iters: int = 10) -> np.ndarray
 def register_similarity(source, target, voxel: float = 0.08, seed: int = 0, identity_init: bool = True) -> np.ndarray:
     """4x4 similarity mapping `source` onto `target` (`[N,3]` clouds): FPFH + RANSAC, ICP, then Umeyama scale
     correction, in unit-RMS coordinates. ICP also starts from the identity when `identity_init`; the lower-Chamfer result wins."""
-    import open3d as o3d
+    o3d = _open3d()
     reg = o3d.pipelines.registration
     o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
     o3d.utility.random.seed(seed)
