@@ -403,7 +403,7 @@ def _render_scene(scene, params, c2w, seed, lights: dict = _STUDIO) -> np.ndarra
     return np.array(mi.render(scene, seed=seed), dtype=np.float32)
 
 def _develop(img: np.ndarray):
-    "sRGB colour composited on white, alpha, and depth (mean z of the hits in each pixel) from a raw render."
+    "sRGB colour composited on white, alpha, and depth (mean ray distance of the hits in each pixel) from a raw render."
     alpha = np.clip(img[..., 3], 0, 1)
     a = np.maximum(alpha, 1e-6)[..., None]
     srgb = _linear_to_srgb(img[..., :3] / a)
@@ -417,7 +417,7 @@ class Views:
     "N rendered views of one subject with exact ground truth."
     rgb: np.ndarray        # float32 [N,H,W,3] in [0,1], composited on white (or on the render's context)
     alpha: np.ndarray      # float32 [N,H,W] in [0,1]
-    depth: np.ndarray      # float32 [N,H,W]: camera-space z distance, 0 on the background
+    depth: np.ndarray      # float32 [N,H,W]: distance from the camera centre along each pixel's ray, 0 on the background
     K: np.ndarray          # float32 [3,3] pinhole intrinsics in pixels
     c2w: np.ndarray        # float32 [N,4,4] camera-to-world, OpenGL / NeRF convention
     azimuth: np.ndarray    # float32 [N] degrees in [0, 360)
