@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 import numpy as np
 import torch
-from .core import ConfigError, save_json, load_json, atomic_write_text, Timer
+from .core import ConfigError, save_json, load_json, atomic_write_text, Timer, seed_everything
 from .backbones import load_backbone
 from . import toyworld as tw
 from .multiview import from_views
@@ -131,14 +131,18 @@ def _subject_backbone(cfg: BenchConfig, method: Method, truth: SubjectTruth, wor
     from dreamvid_lib.dreambooth import DreamBoothConfig, train_3dreambooth
     from dreamvid_lib.dapter import JointConfig, train_joint, load_pretrained_3dapter
     from dreamvid_lib.adapters import activate_branches
+    from accelerate import PartialState
+    local = PartialState(cpu=not torch.cuda.is_available()).num_processes > 1                       # processes take different subjects: no gradient sharing
     bb = load_backbone(cfg.backbone, cfg.weights)
+    seed_everything(0)                  # LoRA initialisation independent of what this process ran before (resume, workers, ranks)
     if method.adapter == '3dapter':
         load_pretrained_3dapter(bb, cfg.dapter); activate_branches(bb.transformer, ['3dapter'])
     elif method.adapter == '3db':
-        train_3dreambooth(bb, truth.mv, DreamBoothConfig(steps=cfg.train_steps, preview_every=0), work_dir=work/'3db', progress=progress)
+        train_3dreambooth(bb, truth.mv, DreamBoothConfig(steps=cfg.train_steps, preview_every=0), work_dir=work/'3db', progress=progress,
+                          local=local)
     elif method.adapter == 'joint':
         train_joint(bb, truth.mv, JointConfig(steps=cfg.train_steps, k=cfg.k, preview_every=0), dapter=cfg.dapter,
-                    work_dir=work/'joint', progress=progress)
+                    work_dir=work/'joint', progress=progress, local=local)
     return bb
 
 def run_cell(cfg: BenchConfig, method_key: str, subject_index: int, subject, out: Path, truth: SubjectTruth | None = None,
@@ -208,7 +212,7 @@ def run_bench(out, cfg: BenchConfig | None = None, workers: int = 1, progress: b
     from accelerate import PartialState
     cfg = (cfg or BenchConfig()).validate()
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())     # on a CPU, torchrun processes talk over gloo
     if state.is_main_process: _check_config(out, cfg)
     state.wait_for_everyone()
     todo = [i for i in range(cfg.n_subjects) if any(not cell_path(out, i, m).exists() for m in cfg.methods)]

@@ -207,7 +207,7 @@ def conditioning_views(mv: MultiViewSet, k: int = 4, seed: int = 0) -> tuple[np.
     return idx, mv.images[idx]
 
 def train_joint(backbone: Backbone, mv: MultiViewSet, cfg: JointConfig | None = None, dapter=None, work_dir=None, out_dir=None,
-                progress: bool = True, stop_after: int | None = None) -> dict:
+                progress: bool = True, stop_after: int | None = None, local: bool = False) -> dict:
     """Eq. 4: train `3db` with the 3Dapter branch reading K conditioning views. `dapter`: a pre-trained 3Dapter folder
     (default: the shipped one) or 'random' for a randomly initialised branch (the no-pre-training ablation)."""
     cfg = cfg or JointConfig()
@@ -227,7 +227,7 @@ def train_joint(backbone: Backbone, mv: MultiViewSet, cfg: JointConfig | None = 
     work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix='joint_'))
     log = train_lora(backbone, ConditionedViewBatches(mv, refs, cfg.batch_size, res), cfg, work_dir, ('3db', '3dapter'),
                      loss_module=JointFlowLoss(backbone, cfg.mode), progress=progress, stop_after=stop_after,
-                     preview_references=refs)
+                     preview_references=refs, local=local)
     log['conditioning_views'] = idx.tolist()
     if out_dir is not None and log['history'] and log['history'][-1]['step'] == cfg.steps:
         meta = {**asdict(cfg), 'prompt': mv.prompt(), 'views': len(mv), 'conditioning_views': idx.tolist()}

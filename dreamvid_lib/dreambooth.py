@@ -84,9 +84,11 @@ def save_lora_checkpoint(path, step, backbone, names, opt, sched, history, previ
 
 def train_lora(backbone: Backbone, batches: Callable, cfg: DreamBoothConfig, work_dir, names: Sequence[str] = ('3db',),
                loss_module: torch.nn.Module | None = None, progress: bool = True, stop_after: int | None = None,
-               preview_references=None) -> dict:
+               preview_references=None, local: bool = False) -> dict:
     """Train the LoRA adapters `names` (already added) on `batches(step, gen)` → `(video, captions)` or
     `(video, captions, references)` (then passed to `loss_module`); resumable from `work_dir`.
+    `local`: train in this process alone even under `accelerate launch` (no gradient all-reduce, own checkpoints,
+    the random stream of a single-process run), as the benchmark does when processes take different subjects.
     Returns {'history', 'previews', 'seconds', 'steps_this_call', 'step_seconds'}."""
     work_dir = Path(work_dir); work_dir.mkdir(parents=True, exist_ok=True)
     ckpt = work_dir/'checkpoint.pt'
@@ -103,17 +105,19 @@ def train_lora(backbone: Backbone, batches: Callable, cfg: DreamBoothConfig, wor
         opt.load_state_dict(st['opt']); sched.load_state_dict(st['sched'])
         start, history, previews = st['step'], st['history'], st['previews']
     loss_mod = loss_module or FlowMatchingLoss(backbone)
-    loss_mod, opt = acc.prepare(loss_mod, opt)
+    if local: opt = acc.prepare(opt)                                        # no DDP wrapper: gradients stay in this process
+    else: loss_mod, opt = acc.prepare(loss_mod, opt)
+    rank, main = (0, True) if local else (acc.process_index, acc.is_main_process)
     backbone.train()
     t0, done, step_times = time.perf_counter(), 0, []
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc='+'.join(names))
     for step in bar:
         ts = time.perf_counter()
-        gen = step_generator(cfg.seed, acc.process_index, step)
+        gen = step_generator(cfg.seed, rank, step)
         video, caps, *refs = batches(step, gen)
         sig = sample_sigmas(backbone, video.shape[0], gen, cfg.logit_mean, cfg.logit_std)
         noise = torch.randn(backbone.encode_video(video).shape, generator=gen)
-        loss = loss_mod(video, caps, sig, noise, *refs)
+        with acc.autocast(): loss = loss_mod(video, caps, sig, noise, *refs)
         acc.backward(loss)
         acc.clip_grad_norm_(params, cfg.grad_clip)
         opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
@@ -121,12 +125,12 @@ def train_lora(backbone: Backbone, batches: Callable, cfg: DreamBoothConfig, wor
         history.append({'step': step + 1, 'loss': loss.item()})
         done += 1
         if (step + 1) % 10 == 0: bar.set_postfix(loss=np.mean([h['loss'] for h in history[-10:]]))
-        if cfg.preview_prompt and cfg.preview_every and (step + 1) % cfg.preview_every == 0 and acc.is_main_process:
+        if cfg.preview_prompt and cfg.preview_every and (step + 1) % cfg.preview_every == 0 and main:
             backbone.eval()
             v = generate(backbone, cfg.preview_prompt, seeds=0, steps=12, references=preview_references)[0]
             previews.append({'step': step + 1, 'frames': (v.numpy() * 255).astype(np.uint8)})
             backbone.train()
-        if ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps) and acc.is_main_process:
+        if ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps) and main:
             save_lora_checkpoint(ckpt, step + 1, backbone, names, opt, sched, history, previews)
         if stop_after is not None and done >= stop_after: break
     backbone.eval()
@@ -136,7 +140,7 @@ def train_lora(backbone: Backbone, batches: Callable, cfg: DreamBoothConfig, wor
 
 # %% ../nbs/06_3dreambooth.ipynb #2b9b43aa
 def train_3dreambooth(backbone: Backbone, mv, cfg: DreamBoothConfig | None = None, work_dir=None, out_dir=None,
-                      progress: bool = True, stop_after: int | None = None, name: str = '3db') -> dict:
+                      progress: bool = True, stop_after: int | None = None, name: str = '3db', local: bool = False) -> dict:
     "Personalize `backbone` to the subject of multi-view set `mv` with 1-frame LoRA training."
     cfg = cfg or DreamBoothConfig()
     if cfg.preview_prompt is None: cfg.preview_prompt = mv.prompt() + ' rotating clockwise'
@@ -144,7 +148,8 @@ def train_3dreambooth(backbone: Backbone, mv, cfg: DreamBoothConfig | None = Non
     backbone.transformer.set_adapter(name)
     res = getattr(getattr(backbone, 'config', None), 'resolution', None)
     work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix='3db_'))
-    log = train_lora(backbone, ViewBatches(mv, cfg.batch_size, res), cfg, work_dir, (name,), progress=progress, stop_after=stop_after)
+    log = train_lora(backbone, ViewBatches(mv, cfg.batch_size, res), cfg, work_dir, (name,), progress=progress, stop_after=stop_after,
+                     local=local)
     if out_dir is not None and log['history'] and log['history'][-1]['step'] == cfg.steps:
         save_adapter(backbone, name, out_dir, {**asdict(cfg), 'prompt': mv.prompt(), 'views': len(mv)})
         save_json(Path(out_dir)/'loss_history.json', log['history'])

@@ -79,3 +79,20 @@ def test_sweep_grid_and_knobs(tmp_path):
     bad = tmp_path/'silent.ipynb'
     cells = json.loads(nb.read_text()); cells['cells'] = cells['cells'][:1]; bad.write_text(json.dumps(cells))
     with pytest.raises(ConfigError, match='wrote no'): papermill_grid({'a': [1]}, tmp_path/'out2', notebook=bad, progress=False)
+
+
+def test_bench_split_over_two_accelerate_processes_matches_one_process(tmp_path):
+    """`accelerate launch` splits the subjects across processes; each trains alone (no gradient all-reduce between
+    different subjects) and the results equal a single-process run's."""
+    import pandas as pd
+    acc, exe = pathlib.Path(sys.executable).with_name('accelerate'), pathlib.Path(sys.executable).with_name('dreamvid')
+    args = ['bench', '--subjects', '2', '--methods', 'base,3db', '--steps', '3', '--gen-steps', '2', '--videos', '1', '--no-geometry']
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    two = subprocess.run([str(acc), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1', '--mixed_precision', 'no',
+                          '--dynamo_backend', 'no', str(exe), *args, '--out', str(tmp_path/'two')], capture_output=True, text=True, timeout=600, env=env)
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
+    one = subprocess.run([str(exe), *args, '--out', str(tmp_path/'one')], capture_output=True, text=True, timeout=600, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = (pd.read_csv(tmp_path/d/'per_video.csv').sort_values(['subject_index', 'method']) for d in ('two', 'one'))
+    assert len(a) == len(b) == 4
+    assert np.allclose(a[['psnr', 'ssim', 't_cons']].to_numpy(), b[['psnr', 'ssim', 't_cons']].to_numpy(), atol=1e-5)
