@@ -20,9 +20,9 @@ from .generate import generate, save_video
 from .metrics import tracking_views, view_matched_fidelity, rotation_direction
 
 # %% auto #0
-__all__ = ['METHODS', 'TABLES', 'LOWER_IS_BETTER', 'Method', 'orbit_prompts', 'BenchConfig', 'default_run_dir', 'SubjectTruth',
-           'score_video', 'run_cell', 'cell_path', 'run_subject', 'run_bench', 'collect', 'metric_columns', 'summarize',
-           'markdown_tables', 'plot_summary', 'write_reports']
+__all__ = ['METHODS', 'TABLES', 'LOWER_IS_BETTER', 'Method', 'orbit_prompts', 'BenchConfig', 'weights_fingerprint',
+           'default_run_dir', 'SubjectTruth', 'score_video', 'run_cell', 'cell_path', 'run_subject', 'run_bench',
+           'collect', 'metric_columns', 'summarize', 'markdown_tables', 'plot_summary', 'write_reports']
 
 # %% ../nbs/11_bench.ipynb #310ff6b7
 @dataclass(frozen=True)
@@ -85,11 +85,28 @@ class BenchConfig:
         self.methods = tuple(self.methods)
         return self
 
+def weights_fingerprint(*folders) -> str:
+    "A short hash of the weight files (`*.safetensors`) in model folders, so a retrained model never reuses old results."
+    import hashlib
+    h = hashlib.sha1()
+    for f in folders:
+        f = Path(f) if f is not None else None
+        if f is None or not f.exists(): h.update(str(f).encode()); continue
+        for p in sorted(f.rglob('*.safetensors')): h.update(str(p.relative_to(f)).encode()); h.update(p.read_bytes())
+    return h.hexdigest()[:8]
+
 def default_run_dir(cfg: BenchConfig) -> Path:
-    "The cache folder of a configuration (`~/.cache/dreamvid/bench/<backbone>_<hash>`): rerunning the same settings resumes there."
+    """The cache folder of a configuration and of the model files it loads (`~/.cache/dreamvid/bench/<backbone>_<hash>`):
+    rerunning the same settings on the same weights resumes there."""
     import hashlib
     from dreamvid_lib.core import cache_dir
-    h = hashlib.sha1(json.dumps({k: v for k, v in asdict(cfg).items() if v is not None}, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    from dreamvid_lib.backbones import default_toy_weights
+    from dreamvid_lib.dapter import default_dapter_weights
+    key = {k: v for k, v in asdict(cfg).items() if v is not None}
+    if cfg.backbone == 'toy':
+        key['weights_fingerprint'] = weights_fingerprint(cfg.weights or default_toy_weights(),
+                                                         None if cfg.dapter == 'random' else (cfg.dapter or default_dapter_weights()))
+    h = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return cache_dir()/'bench'/f'{cfg.backbone}_{h}'
 
 def _check_config(out: Path, cfg: BenchConfig) -> None:

@@ -10,8 +10,8 @@ import argparse, json, sys, time, platform
 from pathlib import Path
 import numpy as np
 import torch
-from .core import DreamvidError, save_json, seed_everything, cache_dir, Timer, peak_memory_mb
-from .backbones import load_backbone, ToyBackbone
+from .core import DreamvidError, ConfigError, save_json, seed_everything, cache_dir, Timer, peak_memory_mb
+from .backbones import load_backbone, ToyBackbone, ToyModelConfig
 from . import toyworld as tw
 from .generate import generate, save_video, frames_grid
 from .metrics import tracking_views, view_match, rotation_direction, rotation_monotone_rate, binding_matrix, text_binding_rate
@@ -177,23 +177,40 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--work', default=None, help='checkpoint folder (default: OUT.work); a killed run resumes from it')
     t.add_argument('--workers', type=int, default=2, help='render processes'); t.add_argument('--seed', type=int, default=0)
     t.add_argument('--init-from', default=None, help='continue from a saved toy model folder (e.g. assets/toy_t2v) instead of random weights')
+    t.add_argument('--codec', default='pixel', choices=['pixel', 'vae'], help="'pixel': diffuse pixels (the shipped model); 'vae': train the toy AutoencoderKL first and diffuse its latents (see 05_toy_pretrain)")
     return p
 
 def run_pretrain(out, subjects: int = 3000, steps: int = 10000, work=None, workers: int = 2, seed: int = 0,
-                 init_from=None) -> Path:
-    "Render rings for `subjects` training subjects and pre-train a toy model into `out` (resumable); `init_from` continues a saved model."
-    from dreamvid_lib.pretrain import PretrainConfig, pretrain, finalize_pretrained, caption_vocabulary
+                 init_from=None, codec: str = 'pixel') -> Path:
+    """Render rings for `subjects` training subjects and pre-train a toy model into `out` (resumable); `init_from` continues
+    a saved model. `codec='vae'` first trains the toy AutoencoderKL in `pretrain.VAE_STAGES` and diffuses its latents."""
+    from dreamvid_lib.pretrain import (PretrainConfig, pretrain, finalize_pretrained, caption_vocabulary, VAEConfig, VAE_STAGES,
+                                       train_toy_vae, set_latent_normalisation, vae_heldout_psnr)
+    if codec not in ('vae', 'pixel'): raise ConfigError(f"unknown codec {codec!r}: use 'vae' or 'pixel'")
     out = Path(out); work = Path(work) if work else out.with_name(out.name + '.work')
     rings_path = tw.build_ring_dataset(cache_dir()/'rings', subjects, res=32, workers=workers, seed=seed)
     rings = tw.load_ring_dataset(rings_path)
     cfg = PretrainConfig(steps=steps, seed=seed)
-    bb = ToyBackbone.from_pretrained(init_from).train() if init_from else ToyBackbone.create(caption_vocabulary(), seed=seed)
     log_path = work/'timing.json'
-    prev = json.loads(log_path.read_text()) if log_path.exists() else {'train_seconds': 0.0}
+    prev = json.loads(log_path.read_text()) if log_path.exists() else {'train_seconds': 0.0, 'vae_seconds': 0.0}
+    vae_note = None
+    if init_from: bb = ToyBackbone.from_pretrained(init_from).train()
+    elif codec == 'vae':
+        vae, vsecs = None, 0.0
+        for k, (n, lr) in enumerate(VAE_STAGES):                     # each stage resumes from its own checkpoints
+            r = train_toy_vae(rings, VAEConfig(steps=n, lr=lr, seed=seed), work/f'vae_stage{k}', init=vae)
+            vae, vsecs = r['vae'], vsecs + r['seconds_this_call']
+        set_latent_normalisation(vae, rings, seed=seed)
+        prev['vae_seconds'] = prev.get('vae_seconds', 0.0) + vsecs
+        vae_note = (f"trained first on single ring frames: " + ' + '.join(f'{n} steps at lr {lr:g}' for n, lr in VAE_STAGES) +
+                    f", batch 64, L1 + 1e-6 KL, {prev['vae_seconds']/60:.1f} min; held-out PSNR {vae_heldout_psnr(vae):.1f} dB")
+        bb = ToyBackbone.create(caption_vocabulary(), ToyModelConfig(patch=1, codec='vae'), seed=seed, vae=vae)
+    else: bb = ToyBackbone.create(caption_vocabulary(), seed=seed)
     log = pretrain(bb, rings, cfg, work)
     info = {'subjects': subjects, 'res': 32, 'machine': f'{platform.machine()}, torch {torch.__version__}',
-            'train_seconds': prev['train_seconds'] + log['seconds_this_call'],
-            'render_seconds': rings['render_seconds'], 'init_from': str(init_from) if init_from else None}
+            'train_seconds': prev['train_seconds'] + log['seconds_this_call'], 'vae_seconds': prev.get('vae_seconds', 0.0),
+            'render_seconds': rings['render_seconds'], 'init_from': str(init_from) if init_from else None, 'out': str(out)}
+    if vae_note: info['vae'] = vae_note
     save_json(log_path, info)
     return finalize_pretrained(bb, log, cfg, out, info)
 
@@ -228,7 +245,7 @@ def main(argv=None) -> int:
                 print((Path(args.out)/'tables.md').read_text())
                 print(f"{s['cells_done']}/{s['cells_total']} cells -> {Path(args.out)/'summary.json'}")
         elif args.cmd == 'pretrain':
-            p = run_pretrain(args.out, args.subjects, args.steps, args.work, args.workers, args.seed, args.init_from)
+            p = run_pretrain(args.out, args.subjects, args.steps, args.work, args.workers, args.seed, args.init_from, args.codec)
             print(f'saved the pre-trained toy model to {p}')
     except DreamvidError as e:
         print(f'dreamvid: error: {e}', file=sys.stderr); return 2

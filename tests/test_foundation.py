@@ -65,6 +65,39 @@ def test_pretrain_kill_and_resume_matches_uninterrupted(rings, tmp_path):
     for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()): assert torch.allclose(x, y, atol=1e-6), k
 
 
+def test_latent_route_trains_resumes_saves_and_generates(rings, tmp_path):
+    "Stage 1 (toy VAE) and stage 2 (transformer on its latents): kill/resume, save/load, generation through the VAE."
+    from dreamvid_lib.pretrain import VAEConfig, train_toy_vae, set_latent_normalisation
+    vcfg = VAEConfig(steps=4, batch=4, checkpoint_every=2)
+    full = train_toy_vae(rings, vcfg, tmp_path/'v', progress=False)
+    train_toy_vae(rings, vcfg, tmp_path/'vk', progress=False, stop_after=3)
+    resumed = train_toy_vae(rings, vcfg, tmp_path/'vk', progress=False)
+    for x, y in zip(full['vae'].parameters(), resumed['vae'].parameters()): assert torch.allclose(x, y, atol=1e-6)
+    vae = set_latent_normalisation(full['vae'], rings, n=64)
+    assert vae.config.scaling_factor > 0 and all(not p.requires_grad for p in vae.parameters())
+    bb = ToyBackbone.create(caption_vocabulary(), ToyModelConfig(num_layers=1, patch=1, codec='vae'), seed=0, vae=vae)
+    cfg = PretrainConfig(steps=2, checkpoint_every=1, warmup=1, batch_videos=2, batch_images=4)
+    vae_before = [p.clone() for p in bb.codec.vae.parameters()]
+    log = pretrain(bb, rings, cfg, tmp_path/'t', progress=False)
+    assert all(np.isfinite(h['loss']) for h in log['history'])
+    assert all(torch.equal(a, b) for a, b in zip(vae_before, bb.codec.vae.parameters()))    # the codec stays frozen
+    bb.eval().save_pretrained(tmp_path/'m')
+    bb2 = load_backbone('toy', tmp_path/'m')
+    p = video_caption(tw.heldout_subjects(1)[0], 1)
+    a, b = generate(bb, p, seeds=0, steps=2), generate(bb2, p, seeds=0, steps=2)
+    assert a.shape == (1, 8, 32, 32, 3) and torch.allclose(a, b, atol=1e-5) and 0 <= a.min() and a.max() <= 1
+
+
+def test_shipped_latent_model_loads():
+    p = default_toy_weights().with_name('toy_t2v_latent')
+    bb = load_backbone('toy', p)
+    assert bb.config.codec == 'vae' and bb.codec.latent_channels == 8 and bb.layout(8, 32, 32).tokens_per_frame == 64
+    assert 'AutoencoderKL' in (p/'README.md').read_text()
+    x = torch.rand(1, 2, 32, 32, 3)
+    rec = bb.decode_latents(bb.encode_video(x))
+    assert rec.shape == x.shape
+
+
 def test_cli_demo_fast(tmp_path):
     exe = Path(sys.executable).with_name('dreamvid')
     r = subprocess.run([str(exe), 'demo', '--out', str(tmp_path/'d'), '--fast', '--subject-seed', '1'], capture_output=True, text=True, timeout=900)
