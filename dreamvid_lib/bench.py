@@ -151,7 +151,6 @@ def _subject_backbone(cfg: BenchConfig, method: Method, truth: SubjectTruth, wor
     from accelerate import PartialState
     local = PartialState(cpu=not torch.cuda.is_available()).num_processes > 1                       # processes take different subjects: no gradient sharing
     bb = load_backbone(cfg.backbone, cfg.weights)
-    seed_everything(0)                  # LoRA initialisation independent of what this process ran before (resume, workers, ranks)
     if method.adapter == '3dapter':
         load_pretrained_3dapter(bb, cfg.dapter); activate_branches(bb.transformer, ['3dapter'])
     elif method.adapter == '3db':

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['DreamvidError', 'ConfigError', 'AssetError', 'PromptError', 'repo_root', 'assets_dir', 'cache_dir', 'seed_everything',
-           'get_device', 'atomic_path', 'atomic_write_text', 'save_json', 'load_json', 'Timer', 'peak_memory_mb']
+__all__ = ['WORK_RECORD', 'DreamvidError', 'ConfigError', 'AssetError', 'PromptError', 'repo_root', 'assets_dir', 'cache_dir',
+           'seed_everything', 'get_device', 'atomic_path', 'atomic_write_text', 'json_safe', 'save_json', 'load_json',
+           'Timer', 'peak_memory_mb', 'WorkFolderError', 'tensor_fingerprint', 'files_fingerprint', 'check_work_folder']
 
 # %% ../nbs/00_core.ipynb #4da2d07c
 class DreamvidError(Exception):
@@ -82,15 +83,23 @@ def atomic_write_text(path, text: str) -> Path:
     return Path(path)
 
 def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)): return o.item()
-    if isinstance(o, np.ndarray): return o.tolist()
-    if isinstance(o, torch.Tensor): return o.tolist()
+    if isinstance(o, (np.floating, np.integer, np.bool_)): return json_safe(o.item())
+    if isinstance(o, np.ndarray): return json_safe(o.tolist())
+    if isinstance(o, torch.Tensor): return json_safe(o.tolist())
     if isinstance(o, Path): return str(o)
     raise TypeError(f"cannot serialise {type(o).__name__} to JSON")
 
+def json_safe(obj: Any) -> Any:
+    "`obj` with every NaN or infinite float replaced by None, so that it is strict JSON (a bare `NaN` is not)."
+    if isinstance(obj, float): return obj if np.isfinite(obj) else None
+    if isinstance(obj, (np.floating,)): return json_safe(float(obj))
+    if isinstance(obj, dict): return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)): return [json_safe(v) for v in obj]
+    return obj
+
 def save_json(path, obj: Any) -> Path:
-    "Write `obj` as indented JSON to `path` atomically (NumPy and torch values become lists or numbers)."
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + '\n')
+    "Write `obj` as indented strict JSON to `path` atomically (NumPy and torch values become lists or numbers, NaN becomes null)."
+    return atomic_write_text(path, json.dumps(json_safe(obj), indent=2, default=_json_default, allow_nan=False) + '\n')
 
 def load_json(path) -> Any:
     "Read JSON from `path`, naming the file in the error when it is missing or malformed."
@@ -110,3 +119,86 @@ def peak_memory_mb(device: torch.device | str | None = None) -> float:
     if device is not None and torch.device(device).type == 'cuda':
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+# %% ../nbs/00_core.ipynb #1d3c53a6
+class WorkFolderError(ConfigError):
+    "A work or output folder holds results made from other inputs or settings."
+
+def _update_tensor(h, name: str, t, max_elems: int = 4096) -> None:
+    if isinstance(t, torch.Tensor): t = t.detach()
+    else: t = torch.as_tensor(np.asarray(t))
+    flat = t.reshape(-1)
+    if flat.numel() > max_elems:                                      # a strided sample and the sum: cheap on huge tensors
+        idx = torch.linspace(0, flat.numel() - 1, max_elems, device=flat.device).long()
+        flat = torch.cat([flat[idx].float(), flat.float().sum(0, keepdim=True)])
+    h.update(f'{name}:{tuple(t.shape)}:{t.dtype}'.encode())
+    h.update(flat.cpu().contiguous().numpy().tobytes())
+
+def tensor_fingerprint(*items, skip: tuple[str, ...] = (), max_elems: int = 4096) -> str:
+    """A short content hash of arrays, tensors, strings and modules (a module by its named parameters and buffers,
+    leaving out names containing any of `skip`; '.base_layer' is dropped from names so that adding LoRA does not change it)."""
+    import hashlib
+    h = hashlib.sha1()
+    for it in items:
+        if isinstance(it, torch.nn.Module):
+            named = list(it.named_parameters()) + list(it.named_buffers())
+            for n, p in sorted(named, key=lambda x: x[0].replace('.base_layer', '')):
+                if any(s in n for s in skip): continue
+                _update_tensor(h, n.replace('.base_layer', ''), p, max_elems)
+        elif isinstance(it, (str, bytes)): h.update(it.encode() if isinstance(it, str) else it)
+        elif it is None: h.update(b'None')
+        else: _update_tensor(h, '', it, max_elems=1 << 62)               # arrays given directly: every element
+    return h.hexdigest()[:12]
+
+def files_fingerprint(*folders, pattern: str = '*.safetensors') -> str:
+    "A short hash of the files matching `pattern` in `folders` (names and bytes); a missing folder hashes as its name."
+    import hashlib
+    h = hashlib.sha1()
+    for f in folders:
+        f = Path(f) if f is not None else None
+        if f is None or not f.exists(): h.update(str(f).encode()); continue
+        files = [f] if f.is_file() else sorted(f.rglob(pattern))
+        for p in files: h.update(p.name.encode()); h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+def _flatten(d: dict, prefix: str = '') -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict): out.update(_flatten(v, f'{prefix}{k}.'))
+        else: out[f'{prefix}{k}'] = v
+    return out
+
+WORK_RECORD = 'work.json'
+
+def check_work_folder(folder, record: dict, overwrite: bool = False, ignore: tuple[str, ...] = (),
+                      owned: tuple[str, ...] = ('checkpoint.pt',), what: str = 'training', flag: str = 'overwrite=True') -> Path:
+    """Make `folder` a work folder for `record` ({'config': {...}, 'inputs': {...}}): write `work.json` on first use;
+    on reuse compare it (keys in `ignore` may differ, e.g. `config.steps`) and raise `WorkFolderError` naming the keys
+    that differ and the ways out. `overwrite`: delete `work.json` and the `owned` files first. A folder holding any
+    of the `owned` files but no record (made before records existed) is refused too."""
+    import shutil
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise WorkFolderError(f"{folder} is a file, not a folder: give a folder path for the {what} work")
+    rec_path = folder/WORK_RECORD
+    record = json.loads(json.dumps(json_safe(record), default=_json_default))
+    if overwrite:
+        for name in (WORK_RECORD, *owned):
+            p = folder/name
+            if p.is_dir(): shutil.rmtree(p)
+            elif p.exists(): p.unlink()
+    if rec_path.exists():
+        have = _flatten(load_json(rec_path)); want = _flatten(record)
+        diff = [k for k in sorted(set(have) | set(want)) if k not in ignore and have.get(k) != want.get(k)]
+        if diff:
+            shown = '; '.join(f'{k}: {have.get(k, "(absent)")!r} -> {want.get(k, "(absent)")!r}' for k in diff[:8])
+            raise WorkFolderError(f"{folder} holds {what} work made from other inputs or settings ({len(diff)} differ: {shown}). "
+                                  f"Use a new folder, or pass {flag} to discard that work and start again")
+        return rec_path
+    stale = [n for n in owned if (folder/n).exists()]
+    if stale:
+        raise WorkFolderError(f"{folder} holds {what} work ({', '.join(stale)}) with no record ({WORK_RECORD}) of what it was made from, "
+                              f"so it cannot be resumed safely. Use a new folder, or pass {flag} to discard it")
+    folder.mkdir(parents=True, exist_ok=True)
+    save_json(rec_path, record)
+    return rec_path

@@ -20,7 +20,8 @@ from .backbones import Backbone, load_backbone
 from .adapters import (add_lora, adapter_parameters, save_adapter, load_adapter, activate_branches,
                                    joint_velocity, LORA_RANK, LORA_ALPHA)
 from .pretrain import video_caption, context_phrase
-from .dreambooth import DreamBoothConfig, train_lora, evaluate_videos, ViewBatches
+from .dreambooth import (DreamBoothConfig, train_lora, evaluate_videos, ViewBatches, seeded_lora, views_fingerprint,
+                                     backbone_fingerprint)
 from .generate import generate, encode_references, frames_grid
 from .multiview import from_views, select_conditioning_views, MultiViewSet
 from . import toyworld as tw
@@ -120,7 +121,7 @@ def pretrain_3dapter(backbone: Backbone, pairs: dict, cfg: DapterConfig | None =
                      progress: bool = True, stop_after: int | None = None) -> dict:
     "Eq. 2: train the `3dapter` branch alone on reference–target pairs; save it to `out_dir` when finished."
     cfg = cfg or DapterConfig()
-    if '3dapter' not in getattr(backbone.transformer, 'peft_config', {}): add_lora(backbone, '3dapter', rank=cfg.rank, alpha=cfg.alpha)
+    if '3dapter' not in getattr(backbone.transformer, 'peft_config', {}): seeded_lora(backbone, '3dapter', None, cfg.rank, cfg.alpha, cfg.seed)
     activate_branches(backbone.transformer, ['3dapter'])
     work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix='3dapter_'))
     log = train_lora(backbone, PairBatches(pairs, cfg.batch_size, cfg.class_caption_prob, cfg.caption_dropout), cfg, work_dir, ('3dapter',),
@@ -182,13 +183,15 @@ def zero_shot_check(backbone: Backbone, subjects, seeds=(0, 1), gen_steps: int =
 
 # %% ../nbs/07_3dapter.ipynb #d1e1e0fa
 class ConditionedViewBatches(ViewBatches):
-    "3DreamBooth's 1-frame view batches, each sample with the same K conditioning views as references."
+    "3DreamBooth's 1-frame view batches, each sample with the same K conditioning views as references (resized like the views)."
     def __init__(self, mv, refs: np.ndarray, batch_size: int = 4, resolution: int | None = None):
         super().__init__(mv, batch_size, resolution)
-        self.refs = torch.as_tensor(np.asarray(refs, np.float32))
-        if self.refs.ndim != 4 or self.refs.shape[1:] != self.images.shape[1:]:
-            raise ConfigError(f"conditioning views {tuple(self.refs.shape)} must be [K, {self.images.shape[1]}, {self.images.shape[2]}, 3] "
-                              "like the training views: prepare them at the same size")
+        refs = torch.as_tensor(np.asarray(refs, np.float32))
+        if refs.ndim != 4 or refs.shape[-1] != 3 or refs.shape[1] != refs.shape[2]:
+            raise ConfigError(f"conditioning views {tuple(refs.shape)} must be square RGB images [K, S, S, 3]")
+        if refs.shape[1:] != self.images.shape[1:]:                          # the same resize as the training views
+            refs = F.interpolate(refs.permute(0, 3, 1, 2), size=tuple(self.images.shape[1:3]), mode='area').permute(0, 2, 3, 1)
+        self.refs = refs
     def __call__(self, step: int, gen: torch.Generator):
         video, caps = super().__call__(step, gen)
         return video, caps, self.refs[None].expand(video.shape[0], *self.refs.shape)
@@ -206,31 +209,37 @@ def conditioning_views(mv: MultiViewSet, k: int = 4, seed: int = 0) -> tuple[np.
     idx = select_conditioning_views(mv, k, seed)
     return idx, mv.images[idx]
 
+def _random_dapter_init(tr):
+    with torch.no_grad():                                                     # B ≠ 0 so the branch is not the identity
+        for n, p in tr.named_parameters():
+            if '.3dapter.' in n and 'lora_B' in n: nn.init.kaiming_uniform_(p, a=5 ** 0.5)
+
 def train_joint(backbone: Backbone, mv: MultiViewSet, cfg: JointConfig | None = None, dapter=None, work_dir=None, out_dir=None,
-                progress: bool = True, stop_after: int | None = None, local: bool = False) -> dict:
+                progress: bool = True, stop_after: int | None = None, local: bool = False, overwrite: bool = False) -> dict:
     """Eq. 4: train `3db` with the 3Dapter branch reading K conditioning views. `dapter`: a pre-trained 3Dapter folder
-    (default: the shipped one) or 'random' for a randomly initialised branch (the no-pre-training ablation)."""
+    (default: the shipped one) or 'random' for a randomly initialised branch (the no-pre-training ablation), drawn from
+    `cfg.seed` like the `3db` initialisation. `work_dir` records the inputs (views, backbone, both adapters' initial
+    weights, configuration) and refuses to resume from other ones unless `overwrite`."""
     cfg = cfg or JointConfig()
     tr = backbone.transformer
     if '3dapter' not in getattr(tr, 'peft_config', {}):
-        if dapter == 'random':
-            add_lora(backbone, '3dapter', rank=cfg.rank, alpha=cfg.alpha)
-            with torch.no_grad():                                             # B ≠ 0 so the branch is not the identity
-                for n, p in tr.named_parameters():
-                    if '.3dapter.' in n and 'lora_B' in n: nn.init.kaiming_uniform_(p, a=5 ** 0.5)
+        if dapter == 'random': seeded_lora(backbone, '3dapter', None, cfg.rank, cfg.alpha, cfg.seed, init=_random_dapter_init)
         else: load_pretrained_3dapter(backbone, dapter)
-    if '3db' not in tr.peft_config: add_lora(backbone, '3db', rank=cfg.rank, alpha=cfg.alpha)
+    if '3db' not in tr.peft_config: seeded_lora(backbone, '3db', '3db', cfg.rank, cfg.alpha, cfg.seed)
     activate_branches(tr, ['3db', '3dapter'])
     idx, refs = conditioning_views(mv, cfg.k, cfg.seed)
     res = getattr(getattr(backbone, 'config', None), 'resolution', None)
     if cfg.preview_prompt is None: cfg.preview_prompt = mv.prompt() + ' rotating clockwise'
     work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix='joint_'))
+    inputs = {'views': views_fingerprint(mv), 'n_views': len(mv), 'conditioning_views': idx.tolist(),
+              'dapter': 'random' if dapter == 'random' else str(dapter or 'shipped')}
     log = train_lora(backbone, ConditionedViewBatches(mv, refs, cfg.batch_size, res), cfg, work_dir, ('3db', '3dapter'),
                      loss_module=JointFlowLoss(backbone, cfg.mode), progress=progress, stop_after=stop_after,
-                     preview_references=refs, local=local)
+                     preview_references=refs, local=local, inputs=inputs, overwrite=overwrite)
     log['conditioning_views'] = idx.tolist()
-    if out_dir is not None and log['history'] and log['history'][-1]['step'] == cfg.steps:
-        meta = {**asdict(cfg), 'prompt': mv.prompt(), 'views': len(mv), 'conditioning_views': idx.tolist()}
+    if out_dir is not None and log['trained_steps'] >= cfg.steps:
+        meta = {**asdict(cfg), 'prompt': mv.prompt(), 'views': len(mv), 'conditioning_views': idx.tolist(),
+                'trained_steps': log['trained_steps'], 'inputs': {**inputs, 'backbone': backbone_fingerprint(backbone)}}
         save_adapter(backbone, '3db', Path(out_dir)/'3db', meta); save_adapter(backbone, '3dapter', Path(out_dir)/'3dapter', meta)
         np.save(Path(out_dir)/'conditioning_views.npy', refs)
     return log

@@ -6,7 +6,7 @@ Docs: https://dreamvid.github.io/dreamvid/3dreambooth.html.md"""
 
 # %% ../nbs/06_3dreambooth.ipynb #492a6c69
 from __future__ import annotations
-import math, time, json, tempfile
+import math, time, json, tempfile, warnings
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from accelerate import Accelerator
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from .core import DreamvidError, ConfigError, seed_everything, atomic_path, save_json, Timer
+from .core import (DreamvidError, ConfigError, WorkFolderError, seed_everything, atomic_path, save_json, Timer,
+                               tensor_fingerprint, check_work_folder)
 from .backbones import Backbone, load_backbone
 from .adapters import add_lora, adapter_parameters, save_adapter, load_adapter, LORA_RANK, LORA_ALPHA
 from .pretrain import FlowMatchingLoss, sample_sigmas, lr_lambda
@@ -26,7 +27,8 @@ from .multiview import from_views
 from .metrics import tracking_views, view_matched_fidelity, rotation_direction
 
 # %% auto #0
-__all__ = ['ViewBatches', 'VideoBatches', 'DreamBoothConfig', 'step_generator', 'save_lora_checkpoint', 'train_lora',
+__all__ = ['RESUMABLE_KEYS', 'ViewBatches', 'VideoBatches', 'DreamBoothConfig', 'step_generator', 'backbone_fingerprint',
+           'views_fingerprint', 'seeded_lora', 'adapter_init_fingerprint', 'save_lora_checkpoint', 'train_lora',
            'train_3dreambooth', 'evaluate_videos', 'compare_on_subject', 'replays_orbit']
 
 # %% ../nbs/06_3dreambooth.ipynb #85f758e4
@@ -68,49 +70,105 @@ class DreamBoothConfig:
     checkpoint_every: int = 100
     preview_every: int = 100
     preview_prompt: str | None = None
-    seed: int = 0
+    seed: int = 0                    # seeds the LoRA initialisation and every step's random stream
     mixed_precision: str = 'no'      # 'bf16' on a GPU
+
+# settings that may change between a run and its resume: more steps (train on), how often to save or preview
+RESUMABLE_KEYS = ('config.steps', 'config.checkpoint_every', 'config.preview_every', 'config.preview_prompt')
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     "The random stream of one training step on one process: a pure function of (seed, rank, step), so resuming needs no RNG state."
     return torch.Generator().manual_seed((seed * 1_000_003 + rank * 7_919 + step) % 2**63)
 
-def save_lora_checkpoint(path, step, backbone, names, opt, sched, history, previews) -> Path:
-    "Atomic checkpoint of adapters `names` + optimizer, LR schedule and history."
+def backbone_fingerprint(backbone: Backbone) -> str:
+    "Content fingerprint of the backbone's own weights (adapters left out)."
+    return tensor_fingerprint(backbone.transformer, skip=('lora_',))
+
+def views_fingerprint(mv) -> str:
+    "Content hash of a multi-view set: its images, masks and prompt."
+    return tensor_fingerprint(np.asarray(mv.images), np.asarray(mv.masks), mv.prompt())
+
+def seeded_lora(backbone: Backbone, name: str, branch: str | None, rank: int, alpha: int, seed: int, init=None) -> str:
+    """Add LoRA adapter `name` with its initialisation drawn from `seed` alone (whatever ran before in this process),
+    `init(transformer)` applied after; record and return the initial weights' fingerprint."""
+    devs = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devs):
+        torch.manual_seed(seed)
+        add_lora(backbone, name, branch, rank, alpha)
+        if init is not None: init(backbone.transformer)
+    return adapter_init_fingerprint(backbone, name)
+
+def adapter_init_fingerprint(backbone: Backbone, name: str) -> str:
+    "Fingerprint of adapter `name` as it was before training (recorded on first sight: when added here, or as found)."
+    tr = backbone.transformer
+    rec = tr.__dict__.setdefault('_dreamvid_adapter_init', {})
+    if name not in rec: rec[name] = tensor_fingerprint(*[p for p in adapter_parameters(backbone, name)])
+    return rec[name]
+
+def save_lora_checkpoint(path, step, backbone, names, opt, sched, history, previews, timing: dict | None = None) -> Path:
+    "Atomic checkpoint of adapters `names` + optimizer, LR schedule, history and training time so far."
     st = {'step': step, 'lora': {n: get_peft_model_state_dict(backbone.transformer, adapter_name=n) for n in names},
-          'opt': opt.state_dict(), 'sched': sched.state_dict(), 'history': history, 'previews': previews}
+          'opt': opt.state_dict(), 'sched': sched.state_dict(), 'history': history, 'previews': previews, 'timing': timing or {}}
     with atomic_path(path) as tmp: torch.save(st, tmp)
     return Path(path)
 
+def _load_checkpoint(ckpt: Path, backbone, names) -> dict:
+    "Read a checkpoint and load its adapters, turning a corrupt file or a shape mismatch into a clear error."
+    try: st = torch.load(ckpt, map_location='cpu', weights_only=False)
+    except Exception as e:
+        raise ConfigError(f"checkpoint {ckpt} cannot be read ({type(e).__name__}: {e}): delete it (or pass overwrite=True) to train from scratch") from e
+    for n in names:
+        if n not in st.get('lora', {}):
+            raise ConfigError(f"checkpoint {ckpt} holds adapters {sorted(st.get('lora', {}))}, not {n!r}: use a new work folder or overwrite=True")
+        want = dict(get_peft_model_state_dict(backbone.transformer, adapter_name=n))
+        bad = [k for k, v in st['lora'][n].items() if k in want and tuple(v.shape) != tuple(want[k].shape)]
+        if bad:
+            k = bad[0]
+            raise ConfigError(f"checkpoint {ckpt} holds adapter {n!r} of another shape ({k}: {tuple(st['lora'][n][k].shape)} saved, "
+                              f"{tuple(want[k].shape)} now; a different LoRA rank?): use the rank it was trained with, a new work folder, or overwrite=True")
+        set_peft_model_state_dict(backbone.transformer, st['lora'][n], adapter_name=n)
+    return st
+
 def train_lora(backbone: Backbone, batches: Callable, cfg: DreamBoothConfig, work_dir, names: Sequence[str] = ('3db',),
                loss_module: torch.nn.Module | None = None, progress: bool = True, stop_after: int | None = None,
-               preview_references=None, local: bool = False) -> dict:
+               preview_references=None, local: bool = False, inputs: dict | None = None, overwrite: bool = False) -> dict:
     """Train the LoRA adapters `names` (already added) on `batches(step, gen)` → `(video, captions)` or
     `(video, captions, references)` (then passed to `loss_module`); resumable from `work_dir`.
+    `work_dir/work.json` records the configuration and `inputs` (fingerprints of the data; the backbone's and the
+    adapters' initial weights are added here): resuming from other ones raises `WorkFolderError`, unless `overwrite`.
     `local`: train in this process alone even under `accelerate launch` (no gradient all-reduce, own checkpoints,
     the random stream of a single-process run), as the benchmark does when processes take different subjects.
-    Returns {'history', 'previews', 'seconds', 'steps_this_call', 'step_seconds'}."""
-    work_dir = Path(work_dir); work_dir.mkdir(parents=True, exist_ok=True)
+    Returns {'history', 'previews', 'seconds' (this call), 'seconds_total' (all calls), 'steps_this_call',
+    'resumed_from', 'trained_steps', 'step_seconds' (median over every step so far)}."""
+    work_dir = Path(work_dir)
     ckpt = work_dir/'checkpoint.pt'
+    record = {'config': asdict(cfg) if hasattr(cfg, '__dataclass_fields__') else dict(cfg),
+              'inputs': {**(inputs or {}), 'backbone': backbone_fingerprint(backbone),
+                         'adapter_init': {n: adapter_init_fingerprint(backbone, n) for n in names}}}
+    check_work_folder(work_dir, record, overwrite=overwrite, ignore=RESUMABLE_KEYS, what='training')
     seed_everything(cfg.seed)
     acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     params = [p for n in names for p in adapter_parameters(backbone, n)]
     for p in params: p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup, cfg.steps))
-    start, history, previews = 0, [], []
+    start, history, previews, timing = 0, [], [], {'seconds': 0.0, 'step_seconds': []}
     if ckpt.exists():
-        st = torch.load(ckpt, map_location='cpu', weights_only=False)
-        for n in names: set_peft_model_state_dict(backbone.transformer, st['lora'][n], adapter_name=n)
+        st = _load_checkpoint(ckpt, backbone, names)
         opt.load_state_dict(st['opt']); sched.load_state_dict(st['sched'])
         start, history, previews = st['step'], st['history'], st['previews']
+        timing = {'seconds': 0.0, 'step_seconds': [], **st.get('timing', {})}
+    if start > cfg.steps:
+        warnings.warn(f"{ckpt} already holds {start} steps, more than steps={cfg.steps}: nothing to train; the adapter is the "
+                      f"{start}-step one (use a new work folder or overwrite=True to train {cfg.steps} steps)")
     loss_mod = loss_module or FlowMatchingLoss(backbone)
     if local: opt = acc.prepare(opt)                                        # no DDP wrapper: gradients stay in this process
     else: loss_mod, opt = acc.prepare(loss_mod, opt)
     rank, main = (0, True) if local else (acc.process_index, acc.is_main_process)
     backbone.train()
-    t0, done, step_times = time.perf_counter(), 0, []
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc='+'.join(names))
+    t0, done, step_times = time.perf_counter(), 0, list(timing['step_seconds'])
+    ckpt_time = lambda: {'seconds': timing['seconds'] + time.perf_counter() - t0, 'step_seconds': step_times}
+    bar = tqdm(range(start, cfg.steps), initial=min(start, cfg.steps), total=cfg.steps, disable=not progress, desc='+'.join(names))
     for step in bar:
         ts = time.perf_counter()
         gen = step_generator(cfg.seed, rank, step)
@@ -131,27 +189,35 @@ def train_lora(backbone: Backbone, batches: Callable, cfg: DreamBoothConfig, wor
             previews.append({'step': step + 1, 'frames': (v.numpy() * 255).astype(np.uint8)})
             backbone.train()
         if ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps) and main:
-            save_lora_checkpoint(ckpt, step + 1, backbone, names, opt, sched, history, previews)
+            save_lora_checkpoint(ckpt, step + 1, backbone, names, opt, sched, history, previews, ckpt_time())
         if stop_after is not None and done >= stop_after: break
     backbone.eval()
     for p in params: p.requires_grad_(False)
-    return {'history': history, 'previews': previews, 'seconds': time.perf_counter() - t0, 'steps_this_call': done,
-            'step_seconds': float(np.median(step_times)) if step_times else float('nan')}
+    seconds = time.perf_counter() - t0
+    return {'history': history, 'previews': previews, 'seconds': seconds, 'seconds_total': timing['seconds'] + seconds,
+            'steps_this_call': done, 'resumed_from': start, 'trained_steps': history[-1]['step'] if history else 0,
+            'step_seconds': float(np.median(step_times)) if step_times else None}
 
 # %% ../nbs/06_3dreambooth.ipynb #2b9b43aa
 def train_3dreambooth(backbone: Backbone, mv, cfg: DreamBoothConfig | None = None, work_dir=None, out_dir=None,
-                      progress: bool = True, stop_after: int | None = None, name: str = '3db', local: bool = False) -> dict:
-    "Personalize `backbone` to the subject of multi-view set `mv` with 1-frame LoRA training."
+                      progress: bool = True, stop_after: int | None = None, name: str = '3db', local: bool = False,
+                      overwrite: bool = False) -> dict:
+    """Personalize `backbone` to the subject of multi-view set `mv` with 1-frame LoRA training. The LoRA initialisation
+    is drawn from `cfg.seed`; `work_dir` records what it was made from (views, backbone, adapter init, configuration)
+    and refuses to resume from other ones unless `overwrite`. With `out_dir`, the adapter is saved once the run holds
+    at least `cfg.steps` steps."""
     cfg = cfg or DreamBoothConfig()
     if cfg.preview_prompt is None: cfg.preview_prompt = mv.prompt() + ' rotating clockwise'
-    if name not in getattr(backbone.transformer, 'peft_config', {}): add_lora(backbone, name, '3db', cfg.rank, cfg.alpha)
+    if name not in getattr(backbone.transformer, 'peft_config', {}): seeded_lora(backbone, name, '3db', cfg.rank, cfg.alpha, cfg.seed)
     backbone.transformer.set_adapter(name)
     res = getattr(getattr(backbone, 'config', None), 'resolution', None)
     work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix='3db_'))
+    inputs = {'views': views_fingerprint(mv), 'n_views': len(mv)}
     log = train_lora(backbone, ViewBatches(mv, cfg.batch_size, res), cfg, work_dir, (name,), progress=progress, stop_after=stop_after,
-                     local=local)
-    if out_dir is not None and log['history'] and log['history'][-1]['step'] == cfg.steps:
-        save_adapter(backbone, name, out_dir, {**asdict(cfg), 'prompt': mv.prompt(), 'views': len(mv)})
+                     local=local, inputs=inputs, overwrite=overwrite)
+    if out_dir is not None and log['trained_steps'] >= cfg.steps:
+        save_adapter(backbone, name, out_dir, {**asdict(cfg), 'prompt': mv.prompt(), 'views': len(mv), 'trained_steps': log['trained_steps'],
+                                               'inputs': {**inputs, 'backbone': backbone_fingerprint(backbone)}})
         save_json(Path(out_dir)/'loss_history.json', log['history'])
     return log
 

@@ -53,7 +53,6 @@ def run_experiment(exp: Experiment | None = None, backbone: str = 'toy', weights
     subject = tw.heldout_subjects(exp.subject_index + 1, seed=0)[exp.subject_index]
     truth = SubjectTruth(subject, getattr(bb.config, 'resolution', 32), exp.k)
     common = dict(steps=exp.steps, rank=exp.rank, alpha=2 * exp.rank, lr=exp.lr, preview_every=0, checkpoint_every=10 ** 9)
-    seed_everything(0)                  # the same LoRA initialisation whatever ran before in this process (panel clicks)
     with Timer() as t_train:
         if exp.method == '3db': log = train_3dreambooth(bb, truth.mv, DreamBoothConfig(**common), progress=progress)
         else: log = train_joint(bb, truth.mv, JointConfig(k=exp.k, **common), progress=progress)

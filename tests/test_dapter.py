@@ -99,7 +99,7 @@ def test_bad_inputs(mv):
     with pytest.raises(ConfigError, match="video's size"):
         joint_velocity(bb, torch.randn(1, 3, 2, 32, 32), torch.tensor([.5]), bb.encode_prompt('a video'), torch.randn(1, 3, 2, 16, 16))
     with pytest.raises(ConfigError, match='K=9'): conditioning_views(mv, 9)
-    with pytest.raises(ConfigError, match='same size'): ConditionedViewBatches(mv, np.zeros((4, 16, 16, 3), np.float32))
+    with pytest.raises(ConfigError, match='square RGB'): ConditionedViewBatches(mv, np.zeros((4, 16, 12, 3), np.float32))
     with pytest.raises(ConfigError, match='references'): generate(bb, 'a video of a mug', 0, steps=1, tab=True)
     with pytest.raises(ConfigError, match='resize the references'):
         generate(bb, 'a video of a mug', 0, steps=1, references=np.zeros((2, 16, 16, 3), np.float32))
@@ -191,3 +191,31 @@ def test_routing_accuracy_and_iterations_to_match():
                          [('3db', 100, 8), ('3db', 200, 10), ('joint', 100, 9), ('joint', 200, 11)]])
     t = iterations_to_match(conv).set_index('method')
     assert t.loc['joint', 'iterations_to_match'] == 200 and t.loc['3db', 'iterations_to_match'] == 200
+
+
+def test_views_of_another_size_train_joint_as_they_train_3dreambooth(tmp_path):
+    # issue 14: ViewBatches resized a 64-px set to the model's 32 px but ConditionedViewBatches refused it
+    big = from_views(tw.multiview_set(tw.heldout_subjects(1)[0], n_views=6, res=64, seed=0))
+    b = ConditionedViewBatches(big, big.images[:3], batch_size=2, resolution=32)
+    video, caps, refs = b(0, torch.Generator().manual_seed(0))
+    assert video.shape[2:] == refs.shape[2:] == (32, 32, 3)
+    log = train_joint(_bb(), big, JointConfig(steps=2, batch_size=2, preview_every=0, k=3), dapter='random',
+                      work_dir=tmp_path/'w', progress=False)
+    assert log['trained_steps'] == 2
+
+
+def test_joint_work_folder_refuses_another_subject_or_dapter(mv, tmp_path):
+    from dreamvid_lib.core import WorkFolderError
+    cfg = JointConfig(steps=2, batch_size=2, preview_every=0, k=3)
+    train_joint(_bb(), mv, cfg, dapter='random', work_dir=tmp_path/'w', progress=False)
+    other = from_views(tw.multiview_set(tw.heldout_subjects(2)[1], n_views=8, res=32, seed=0))
+    with pytest.raises(WorkFolderError, match='inputs.views'):
+        train_joint(_bb(), other, cfg, dapter='random', work_dir=tmp_path/'w', progress=False)
+    d = _bb(); add_lora(d, '3dapter'); save_adapter(d, '3dapter', tmp_path/'d')
+    with pytest.raises(WorkFolderError, match='adapter_init.3dapter'):
+        train_joint(_bb(), mv, cfg, dapter=tmp_path/'d', work_dir=tmp_path/'w', progress=False)   # a pre-trained one, not random
+    a = _bb(); train_joint(a, mv, cfg, dapter='random', work_dir=tmp_path/'a', progress=False)
+    b = _bb(); train_joint(b, mv, cfg, dapter='random', work_dir=tmp_path/'b', progress=False)
+    for n in ('3db', '3dapter'):
+        sa, sb = get_peft_model_state_dict(a.transformer, adapter_name=n), get_peft_model_state_dict(b.transformer, adapter_name=n)
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)                                # seeded initialisation
