@@ -15,7 +15,8 @@ import torch
 # %% auto #0
 __all__ = ['WORK_RECORD', 'DreamvidError', 'ConfigError', 'AssetError', 'PromptError', 'repo_root', 'assets_dir', 'cache_dir',
            'seed_everything', 'get_device', 'atomic_path', 'atomic_write_text', 'json_safe', 'save_json', 'load_json',
-           'Timer', 'peak_memory_mb', 'WorkFolderError', 'tensor_fingerprint', 'files_fingerprint', 'check_work_folder']
+           'Timer', 'peak_memory_mb', 'WorkFolderError', 'tensor_fingerprint', 'files_fingerprint', 'check_work_folder',
+           'check_out_dir', 'remove_if_unused', 'check_safetensors']
 
 # %% ../nbs/00_core.ipynb #4da2d07c
 class DreamvidError(Exception):
@@ -151,14 +152,18 @@ def tensor_fingerprint(*items, skip: tuple[str, ...] = (), max_elems: int = 4096
     return h.hexdigest()[:12]
 
 def files_fingerprint(*folders, pattern: str = '*.safetensors') -> str:
-    "A short hash of the files matching `pattern` in `folders` (names and bytes); a missing folder hashes as its name."
+    "A short hash of the files matching `pattern` in `folders` (names and bytes; files over 256 MiB by size, head and tail); a missing folder hashes as its name."
     import hashlib
     h = hashlib.sha1()
     for f in folders:
         f = Path(f) if f is not None else None
         if f is None or not f.exists(): h.update(str(f).encode()); continue
         files = [f] if f.is_file() else sorted(f.rglob(pattern))
-        for p in files: h.update(p.name.encode()); h.update(p.read_bytes())
+        for p in files:
+            h.update(p.name.encode()); size = p.stat().st_size
+            if size <= 1 << 28: h.update(p.read_bytes()); continue
+            with open(p, 'rb') as fh:                                     # a multi-GB checkpoint: its size, head and tail
+                h.update(str(size).encode()); h.update(fh.read(1 << 22)); fh.seek(-(1 << 22), 2); h.update(fh.read())
     return h.hexdigest()[:12]
 
 def _flatten(d: dict, prefix: str = '') -> dict:
@@ -202,3 +207,43 @@ def check_work_folder(folder, record: dict, overwrite: bool = False, ignore: tup
     folder.mkdir(parents=True, exist_ok=True)
     save_json(rec_path, record)
     return rec_path
+
+# %% ../nbs/00_core.ipynb #8fd14f02
+def check_out_dir(path, what: str = 'output') -> tuple[Path, bool]:
+    "Validate an output folder path before any work: refuse a path naming a file. Returns (path, whether it existed)."
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {path} names a file, not a folder: give a folder path for the {what} (it is created if missing)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir(): raise ConfigError(f"--out {path}: {parent} is a file, so the {what} folder cannot be created there")
+            break
+    return path, path.exists()
+
+def remove_if_unused(path, existed: bool, keep_if_any_of: tuple[str, ...] = ()) -> bool:
+    """After a failure: remove folder `path` when this run created it (`existed` False) and it holds nothing but
+    a work record, so that failures leave no empty output folders. Returns True when removed."""
+    import shutil
+    path = Path(path)
+    if existed or not path.is_dir(): return False
+    left = [p for p in path.iterdir() if p.name != WORK_RECORD and not p.name.startswith('.')]
+    if left: return False
+    shutil.rmtree(path); return True
+
+def check_safetensors(path, what: str = 'weights') -> Path:
+    "Check that `path` is a readable `.safetensors` file (header and every tensor's extent) without loading it; name the file and the fix."
+    import struct
+    path = Path(path)
+    if not path.is_file(): raise AssetError(f"{what} file {path} not found")
+    size = path.stat().st_size
+    try:
+        with open(path, 'rb') as f:
+            n = struct.unpack('<Q', f.read(8))[0]
+            if n <= 0 or 8 + n > size: raise ValueError(f'header length {n} does not fit in {size} bytes')
+            header = json.loads(f.read(n))
+        end = max([v['data_offsets'][1] for k, v in header.items() if k != '__metadata__'] or [0])
+        if 8 + n + end > size: raise ValueError(f'tensor data ends at byte {8 + n + end} but the file has {size}')
+    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} file {path} is not a valid .safetensors file ({e}): it is truncated or corrupt; "
+                          "re-copy or re-train it") from e
+    return path

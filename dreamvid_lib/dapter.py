@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
-from .core import DreamvidError, ConfigError, AssetError, atomic_path, save_json, load_json, Timer, assets_dir, cache_dir
+from .core import DreamvidError, ConfigError, AssetError, atomic_path, save_json, load_json, Timer, assets_dir, cache_dir, check_safetensors
 from .backbones import Backbone, load_backbone
 from .adapters import (add_lora, adapter_parameters, save_adapter, load_adapter, activate_branches,
                                    joint_velocity, LORA_RANK, LORA_ALPHA)
@@ -28,7 +28,7 @@ from . import toyworld as tw
 
 # %% auto #0
 __all__ = ['JointFlowLoss', 'build_pair_dataset', 'load_pair_dataset', 'PairBatches', 'DapterConfig', 'default_dapter_weights',
-           'pretrain_3dapter', 'write_dapter_card', 'load_pretrained_3dapter', 'zero_shot_check',
+           'pretrain_3dapter', 'write_dapter_card', 'load_pretrained_3dapter', 'check_dapter', 'zero_shot_check',
            'ConditionedViewBatches', 'JointConfig', 'conditioning_views', 'train_joint', 'convergence_study',
            'iterations_to_match']
 
@@ -161,11 +161,21 @@ the backbone it belongs to), `loss_history.json`.
 
 def load_pretrained_3dapter(backbone: Backbone, path=None) -> str:
     "Load the pre-trained 3Dapter (default: the shipped `assets/toy_3dapter`) as adapter '3dapter'."
+    path = check_dapter(path)
+    return load_adapter(backbone, path, '3dapter')
+
+def check_dapter(path=None) -> Path:
+    "Validate a pre-trained 3Dapter folder (default: the shipped one) without loading it: files present, weights readable."
     path = Path(path) if path else default_dapter_weights()
     if not path.exists():
         raise AssetError(f"pre-trained 3Dapter {path} not found: it ships as assets/toy_3dapter, or re-create it with "
-                         "nbs/07_3dapter.ipynb (parameter retrain=True)")
-    return load_adapter(backbone, path, '3dapter')
+                         "nbs/07_3dapter.ipynb (parameter retrain=True); or pass 'random'")
+    if not path.is_dir() or not (path/'adapter_config.json').exists():
+        raise AssetError(f"3Dapter {path} is not an adapter folder (it needs adapter_config.json and pytorch_lora_weights.safetensors): "
+                         "pass the folder a 3Dapter was saved to, or 'random'")
+    load_json(path/'adapter_config.json')
+    check_safetensors(path/'pytorch_lora_weights.safetensors', f'3Dapter {path}:')
+    return path
 
 # %% ../nbs/07_3dapter.ipynb #8bdd1f95
 def zero_shot_check(backbone: Backbone, subjects, seeds=(0, 1), gen_steps: int = 20, ref_azimuth: float = 30.0) -> list[dict]:

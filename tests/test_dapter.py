@@ -219,3 +219,16 @@ def test_joint_work_folder_refuses_another_subject_or_dapter(mv, tmp_path):
     for n in ('3db', '3dapter'):
         sa, sb = get_peft_model_state_dict(a.transformer, adapter_name=n), get_peft_model_state_dict(b.transformer, adapter_name=n)
         assert all(torch.equal(sa[k], sb[k]) for k in sa)                                # seeded initialisation
+
+
+def test_corrupt_or_missing_dapter_is_refused_before_training(mv, tmp_path):
+    import shutil
+    from dreamvid_lib.dapter import check_dapter
+    from dreamvid_lib.core import AssetError
+    d = tmp_path/'d'; shutil.copytree(check_dapter(), d)
+    w = d/'pytorch_lora_weights.safetensors'; w.write_bytes(w.read_bytes()[:1000])
+    with pytest.raises(ConfigError, match=r'pytorch_lora_weights.safetensors is not a valid .safetensors file.*truncated or corrupt'):
+        train_joint(_bb(), mv, JointConfig(steps=2), dapter=d, work_dir=tmp_path/'w', progress=False)
+    assert not (tmp_path/'w').exists()                                    # refused before any work folder was made
+    with pytest.raises(AssetError, match='not found'): check_dapter(tmp_path/'missing')
+    with pytest.raises(AssetError, match='not an adapter folder'): check_dapter(tmp_path)
