@@ -29,10 +29,11 @@ LORA_TARGETS = {
     '3dapter': '|'.join([_ATTN.format(a='attn1'), _FFN, r'patch_embedding']),
 }
 
-def lora_config(branch: str, rank: int = LORA_RANK, alpha: int = LORA_ALPHA) -> LoraConfig:
-    "The peft `LoraConfig` of adapter `branch` ('3db' or '3dapter')."
-    if branch not in LORA_TARGETS: raise ConfigError(f"unknown adapter branch {branch!r}; choose '3db' or '3dapter'")
-    return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=f'^({LORA_TARGETS[branch]})$')
+def lora_config(branch: str, rank: int = LORA_RANK, alpha: int = LORA_ALPHA, targets: dict | None = None) -> LoraConfig:
+    "The peft `LoraConfig` of adapter `branch` ('3db' or '3dapter'); `targets`: a backbone's own module patterns (default: Wan's `LORA_TARGETS`)."
+    targets = targets or LORA_TARGETS
+    if branch not in targets: raise ConfigError(f"unknown adapter branch {branch!r}; choose '3db' or '3dapter'")
+    return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=f'^({targets[branch]})$')
 
 def _add_adapter(transformer, config: LoraConfig, name: str):
     "diffusers' `add_adapter`, without peft's warning about a second adapter (two branches are the point here)."
@@ -48,7 +49,7 @@ def add_lora(backbone, name: str = '3db', branch: str | None = None, rank: int =
     tr = backbone.transformer
     if name in getattr(tr, 'peft_config', {}): raise ConfigError(f"the transformer already has an adapter named {name!r}")
     for p in backbone.parameters(): p.requires_grad_(False)
-    _add_adapter(tr, lora_config(branch or name, rank, alpha), name)
+    _add_adapter(tr, lora_config(branch or name, rank, alpha, getattr(backbone, 'lora_targets', None)), name)
     params = adapter_parameters(backbone, name)
     for p in params: p.data = p.data.float(); p.requires_grad_(True)   # trainable LoRA weights in fp32, also on a bf16 model
     return params
@@ -62,8 +63,9 @@ def adapter_parameters(backbone, name: str) -> list[torch.nn.Parameter]:
 # %% ../nbs/04_adapters.ipynb #76c02885
 def _backbone_signature(backbone) -> dict:
     c = backbone.transformer.config
+    patch = list(c.patch_size) if isinstance(c.patch_size, (list, tuple)) else [c.patch_size_t, c.patch_size, c.patch_size]   # Hunyuan: ints
     return {'backbone': backbone.name, 'num_layers': c.num_layers, 'inner_dim': c.num_attention_heads * c.attention_head_dim,
-            'patch_size': list(c.patch_size), 'in_channels': c.in_channels, 'text_dim': c.text_dim}
+            'patch_size': patch, 'in_channels': c.in_channels, 'text_dim': c.get('text_dim', c.get('text_embed_dim'))}
 
 def save_adapter(backbone, name: str, out_dir, train_config: dict | None = None) -> Path:
     "Save adapter `name` to `out_dir` (diffusers LoRA safetensors + adapter_config.json), atomically."
@@ -99,8 +101,8 @@ def load_adapter(backbone, path, name: str | None = None) -> str:
         raise ConfigError(f"adapter {path} was trained on backbone {meta.get('backbone')} but this backbone is {sig}: "
                           "use the backbone it was trained with, or retrain the adapter")
     if name in getattr(backbone.transformer, 'peft_config', {}): backbone.transformer.delete_adapters(name)
-    branch = meta['adapter'] if meta['adapter'] in LORA_TARGETS else ('3dapter' if 'patch_embedding' in str(meta['target_modules']) else '3db')
-    _add_adapter(backbone.transformer, lora_config(branch, meta['rank'], meta['alpha']), name)
+    branch = meta['adapter'] if meta['adapter'] in LORA_TARGETS else ('3dapter' if re.search(r'patch_embedding|x_embedder', str(meta['target_modules'])) else '3db')
+    _add_adapter(backbone.transformer, lora_config(branch, meta['rank'], meta['alpha'], getattr(backbone, 'lora_targets', None)), name)
     sd = load_file(path/'pytorch_lora_weights.safetensors')
     sd = {k.removeprefix('transformer.'): v for k, v in sd.items()}
     res = set_peft_model_state_dict(backbone.transformer, sd, adapter_name=name)
@@ -166,6 +168,7 @@ class FrameIndexRope(nn.Module):
 class TokenRouter:
     """Per-token routing of the `3db` and `3dapter` LoRA branches through forward hooks on each `lora_B`.
     Installed once per transformer by `install_router`; its state is set by `references(...)`."""
+    text_path = _TEXT_PATH                                                # modules that see text tokens (a backbone may override)
     def __init__(self, transformer):
         self.transformer, self.handles, self._state = transformer, [], threading.local()
         self.attach()
@@ -177,7 +180,7 @@ class TokenRouter:
         self.handles = []
         for name, mod in self.transformer.named_modules():
             if not isinstance(mod, LoraLayer): continue
-            kind = 'text' if _TEXT_PATH.search(name) else ('frames' if isinstance(mod.get_base_layer(), nn.Conv3d) else 'tokens')
+            kind = 'text' if self.text_path.search(name) else ('frames' if isinstance(mod.get_base_layer(), nn.Conv3d) else 'tokens')
             for adapter, lb in mod.lora_B.items():
                 is_ref = adapter == REF_BRANCH or adapter.startswith(REF_BRANCH + ':')
                 self.handles.append(lb.register_forward_hook(self._hook(is_ref, kind, name)))

@@ -302,11 +302,15 @@ def default_toy_weights() -> Path:
 def load_backbone(backbone: str = 'toy', weights: str | Path | None = None, device: str | torch.device = 'cpu', **kwargs) -> Backbone:
     """Load a backbone by name: `'toy'` (default weights: `assets/toy_t2v`) or `'wan'` (Wan 2.1 in the diffusers layout:
     a local folder or a hub id already in the Hugging Face cache; default `Wan-AI/Wan2.1-T2V-1.3B-Diffusers`;
-    `kwargs` such as `dtype` go to `dreamvid_lib.wan.WanBackbone.from_pretrained`)."""
+    `kwargs` such as `dtype` go to `dreamvid_lib.wan.WanBackbone.from_pretrained`) or `'hunyuan'` (HunyuanVideo-1.5 in the
+    layout `HunyuanVideo15Pipeline.from_pretrained` reads; default `hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v`)."""
     if backbone == 'toy':
-        if kwargs: raise ConfigError(f"the toy backbone takes no options {sorted(kwargs)}; they are for backbone='wan'")
+        if kwargs: raise ConfigError(f"the toy backbone takes no options {sorted(kwargs)}; they are for backbone='wan' or 'hunyuan'")
         return ToyBackbone.from_pretrained(weights or default_toy_weights(), device=device)
     if backbone == 'wan':
         from dreamvid_lib.wan import WanBackbone, WAN_MODEL_ID     # lazy: wan.py builds on this module
         return WanBackbone.from_pretrained(weights or WAN_MODEL_ID, device=device, **kwargs)
-    raise ConfigError(f"unknown backbone {backbone!r}: available backbones are 'toy' and 'wan'")
+    if backbone == 'hunyuan':
+        from dreamvid_lib.hunyuan import HunyuanBackbone, HUNYUAN_MODEL_ID     # lazy: hunyuan.py builds on this module
+        return HunyuanBackbone.from_pretrained(weights or HUNYUAN_MODEL_ID, device=device, **kwargs)
+    raise ConfigError(f"unknown backbone {backbone!r}: available backbones are 'toy', 'wan' and 'hunyuan'")

@@ -152,11 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument('--out', required=True, help='output folder (report.json, videos/, frames_grid.png)')
     d.add_argument('--subject-seed', type=int, default=0, help='picks the held-out toy subjects deterministically')
     d.add_argument('--fast', action='store_true', help='a smaller, quicker run for smoke tests')
-    d.add_argument('--backbone', default='toy', choices=['toy', 'wan'], help="'toy' (default: the shipped model) or 'wan' (Wan 2.1, diffusers layout)")
+    d.add_argument('--backbone', default='toy', choices=['toy', 'wan', 'hunyuan'], help="'toy' (default: the shipped model), 'wan' (Wan 2.1) or "
+                   "'hunyuan' (HunyuanVideo-1.5), both in the diffusers layout")
     d.add_argument('--dapter', default=None, help="pre-trained 3Dapter folder for the joint stage, or 'random' "
-                   "(default: assets/toy_3dapter for the toy; 'random' for wan)")
+                   "(default: assets/toy_3dapter for the toy; 'random' for wan and hunyuan)")
     d.add_argument('--weights', default=None, help='folder of the backbone weights (default: assets/toy_t2v; for wan: '
-                   'a Wan2.1-T2V-1.3B-Diffusers folder or a hub id in the local cache, e.g. one made by dreamvid_lib.wan.make_tiny_wan)')
+                   'a Wan2.1-T2V-1.3B-Diffusers folder or a hub id in the local cache, e.g. one made by dreamvid_lib.wan.make_tiny_wan; '
+                   'for hunyuan: a HunyuanVideo-1.5-480p_t2v folder, e.g. one made by dreamvid_lib.hunyuan.make_tiny_hunyuan)')
     b = sub.add_parser('bench', help="the toy 3D-CustomBench: every method on held-out toy subjects, the paper's tables (resumable)")
     b.add_argument('--out', required=True, help='run folder (cells/, per_video.csv, per_subject.csv, summary.json, tables.md, plots/); rerun to resume')
     b.add_argument('--subjects', type=int, default=8, help='held-out toy subjects (default 8)')
@@ -169,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--no-geometry', action='store_true', help='skip Accuracy / Completeness / Chamfer (visual hull + registration)')
     b.add_argument('--clip', default=None, help='CLIP model folder or hub id in the local cache: adds CLIP-I and CLIP-T')
     b.add_argument('--dino', default=None, help='DINOv2 model folder or hub id in the local cache: adds DINO-I')
-    b.add_argument('--backbone', default='toy', choices=['toy', 'wan']); b.add_argument('--weights', default=None, help='backbone weights folder')
+    b.add_argument('--backbone', default='toy', choices=['toy', 'wan', 'hunyuan']); b.add_argument('--weights', default=None, help='backbone weights folder')
     b.add_argument('--dapter', default=None, help="pre-trained 3Dapter folder (default: the shipped toy one) or 'random' (joint methods)")
     t = sub.add_parser('pretrain', help='render the pre-training set and train the toy text-to-video model')
     t.add_argument('--out', required=True, help='where to save the trained model (e.g. assets/toy_t2v)')

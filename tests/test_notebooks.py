@@ -19,6 +19,7 @@ CI_PARAMS = {
     '12_sweeps.ipynb': {'steps': 8, 'gen_steps': 3, 'grid_ranks': [4], 'grid_k': [1, 2]},
     '10_metrics.ipynb': {'smoke_steps': 20, 'n_eval_subjects': 3},
     '13_cli.ipynb': {'fast': True},
+    '15_hunyuan.ipynb': {'demo_steps': 2},
 }
 
 def _parameters_cell(nb):

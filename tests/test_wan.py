@@ -43,7 +43,7 @@ def test_missing_weights_messages(tmp_path):
     assert 'text_encoder/' in str(e.value)
     with pytest.raises(AssetError, match='lack model_index.json'): resolve_wan_weights(tmp_path)
     with pytest.raises(AssetError, match='not in the local Hugging Face cache'): resolve_wan_weights(WAN_MODEL_ID)
-    with pytest.raises(ConfigError, match="'toy' and 'wan'"): load_backbone('hunyuan')
+    with pytest.raises(ConfigError, match="'toy', 'wan' and 'hunyuan'"): load_backbone('sora')
 
 
 def test_codec_causal_frames(bb):
