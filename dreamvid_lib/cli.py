@@ -10,14 +10,16 @@ import argparse, json, sys, time, platform
 from pathlib import Path
 import numpy as np
 import torch
-from .core import DreamvidError, ConfigError, save_json, seed_everything, cache_dir, Timer, peak_memory_mb
+from .core import (DreamvidError, ConfigError, save_json, seed_everything, cache_dir, Timer, peak_memory_mb,
+                               check_out_dir, check_work_folder, remove_if_unused, files_fingerprint)
 from .backbones import load_backbone, ToyBackbone, ToyModelConfig
 from . import toyworld as tw
 from .generate import generate, save_video, frames_grid
 from .metrics import tracking_views, view_match, rotation_direction, rotation_monotone_rate, binding_matrix, text_binding_rate
 
 # %% auto #0
-__all__ = ['evaluate_base', 'demo_dreambooth', 'demo_joint', 'run_demo', 'build_parser', 'run_pretrain', 'bench_config', 'main']
+__all__ = ['DEMO_OUTPUTS', 'evaluate_base', 'demo_dreambooth', 'demo_joint', 'demo_record', 'run_demo', 'build_parser',
+           'run_pretrain', 'bench_config', 'main']
 
 # %% ../nbs/13_cli.ipynb #2fabd13d
 def evaluate_base(backbone, subjects, out_dir, seeds_per_subject: int = 2, steps: int = 30, guidance: float = 4.0,
@@ -76,7 +78,7 @@ def demo_dreambooth(backbone_name: str, weights, subject, out_dir, steps: int = 
     labels = [f'base: a video of a {subject.cls} rotating {dirs[0]}'] + orbit_prompts + scene_prompts
     fig = frames_grid([base[0]] + list(vids), labels); fig.savefig(out_dir/'dreambooth_grid.png', dpi=110, bbox_inches='tight'); plt.close(fig)
     loss = [h['loss'] for h in log['history']]
-    return {'subject': subject.description(), 'prompt': mv.prompt(), 'steps': steps, 'train_seconds': round(t.seconds, 1),
+    return {'subject': subject.description(), 'prompt': mv.prompt(), 'steps': steps, 'train_seconds': round(log['seconds_total'], 1),
             'step_ms': round(1000 * log['step_seconds'], 1), 'loss_first_last': [float(np.mean(loss[:20])), float(np.mean(loss[-20:]))],
             'dreambooth': evaluate_videos(vids[:len(seeds)], subject, res),
             'base_class_prompt': {k: v for k, v in evaluate_videos(base, subject, res).items() if k != 'rotation_monotone_rate'},
@@ -110,7 +112,7 @@ def demo_joint(backbone_name: str, weights, subject, out_dir, steps: int = 400, 
     fig = frames_grid(list(vids), prompts); fig.savefig(out_dir/'joint_grid.png', dpi=110, bbox_inches='tight'); plt.close(fig)
     per_layer = routing_by_layer(mass, frame_az, ref_az)
     loss = [h['loss'] for h in log['history']]
-    return {'joint': {**evaluate_videos(vids, subject, res), 'steps': steps, 'k': k, 'train_seconds': round(t.seconds, 1),
+    return {'joint': {**evaluate_videos(vids, subject, res), 'steps': steps, 'k': k, 'train_seconds': round(log['seconds_total'], 1),
                       'dapter': str(dapter) if dapter else 'shipped (assets/toy_3dapter)',
                       'step_ms': round(1000 * log['step_seconds'], 1), 'loss_first_last': [float(np.mean(loss[:20])), float(np.mean(loss[-20:]))],
                       'conditioning_views': ci, 'reference_azimuths': np.round(ref_az, 1).tolist()},
@@ -118,12 +120,28 @@ def demo_joint(backbone_name: str, weights, subject, out_dir, steps: int = 400, 
                        'per_layer': per_layer, 'sharpest_layer': int(np.argmax(per_layer)),
                        'frame_azimuths': np.round(frame_az, 1).tolist()}}
 
+DEMO_OUTPUTS = ('report.json', '3db_work', 'joint_work', 'adapter_3db', 'adapter_joint', 'videos')
+
+def demo_record(subject_seed: int, fast: bool, backbone: str, weights, dapter) -> dict:
+    "What a demo folder is made from: its settings and the fingerprints of the weights it loads (checked before any work)."
+    from dreamvid_lib.backbones import default_toy_weights
+    from dreamvid_lib.dapter import check_dapter
+    w = weights or (default_toy_weights() if backbone == 'toy' else None)
+    d = None if dapter == 'random' else check_dapter(dapter)                 # a bad --dapter fails here, not after training
+    return {'config': {'subject_seed': subject_seed, 'fast': fast, 'backbone': backbone, 'weights': str(weights), 'dapter': str(dapter)},
+            'inputs': {'weights': files_fingerprint(w) if w and Path(w).exists() else str(w),
+                       'dapter': 'random' if d is None else files_fingerprint(d)}}
+
 def run_demo(out: str | Path, subject_seed: int = 0, fast: bool = False, backbone: str = 'toy',
-             weights: str | None = None, progress: bool = True, dapter: str | None = None) -> dict:
+             weights: str | None = None, progress: bool = True, dapter: str | None = None, overwrite: bool = False) -> dict:
     """The main job; writes `out/report.json` and returns the report. `dapter`: a pre-trained 3Dapter folder for the joint
-    stage (default: the shipped one for the toy; a randomly initialised branch for other backbones, which have none shipped)."""
+    stage (default: the shipped one for the toy; a randomly initialised branch for other backbones, which have none shipped).
+    `out` records what it was made from: rerun with another subject, weights or settings it is refused (`overwrite`: start again)."""
     t0 = time.perf_counter()
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out, _ = check_out_dir(out, 'demo')
+    dapter = dapter or (None if backbone == 'toy' else 'random')
+    check_work_folder(out, demo_record(subject_seed, fast, backbone, weights, dapter), overwrite=overwrite, owned=DEMO_OUTPUTS,
+                      what='demo', flag='--overwrite')
     seed_everything(subject_seed)
     bb = load_backbone(backbone, weights)
     n_subjects = 4 if fast else 8
@@ -132,7 +150,7 @@ def run_demo(out: str | Path, subject_seed: int = 0, fast: bool = False, backbon
     db = demo_dreambooth(backbone, weights, subjects[0], out, steps=40 if fast else 400, seeds=(0, 1) if fast else (0, 1, 2, 3),
                          gen_steps=12 if fast else 30, progress=progress)
     jt = demo_joint(backbone, weights, subjects[0], out, steps=40 if fast else 400, seeds=(0, 1) if fast else (0, 1, 2, 3),
-                    gen_steps=12 if fast else 30, progress=progress, dapter=dapter or (None if backbone == 'toy' else 'random'))
+                    gen_steps=12 if fast else 30, progress=progress, dapter=dapter)
     report = {'backbone': backbone, 'fast': fast, 'subject_seed': subject_seed,
               'subjects': [s.description() for s in subjects], 'base': base,
               'dreambooth': {**db['dreambooth'], 'subject': db['subject'], 'prompt': db['prompt'], 'steps': db['steps'],
@@ -151,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser('demo', help='run the full pipeline on built-in toy subjects held out from pre-training')
     d.add_argument('--out', required=True, help='output folder (report.json, videos/, frames_grid.png)')
     d.add_argument('--subject-seed', type=int, default=0, help='picks the held-out toy subjects deterministically')
+    d.add_argument('--overwrite', action='store_true', help='discard the work in --out made from other subjects or settings (default: refuse)')
     d.add_argument('--fast', action='store_true', help='a smaller, quicker run for smoke tests')
     d.add_argument('--backbone', default='toy', choices=['toy', 'wan', 'hunyuan'], help="'toy' (default: the shipped model), 'wan' (Wan 2.1) or "
                    "'hunyuan' (HunyuanVideo-1.5), both in the diffusers layout")
@@ -173,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--dino', default=None, help='DINOv2 model folder or hub id in the local cache: adds DINO-I')
     b.add_argument('--backbone', default='toy', choices=['toy', 'wan', 'hunyuan']); b.add_argument('--weights', default=None, help='backbone weights folder')
     b.add_argument('--dapter', default=None, help="pre-trained 3Dapter folder (default: the shipped toy one) or 'random' (joint methods)")
+    from dreamvid_lib.personalize import add_commands     # your own subject: prep, personalize, generate (16_personalize)
+    add_commands(sub)
     t = sub.add_parser('pretrain', help='render the pre-training set and train the toy text-to-video model')
     t.add_argument('--out', required=True, help='where to save the trained model (e.g. assets/toy_t2v)')
     t.add_argument('--subjects', type=int, default=3000); t.add_argument('--steps', type=int, default=10000)
@@ -227,9 +248,11 @@ def bench_config(args) -> 'BenchConfig':
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    out_existed = None
     try:
+        if getattr(args, 'out', None) is not None: out_existed = check_out_dir(args.out)[1]
         if args.cmd == 'demo':
-            r = run_demo(args.out, args.subject_seed, args.fast, args.backbone, args.weights, dapter=args.dapter)
+            r = run_demo(args.out, args.subject_seed, args.fast, args.backbone, args.weights, dapter=args.dapter, overwrite=args.overwrite)
             b = r['base']
             d, c = r['dreambooth'], r['base_class_prompt']
             print(f"base model: rotation_monotone_rate={b['rotation_monotone_rate']:.2f} text_binding_rate={b['text_binding_rate']:.2f} "
@@ -246,9 +269,13 @@ def main(argv=None) -> int:
             if s:                                                            # the main process of an accelerate launch
                 print((Path(args.out)/'tables.md').read_text())
                 print(f"{s['cells_done']}/{s['cells_total']} cells -> {Path(args.out)/'summary.json'}")
+        elif args.cmd in ('prep', 'personalize', 'generate'):
+            from dreamvid_lib.personalize import run_command
+            print(run_command(args))
         elif args.cmd == 'pretrain':
             p = run_pretrain(args.out, args.subjects, args.steps, args.work, args.workers, args.seed, args.init_from, args.codec)
             print(f'saved the pre-trained toy model to {p}')
     except DreamvidError as e:
+        if out_existed is False: remove_if_unused(args.out, out_existed)       # leave no empty --out folder behind
         print(f'dreamvid: error: {e}', file=sys.stderr); return 2
     return 0

@@ -158,7 +158,7 @@ def files_fingerprint(*folders, pattern: str = '*.safetensors') -> str:
     for f in folders:
         f = Path(f) if f is not None else None
         if f is None or not f.exists(): h.update(str(f).encode()); continue
-        files = [f] if f.is_file() else sorted(f.rglob(pattern))
+        files = [f] if f.is_file() else sorted(p for p in f.rglob(pattern) if p.is_file())
         for p in files:
             h.update(p.name.encode()); size = p.stat().st_size
             if size <= 1 << 28: h.update(p.read_bytes()); continue

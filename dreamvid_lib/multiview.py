@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from .core import DreamvidError, ConfigError, AssetError, atomic_path, load_json, cache_dir
+from .core import DreamvidError, ConfigError, AssetError, atomic_path, load_json, cache_dir, save_json
+from . import toyworld as tw
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'BIREFNET_ID', 'MultiViewError', 'load_image', 'birefnet_dir', 'remove_background', 'subject_box',
-           'crop_to_subject', 'crop_intrinsics', 'MultiViewSet', 'from_views', 'from_folder', 'from_transforms_json',
-           'select_conditioning_views', 'contact_sheet']
+__all__ = ['IMAGE_SUFFIXES', 'BIREFNET_ID', 'MASK_METHODS', 'MultiViewError', 'load_image', 'birefnet_dir', 'remove_background',
+           'subject_box', 'crop_to_subject', 'crop_intrinsics', 'MultiViewSet', 'from_views', 'from_folder',
+           'detect_up_axis', 'look_at_point', 'to_y_up', 'angles_about', 'Capture', 'read_capture',
+           'from_transforms_json', 'subject_radius', 'geometry_seeds', 'visual_hull', 'hull_silhouettes',
+           'capture_masks', 'score_masks', 'select_conditioning_views', 'contact_sheet', 'render_cluttered_capture',
+           'mask_iou_against_truth', 'prepare_capture']
 
 # %% ../nbs/02_multiview.ipynb #fecbc7a7
 class MultiViewError(DreamvidError):
@@ -175,6 +179,7 @@ class MultiViewSet:
     depth: np.ndarray | None = None        # [N,S,S] when known
     azimuth: np.ndarray | None = None      # [N] degrees: 0 on +z, growing towards +x (derived from c2w if absent)
     elevation: np.ndarray | None = None    # [N] degrees above the xz plane (y up)
+    quality: np.ndarray | None = None      # [N] mask-quality score in [0, 1] (`score_masks`), when known
     def __post_init__(self):
         self.images = np.asarray(self.images, np.float32); self.masks = np.asarray(self.masks, np.float32)
         n = len(self.images)
@@ -185,7 +190,7 @@ class MultiViewSet:
         if not self.names: self.names = [f'view_{i:02d}' for i in range(n)]
         self.names = [str(x) for x in self.names]
         if self.c2w is not None and self.azimuth is None: self.azimuth, self.elevation = _angles_from_c2w(self.c2w)
-        for k in ('names', 'c2w', 'depth', 'azimuth', 'elevation'):
+        for k in ('names', 'c2w', 'depth', 'azimuth', 'elevation', 'quality'):
             a = getattr(self, k)
             if a is not None and len(a) != n: raise MultiViewError(f"{k} has {len(a)} entries for {n} views")
         if self.K is not None and np.ndim(self.K) == 3 and len(self.K) != n:
@@ -201,19 +206,24 @@ class MultiViewSet:
         if idx.dtype == bool: idx = np.nonzero(idx)[0]
         pick = lambda a: None if a is None else (a if np.ndim(a) == 2 else np.asarray(a)[idx])
         return MultiViewSet(self.images[idx], self.masks[idx], self.class_noun, self.identifier, [self.names[i] for i in idx],
-                            pick(self.c2w), pick(self.K), pick(self.depth), pick(self.azimuth), pick(self.elevation))
+                            pick(self.c2w), pick(self.K), pick(self.depth), pick(self.azimuth), pick(self.elevation), pick(self.quality))
     def save(self, path) -> Path:
         "Save as one `.npz` (the arrays, plus the class noun, identifier and names as a JSON string), atomically."
-        arrays = {k: getattr(self, k) for k in ('images', 'masks', 'c2w', 'K', 'depth', 'azimuth', 'elevation') if getattr(self, k) is not None}
+        arrays = {k: getattr(self, k) for k in ('images', 'masks', 'c2w', 'K', 'depth', 'azimuth', 'elevation', 'quality') if getattr(self, k) is not None}
         meta = json.dumps({'class_noun': self.class_noun, 'identifier': self.identifier, 'names': self.names})
         with atomic_path(path, '.npz') as tmp, open(tmp, 'wb') as f: np.savez_compressed(f, meta=meta, **arrays)
         return Path(path)
     @classmethod
     def load(cls, path) -> 'MultiViewSet':
-        "Read a set written by `save`."
+        "Read a set written by `save`; a truncated or foreign file is an error naming it."
+        import zipfile
         if not Path(path).exists(): raise AssetError(f"{path} not found")
-        with np.load(path) as z:
-            meta = json.loads(str(z['meta'])); arr = {k: z[k] for k in z.files if k != 'meta'}
+        try:
+            with np.load(path) as z:
+                meta = json.loads(str(z['meta'])); arr = {k: z[k] for k in z.files if k != 'meta'}
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+            raise MultiViewError(f"{path} is not a readable multi-view set ({type(e).__name__}: {e}): it is truncated or was not "
+                                 "written by MultiViewSet.save; prepare the views again") from e
         return cls(class_noun=meta['class_noun'], identifier=meta['identifier'], names=meta['names'], **arr)
 
 # %% ../nbs/02_multiview.ipynb #dcf40688
@@ -273,29 +283,334 @@ def _frame_intrinsics(meta: dict, fr: dict, hw: tuple[int, int], where: str) -> 
     cx, cy = g('cx'), g('cy')
     return np.array([[fx, 0, w / 2 if cx is None else cx], [0, fy, h / 2 if cy is None else cy], [0, 0, 1]], np.float32)
 
-def from_transforms_json(path, class_noun: str, identifier: str = 'sks', size: int = 256, remover='auto',
-                         margin: float = 0.1, weights=None) -> MultiViewSet:
-    "Prepare a NeRF-style capture: `transforms.json` (camera_angle_x or fl_x/fl_y/cx/cy; frames[].file_path, transform_matrix)."
-    from tqdm.auto import tqdm
-    path = Path(path); tj = path/'transforms.json' if path.is_dir() else path
+def _pose_matrix(value, where: str) -> np.ndarray:
+    "A frame's 4x4 `transform_matrix`, with a clear error for strings, wrong shapes and NaN or infinite entries."
+    try: T = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError) as e:
+        raise MultiViewError(f"{where}: transform_matrix holds a non-number ({e}): fix that frame in transforms.json or delete it") from e
+    if T.shape != (4, 4): raise MultiViewError(f"{where}: transform_matrix must be 4x4, got shape {T.shape}: fix or delete that frame")
+    if not np.isfinite(T).all():
+        raise MultiViewError(f"{where}: transform_matrix holds NaN or infinite values: fix or delete that frame (a failed pose estimate?)")
+    return T.astype(np.float32)
+
+# rotations taking a capture's up axis to the library's +y (OpenGL world, y up)
+_TO_Y_UP = {'+y': np.eye(3), '-y': np.diag([1., -1., -1.]),
+            '+z': np.array([[1., 0, 0], [0, 0, 1], [0, -1, 0]]), '-z': np.array([[1., 0, 0], [0, 0, -1], [0, 1, 0]]),
+            '+x': np.array([[0., 1, 0], [-1, 0, 0], [0, 0, 1]]), '-x': np.array([[0., -1, 0], [1, 0, 0], [0, 0, 1]])}
+
+def detect_up_axis(c2w: np.ndarray) -> tuple[str, float]:
+    """The world axis the cameras hold as 'up' ('+y', '+z', ...): the mean of the cameras' up vectors (OpenGL: column 1),
+    and how clearly (the cosine between that mean and the axis; near 1 for a hand-held orbit)."""
+    u = np.asarray(c2w, np.float64)[:, :3, 1].mean(0)
+    if np.linalg.norm(u) < 1e-6: return '+y', 0.0
+    u = u / np.linalg.norm(u); i = int(np.argmax(np.abs(u)))
+    return ('+' if u[i] > 0 else '-') + 'xyz'[i], float(abs(u[i]))
+
+def look_at_point(c2w: np.ndarray) -> np.ndarray:
+    "The point nearest every camera's optical axis (least squares): where a capture's cameras look, i.e. the subject."
+    c2w = np.asarray(c2w, np.float64)
+    o, d = c2w[:, :3, 3], -c2w[:, :3, 2]
+    d = d / np.linalg.norm(d, axis=1, keepdims=True)
+    P = np.eye(3)[None] - d[:, :, None] * d[:, None, :]
+    A, b = P.sum(0), (P @ o[:, :, None]).sum(0)[:, 0]
+    if np.linalg.cond(A) > 1e8: return o.mean(0)                         # parallel axes (a 1-view or a linear capture)
+    return np.linalg.solve(A, b)
+
+def to_y_up(c2w: np.ndarray, up: str) -> np.ndarray:
+    "Camera-to-world matrices re-expressed in a y-up world (the library's convention) from a world whose up is `up`."
+    R = np.eye(4); R[:3, :3] = _TO_Y_UP[up]
+    return (R[None] @ np.asarray(c2w, np.float64)).astype(np.float32)
+
+def angles_about(c2w: np.ndarray, centre=None) -> tuple[np.ndarray, np.ndarray]:
+    "Azimuth (0 on +z, growing towards +x) and elevation of y-up cameras seen from `centre` (default: the origin), degrees."
+    c = np.asarray(c2w, np.float64).copy()
+    if centre is not None: c[:, :3, 3] -= np.asarray(centre, np.float64)
+    return _angles_from_c2w(c)
+
+@dataclass
+class Capture:
+    "The raw views of a subject as found on disk, before masks: what loaded, what did not and why, poses in a y-up world."
+    images: list                         # float32 [H,W,3] each, original size
+    alphas: list                         # [H,W] or None each
+    names: list[str]
+    records: list[dict]                  # one per listed file: {'file', 'status': 'loaded'|'missing'|'unreadable', 'reason'}
+    c2w: np.ndarray | None = None        # [N,4,4] y-up (rotated from the capture's own up axis), not recentred
+    K: list | None = None                # [3,3] per view in original pixels (None where unknown)
+    up_axis: str | None = None           # the capture's own up axis ('+z', '+y', ...)
+    centre: np.ndarray | None = None     # where the cameras look, in the y-up world
+    prompt: str | None = None            # from prompt.txt (3DreamBooth layout)
+    references: list[str] = field(default_factory=list)   # conditioning views given by the capture (3DreamBooth layout)
+    source: str = ''
+    def __len__(self): return len(self.images)
+    @property
+    def skipped(self) -> list[dict]: return [r for r in self.records if r['status'] != 'loaded']
+
+def _skip_or_raise(records, strict: bool, where: str):
+    bad = [r for r in records if r['status'] != 'loaded']
+    if not bad: return
+    listing = '; '.join(f"{r['file']} ({r['status']})" for r in bad[:6]) + (f'; ... {len(bad) - 6} more' if len(bad) > 6 else '')
+    if strict:
+        raise MultiViewError(f"{where}: {len(bad)} of {len(records)} listed files are missing or unreadable: {listing}. "
+                             "Restore them, or drop strict to skip them")
+    warnings.warn(f"{where}: skipped {len(bad)} of {len(records)} listed files that are missing or unreadable: {listing} "
+                  "(pass strict=True to make this an error)")
+
+def _load_listed(files, strict: bool, where: str):
+    imgs, alphas, names, records, kept = [], [], [], [], []
+    for j, f in enumerate(files):
+        f = Path(f)
+        if not f.exists(): records.append({'file': f.name, 'status': 'missing', 'reason': f'not found ({f})'}); continue
+        try: img, alpha = load_image(f)
+        except MultiViewError as e:
+            records.append({'file': f.name, 'status': 'unreadable', 'reason': str(e).split(': remove it')[0]}); continue
+        imgs.append(img); alphas.append(alpha); names.append(f.name); kept.append(j)
+        records.append({'file': f.name, 'status': 'loaded', 'reason': ''})
+    _skip_or_raise(records, strict, where)
+    if not imgs: raise MultiViewError(f"{where}: no readable images among {len(files)} listed files")
+    return imgs, alphas, names, records, kept
+
+def read_capture(src, strict: bool = False, up: str | None = None) -> Capture:
+    """Read a subject's views from `src`: a folder of photos, a NeRF-style `transforms.json` (or its folder), or the
+    3DreamBooth authors' layout (`images/`, optional `references/` and `prompt.txt`). Missing or unreadable files are
+    skipped with a warning that counts and lists them (`strict`: an error). Poses are rotated to a y-up world: their
+    up axis is detected from the cameras unless `up` ('+z', 'z', '+y', ...) is given, and a warning says which was used."""
+    src = Path(src)
+    if not src.exists(): raise MultiViewError(f"{str(src)!r} not found: give a folder of photos, a transforms.json or its folder")
+    tj = src if src.is_file() and src.suffix == '.json' else src/'transforms.json'
+    if tj.is_file(): return _read_transforms(tj, strict, up)
+    if src.is_file(): raise MultiViewError(f"{str(src)!r} is a file: give a folder of photos, a transforms.json or its folder")
+    prompt, refs, folder = None, [], src
+    if (src/'images').is_dir():                                          # the 3DreamBooth layout
+        folder = src/'images'
+        if (src/'prompt.txt').exists(): prompt = (src/'prompt.txt').read_text().strip() or None
+        if (src/'references').is_dir():
+            refs = sorted((p.name for p in (src/'references').iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda n: _natural_key(Path(n)))
+    files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith('.') and p.suffix.lower() not in ('.txt', '.json', '.md')),
+                   key=_natural_key)
+    if not files: raise MultiViewError(f"{str(folder)!r} holds no files: put the subject's photos in it")
+    imgs, alphas, names, records, _ = _load_listed(files, strict, str(folder))
+    return Capture(imgs, alphas, names, records, prompt=prompt, references=refs, source=str(src))
+
+def _read_transforms(tj: Path, strict: bool, up: str | None) -> Capture:
     meta = load_json(tj)
     if not isinstance(meta, dict) or not meta.get('frames'): raise MultiViewError(f"{tj} has no 'frames'")
-    imgs, masks, names, c2w, Ks = [], [], [], [], []
-    for j, fr in enumerate(tqdm(meta['frames'], desc=f'prep {tj.parent.name}', disable=len(meta['frames']) < 20, leave=False)):
-        if 'file_path' not in fr or 'transform_matrix' not in fr:
-            raise MultiViewError(f"{tj}: frame {j} needs 'file_path' and 'transform_matrix' (got keys {sorted(fr)})")
+    files, poses = [], []
+    for j, fr in enumerate(meta['frames']):
+        if not isinstance(fr, dict) or 'file_path' not in fr or 'transform_matrix' not in fr:
+            raise MultiViewError(f"{tj}: frame {j} needs 'file_path' and 'transform_matrix' (got {sorted(fr) if isinstance(fr, dict) else fr!r})")
         f = tj.parent/fr['file_path']
-        if not f.suffix:                                        # the Blender NeRF scenes omit '.png'
+        if not f.suffix:                                                 # the Blender NeRF scenes omit '.png'
             f = next((f.with_suffix(s) for s in IMAGE_SUFFIXES if f.with_suffix(s).exists()), f)
-        if not f.exists(): raise MultiViewError(f"{tj}: frame {j}: image {fr['file_path']!r} not found (looked for {f})")
-        T = np.asarray(fr['transform_matrix'], np.float32)
-        if T.shape != (4, 4): raise MultiViewError(f"{tj}: frame {j}: transform_matrix must be 4x4, got {T.shape}")
-        i, m, box, hw = _prep_one(f, size, remover, margin, weights)
-        K0 = _frame_intrinsics(meta, fr, hw, f"{tj}: frame {j}")
-        imgs.append(i); masks.append(m); names.append(f.name); c2w.append(T)
-        Ks.append(None if K0 is None else crop_intrinsics(K0, box, size))
-    K = None if any(k is None for k in Ks) else np.stack(Ks)
-    return MultiViewSet(np.stack(imgs), np.stack(masks), class_noun, identifier, names, np.stack(c2w), K)
+        files.append(f); poses.append(_pose_matrix(fr['transform_matrix'], f"{tj}: frame {j} ({fr['file_path']})"))
+    imgs, alphas, names, records, kept = _load_listed(files, strict, str(tj))
+    Ks = [_frame_intrinsics(meta, meta['frames'][j], im.shape[:2], f'{tj}: frame {j}') for j, im in zip(kept, imgs)]
+    c2w = np.stack([poses[j] for j in kept])
+    if up is None:
+        up, clarity = detect_up_axis(c2w)
+        how = f'detected from the cameras (mean camera up vector {clarity:.2f} along it)'
+    else:
+        up = up if up[0] in '+-' else '+' + up
+        if up not in _TO_Y_UP: raise ConfigError(f"unknown up axis {up!r}: use one of {sorted(_TO_Y_UP)}")
+        how = 'as given'
+    if up != '+y' or how == 'as given':
+        warnings.warn(f"{tj}: world up axis {up} {how}; poses rotated to the library's y-up convention so that azimuth and "
+                      "elevation are about the vertical axis (pass up='+y' or up='+z' to force)")
+    c2w = to_y_up(c2w, up)
+    return Capture(imgs, alphas, names, records, c2w, Ks, up, look_at_point(c2w), source=str(tj))
+
+
+# %% ../nbs/02_multiview.ipynb #87087e53
+def from_transforms_json(path, class_noun: str, identifier: str = 'sks', size: int = 256, remover='auto',
+                         margin: float = 0.1, weights=None, strict: bool = False, up: str | None = None) -> MultiViewSet:
+    """Prepare every loadable view of a NeRF-style capture: `transforms.json` (camera_angle_x or fl_x/fl_y/cx/cy;
+    frames[].file_path, transform_matrix), through `read_capture` (missing files skipped and counted, up axis detected)
+    and `capture_masks`. Poses come back in a y-up world; azimuth and elevation are about the point the cameras look at.
+    `prepare_capture` also scores the masks and drops the views that fail."""
+    path = Path(path)
+    tj = path/'transforms.json' if path.is_dir() else path
+    if not tj.is_file(): raise MultiViewError(f"{str(tj)!r} not found: give a transforms.json or the folder holding it")
+    cap = read_capture(tj, strict=strict, up=up)
+    masks = capture_masks(cap, remover, weights=weights)
+    for n, m in zip(cap.names, masks):
+        if (m > 0.5).sum() == 0: warnings.warn(f"view {n}: empty mask (no subject found); prepare_capture drops such views")
+    crops = [crop_to_subject(im, m, size, margin) for im, m in zip(cap.images, masks)]
+    Ks = [None if K is None else crop_intrinsics(K, subject_box(m, margin), size) for K, m in zip(cap.K, masks)]
+    az, el = angles_about(cap.c2w, cap.centre)
+    return MultiViewSet(np.stack([c[0] for c in crops]), np.stack([c[1] for c in crops]), class_noun, identifier, cap.names,
+                        cap.c2w, None if any(K is None for K in Ks) else np.stack(Ks), None, az, el)
+
+# %% ../nbs/02_multiview.ipynb #8e93ba6e
+def _grabcut_seeded(img: np.ndarray, seed: np.ndarray, iters: int = 5, max_side: int = 256) -> np.ndarray:
+    "GrabCut from a seed map of OpenCV labels (GC_BGD / GC_FGD / GC_PR_BGD / GC_PR_FGD) at the image's size."
+    import cv2
+    h, w = img.shape[:2]; s = min(1.0, max_side / max(h, w)); sw, sh = max(8, int(w * s)), max(8, int(h * s))
+    small = cv2.resize((np.clip(img, 0, 1) * 255).astype(np.uint8), (sw, sh), interpolation=cv2.INTER_AREA)
+    gc = cv2.resize(seed.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST)
+    if not ((gc == cv2.GC_PR_FGD) | (gc == cv2.GC_FGD)).any() or not ((gc == cv2.GC_BGD) | (gc == cv2.GC_PR_BGD)).any():
+        return np.zeros((h, w), np.float32)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)
+    cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), gc, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
+    fg = ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).astype(np.uint8)
+    return (cv2.resize(fg * 255, (w, h), interpolation=cv2.INTER_LINEAR) / 255).astype(np.float32)
+
+def _project(points: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "Pixel (u, v) and depth of world points seen by an OpenGL camera."
+    p = (np.linalg.inv(np.asarray(c2w, np.float64)) @ np.c_[points, np.ones(len(points))].T).T[:, :3]
+    z = -p[:, 2]; zs = np.where(np.abs(z) < 1e-9, 1e-9, z)
+    return np.stack([K[0, 2] + K[0, 0] * p[:, 0] / zs, K[1, 2] - K[1, 1] * p[:, 1] / zs], 1), z
+
+def subject_radius(cap: Capture, masks: list) -> float:
+    "The subject's radius around the look-at point, from the median extent of plausible masks (sizes in the frame, scaled by depth)."
+    rs = []
+    for m, K, T in zip(masks, cap.K, cap.c2w):
+        frac = float((m > .5).mean())
+        if K is None or not 0.01 < frac < 0.6: continue
+        (uv,), (z,) = _project(cap.centre[None], K, T)
+        ys, xs = np.nonzero(m > .5)
+        d = np.hypot(xs + .5 - uv[0], ys + .5 - uv[1])
+        rs.append(np.percentile(d, 95) * z / K[0, 0])
+    if not rs:                                                           # no usable mask: a third of the half-frame at the centre
+        K, T = cap.K[0], cap.c2w[0]; z = float(np.linalg.norm(T[:3, 3] - cap.centre))
+        return z * min(cap.images[0].shape[:2]) / 2 / K[0, 0] / 3
+    return float(np.median(rs))
+
+def geometry_seeds(cap: Capture, radius: float, grow: float = 1.15) -> list:
+    "Per view: GrabCut labels seeded by the projection of the subject's bounding sphere (outside: background; inside: probable subject)."
+    import cv2
+    out = []
+    for img, K, T in zip(cap.images, cap.K, cap.c2w):
+        h, w = img.shape[:2]
+        (uv,), (z,) = _project(cap.centre[None], K, T)
+        r = K[0, 0] * radius / max(z, 1e-6)
+        yy, xx = np.mgrid[:h, :w]
+        d = np.hypot(xx + .5 - uv[0], yy + .5 - uv[1])
+        seed = np.full((h, w), cv2.GC_BGD, np.uint8)
+        seed[d < grow * r] = cv2.GC_PR_FGD
+        seed[d < 0.12 * r] = cv2.GC_FGD                                  # the cameras' common target sits on the subject
+        out.append(seed)
+    return out
+
+def visual_hull(cap: Capture, masks: list, radius: float, n: int = 40, agree: float = 0.6):
+    """Carve a voxel grid (n³ over the bounding cube of the subject's sphere): a voxel stays when it falls inside the mask
+    in at least `agree` of the views that see it (a soft intersection, so one bad mask does not cut the subject).
+    Returns the kept voxel centres [M,3] and the voxel size."""
+    g = (np.arange(n) + .5) / n * 2 - 1
+    P = np.stack(np.meshgrid(g, g, g, indexing='ij'), -1).reshape(-1, 3) * radius * 1.2 + cap.centre
+    inside, seen = np.zeros(len(P)), np.zeros(len(P))
+    for m, K, T in zip(masks, cap.K, cap.c2w):
+        h, w = m.shape
+        uv, z = _project(P, K, T)
+        u, v = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)
+        ok = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        seen += ok
+        inside[ok] += m[v[ok], u[ok]] > .5
+    keep = (seen > 0) & (inside >= agree * np.maximum(seen, 1))
+    return P[keep], 2.4 * radius / n
+
+def hull_silhouettes(cap: Capture, voxels: np.ndarray, size: float) -> list:
+    "The carved hull projected into each view: splatted voxels, closed."
+    import cv2
+    out = []
+    for img, K, T in zip(cap.images, cap.K, cap.c2w):
+        h, w = img.shape[:2]; sil = np.zeros((h, w), np.uint8)
+        if len(voxels):
+            uv, z = _project(voxels, K, T)
+            r = np.maximum(1, np.round(0.75 * K[0, 0] * size / np.maximum(z, 1e-6))).astype(int)
+            for (u, v), rr in zip(uv.astype(int), r):
+                if -rr <= u < w + rr and -rr <= v < h + rr: cv2.circle(sil, (int(u), int(v)), int(rr), 1, -1)
+            k = max(3, int(0.02 * max(h, w)) | 1)
+            sil = cv2.morphologyEx(sil, cv2.MORPH_CLOSE, np.ones((k, k), np.uint8))
+        out.append(sil.astype(np.float32))
+    return out
+
+def _hull_seed(sil: np.ndarray) -> np.ndarray:
+    import cv2
+    h, w = sil.shape; k = max(3, int(0.03 * max(h, w)) | 1)
+    core = cv2.erode(sil.astype(np.uint8), np.ones((k, k), np.uint8), iterations=2)
+    band = cv2.dilate(sil.astype(np.uint8), np.ones((k, k), np.uint8), iterations=2)
+    seed = np.full((h, w), cv2.GC_BGD, np.uint8)
+    seed[band > 0] = cv2.GC_PR_BGD; seed[sil > 0] = cv2.GC_PR_FGD; seed[core > 0] = cv2.GC_FGD
+    return seed
+
+def _iou(a, b) -> float:
+    a, b = np.asarray(a) > .5, np.asarray(b) > .5
+    u = (a | b).sum()
+    return float((a & b).sum() / u) if u else 1.0
+
+MASK_METHODS = ('alpha', 'uniform', 'grabcut', 'geometry', 'multiview', 'birefnet')
+
+def capture_masks(cap: Capture, method: str = 'auto', weights=None, return_info: bool = False):
+    """Foreground masks of every view of `cap` at its original size. `method`: 'grabcut' (each photo alone), 'geometry'
+    (GrabCut seeded by the subject's bounding sphere projected into each view: needs poses), 'multiview' (geometry, then
+    a visual hull carved from all views and re-projected to seed a second GrabCut, so the masks agree), 'birefnet',
+    'alpha', 'uniform', or 'auto': alpha when every view has one, else multiview with poses, BiRefNet when its weights
+    exist, else GrabCut. With `return_info`, also {'method', 'hull_silhouettes' (posed only), 'radius', 'seconds'}."""
+    import time
+    t0 = time.perf_counter()
+    posed = cap.c2w is not None and cap.K is not None and all(k is not None for k in cap.K) and len(cap) >= 3
+    if method == 'auto':
+        if all(a is not None for a in cap.alphas): method = 'alpha'
+        elif posed: method = 'multiview'
+        elif (Path(weights) if weights else birefnet_dir()).joinpath('config.json').exists(): method = 'birefnet'
+        else: method = 'grabcut'
+    if method not in MASK_METHODS and not callable(method):
+        raise ConfigError(f"unknown mask method {method!r}: choose 'auto' or one of {MASK_METHODS}")
+    info = {'method': method if isinstance(method, str) else 'callable'}
+    if method in ('geometry', 'multiview'):
+        if not posed: raise MultiViewError(f"mask method {method!r} needs poses and intrinsics (a transforms.json capture with at least 3 views); "
+                                           "use 'grabcut' or 'birefnet' for plain photos")
+        first = [_grabcut_mask(im) for im in cap.images]
+        radius = subject_radius(cap, first)
+        masks = [_largest_component(_grabcut_seeded(im, s) > .5).astype(np.float32) for im, s in zip(cap.images, geometry_seeds(cap, radius))]
+        info['radius'] = radius
+        if method == 'multiview':
+            vox, size = visual_hull(cap, masks, radius)
+            sils = hull_silhouettes(cap, vox, size)
+            masks = [_largest_component(_grabcut_seeded(im, _hull_seed(s)) > .5).astype(np.float32) if s.any() else m
+                     for im, s, m in zip(cap.images, sils, masks)]
+            vox, size = visual_hull(cap, masks, radius)                 # the hull of the refined masks, to score them against
+            info['hull_silhouettes'] = hull_silhouettes(cap, vox, size)
+    else:
+        kw = {'weights': weights} if method == 'birefnet' else {}
+        masks = [remove_background(im, method, alpha=a, **kw) for im, a in zip(cap.images, cap.alphas)]
+    info['seconds'] = time.perf_counter() - t0
+    return (masks, info) if return_info else masks
+
+def _fg_histogram(img, m, bins: int = 8) -> np.ndarray | None:
+    sel = img[np.asarray(m) > .5]
+    if len(sel) < 20: return None
+    q = np.clip((sel * bins).astype(int), 0, bins - 1)
+    h = np.bincount(q[:, 0] * bins * bins + q[:, 1] * bins + q[:, 2], minlength=bins ** 3).astype(np.float64)
+    return h / h.sum()
+
+def score_masks(images: list, masks: list, hull_silhouettes: list | None = None, min_fraction: float = 0.01,
+                max_fraction: float = 0.85, max_border: float = 0.3, min_agreement: float | None = None) -> list[dict]:
+    """Score every mask: its size (fraction of the frame), border contact (fraction of the frame's edge it covers), and its
+    agreement with the other views: IoU with the re-projected visual hull when posed, else the colour-histogram overlap
+    of its foreground with the other views' (median). `score` in [0, 1] combines the three; a view is dropped (`keep`
+    False, with a `reason`) when its mask is empty, fills the frame, hugs the border or disagrees with the others."""
+    hists = [_fg_histogram(im, m) for im, m in zip(images, masks)]
+    thr = min_agreement if min_agreement is not None else (0.5 if hull_silhouettes is not None else 0.3)
+    out = []
+    for i, (im, m) in enumerate(zip(images, masks)):
+        b = np.asarray(m) > .5
+        frac = float(b.mean())
+        edge = np.concatenate([b[0], b[-1], b[:, 0], b[:, -1]])
+        border = float(edge.mean())
+        if hull_silhouettes is not None: agree = _iou(b, hull_silhouettes[i])
+        else:
+            others = [np.minimum(hists[i], hists[j]).sum() for j in range(len(hists)) if j != i and hists[j] is not None and hists[i] is not None]
+            agree = float(np.median(others)) if others else (1.0 if hists[i] is not None else 0.0)
+        size_term = float(np.clip(min(frac / (2 * min_fraction), (1 - frac) / (1 - max_fraction)), 0, 1))
+        score = float(np.clip(agree, 0, 1) * size_term * (1 - min(1.0, border / max_border) * 0.5))
+        reason = ('empty mask: no subject found' if frac < min_fraction else
+                  'mask fills the frame' if frac > max_fraction else
+                  'mask hugs the image border (subject cut off, or background picked)' if border > max_border else
+                  f'mask disagrees with the other views (agreement {agree:.2f} < {thr})' if agree < thr else '')
+        out.append({'mask_fraction': round(frac, 4), 'border_contact': round(border, 4), 'agreement': round(agree, 4),
+                    'score': round(score, 4), 'keep': not reason, 'reason': reason})
+    return out
 
 # %% ../nbs/02_multiview.ipynb #3abd9a5d
 def _image_features(mv: MultiViewSet, side: int = 16) -> np.ndarray:
@@ -307,9 +622,12 @@ def _dispersion(dist: np.ndarray, idx) -> tuple[float, float]:
     sub = dist[np.ix_(idx, idx)][np.triu_indices(len(idx), 1)]
     return float(sub.min()), float(sub.sum())
 
-def select_conditioning_views(mv: MultiViewSet, k: int = 4, seed: int = 0) -> np.ndarray:
-    "Sorted indices of `k` views spread as far apart as possible: camera directions when posed, image features otherwise."
+def select_conditioning_views(mv: MultiViewSet, k: int = 4, seed: int = 0, quality=None, min_quality: float = 0.6) -> np.ndarray:
+    """Sorted indices of `k` views spread as far apart as possible: camera directions when posed, image features otherwise.
+    With mask-quality scores (`quality`, default `mv.quality`), only views scoring at least `min_quality` × the best are
+    candidates (when k of them exist), so a view with a doubtful mask is never preferred for coverage."""
     n = len(mv)
+    q = np.asarray(quality if quality is not None else (mv.quality if mv.quality is not None else np.ones(n)), np.float64)
     if k < 1: raise ConfigError(f"k must be at least 1, got {k}")
     if n < k + 1:
         raise MultiViewError(f"{n} views are too few for K={k} conditioning views: 3DreamBooth needs at least K+1 "
@@ -319,6 +637,11 @@ def select_conditioning_views(mv: MultiViewSet, k: int = 4, seed: int = 0) -> np
         dist = np.arccos(np.clip(d @ d.T, -1, 1))
     else:
         f = _image_features(mv); dist = np.linalg.norm(f[:, None] - f[None], axis=-1)
+    cand = np.nonzero(q >= min_quality * q.max())[0]
+    if len(cand) < k: cand = np.argsort(-q, kind='stable')[:k]
+    if len(cand) < n:                                           # choose among the good views only
+        sub = select_conditioning_views(mv.subset(np.sort(cand)), k, seed, quality=np.ones(len(cand))) if len(cand) > k else np.arange(k)
+        return np.sort(np.sort(cand)[sub])
     chosen = [int(np.random.default_rng(seed).integers(n))]
     while len(chosen) < k: chosen.append(int(np.argmax(dist[:, chosen].min(1))))
     best = _dispersion(dist, chosen) if k > 1 else (0., 0.)
@@ -353,3 +676,158 @@ def contact_sheet(mv: MultiViewSet, chosen=None, max_views: int = 32):
     fig.suptitle(f"{mv.prompt()!r}: {len(mv)} views{f' ({n} shown)' if n < len(mv) else ''}, "
                  f"K={len(chosen)} conditioning views in red; masks below", fontsize=8)
     return fig
+
+# %% ../nbs/02_multiview.ipynb #2649bb60
+def _wallpaper(n: int, rng, base, motif_colours) -> np.ndarray:
+    "A wallpaper texture: a base colour with a grid of coloured diamonds and dots (sRGB, [n,n,3])."
+    j, i = np.meshgrid(np.arange(n), np.arange(n))
+    tex = np.ones((n, n, 3)) * np.asarray(base)
+    cell = n // 8
+    for a in range(8):
+        for b in range(8):
+            c = motif_colours[(a + 2 * b) % len(motif_colours)]
+            cy, cx = a * cell + cell // 2 + (cell // 2 if b % 2 else 0), b * cell + cell // 2
+            d = np.abs(i - cy) + np.abs(j - cx)
+            tex[d < cell * 0.32] = c
+            tex[np.hypot(i - cy - cell // 2, j - cx) < cell * 0.1] = motif_colours[(a + b) % len(motif_colours)]
+    return tex
+
+def _textured_rect(tex_srgb: np.ndarray, to_world) -> dict:
+    mi = tw._mi()
+    return {'type': 'rectangle', 'to_world': to_world,
+            'bsdf': {'type': 'twosided', 'bsdf': {'type': 'diffuse', 'reflectance': {
+                'type': 'bitmap', 'bitmap': mi.Bitmap(tw._srgb_to_linear(tex_srgb).astype(np.float32)), 'raw': True}}}}
+
+def _handheld_path(n: int, rng, distance: float = 5.2) -> list:
+    "OpenGL camera-to-world matrices (y-up) of a hand-held walk around the origin: uneven steps, bobbing height, drifting aim, roll."
+    out = []
+    for i in range(n):
+        a = np.radians(360 * i / n + rng.uniform(-4, 4))
+        e = np.radians(22 + 9 * np.sin(2 * np.pi * 1.5 * i / n) + rng.uniform(-2, 2))
+        d = distance * (1 + 0.06 * np.sin(2 * np.pi * 2 * i / n + 1))
+        eye = d * np.array([np.cos(e) * np.sin(a), np.sin(e), np.cos(e) * np.cos(a)])
+        target = rng.normal(0, 0.08, 3) + np.array([0, 0.05, 0])
+        back = (eye - target) / np.linalg.norm(eye - target)
+        roll = np.radians(rng.uniform(-4, 4))
+        upw = np.array([np.sin(roll), np.cos(roll), 0.0])
+        right = np.cross(upw, back); right /= np.linalg.norm(right); up = np.cross(back, right)
+        m = np.eye(4); m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, up, back, eye
+        out.append(m.astype(np.float32))
+    return out
+
+def render_cluttered_capture(subject, folder, n_views: int = 50, res: int = 160, missing: float = 0.15, corrupt: int = 1,
+                             seed: int = 0, spp: int = 16) -> dict:
+    """A realistic capture with ground truth: `subject` on a wooden table with props, in front of patterned walls, seen along
+    a hand-held camera path; written as a NeRF-style capture in a **z-up** world with an offset origin (as COLMAP converters
+    write it): `images/*.jpg`, `transforms.json` (fl_x/fl_y/cx/cy), and the renderer's alpha of the subject (occlusions by
+    props removed) in `gt/*.png`. A fraction `missing` of the listed images is deleted and `corrupt` are overwritten with
+    junk, as in real captures. Returns {'folder', 'missing', 'corrupt', 'azimuth', 'elevation' (true, per listed frame), 'seconds'}."""
+    import time
+    mi = tw._mi(); t0 = time.perf_counter()
+    folder = Path(folder); (folder/'images').mkdir(parents=True, exist_ok=True); (folder/'gt').mkdir(exist_ok=True)
+    rng = np.random.default_rng([int(seed), 14])
+    geo = tw.subject_geometry(subject)
+    y0 = float(min(v[:, 1].min() for v, f in geo.values() if len(f)))
+    T = mi.ScalarTransform4f
+    body = tw.COLOURS[subject.colour]
+    wall = _wallpaper(256, rng, (0.85, 0.8, 0.7), [body, (0.2, 0.35, 0.6), (0.75, 0.3, 0.25), (0.3, 0.5, 0.3)])
+    wall2 = _wallpaper(256, rng, (0.55, 0.62, 0.7), [(0.95, 0.95, 0.9), body, (0.2, 0.2, 0.25)])
+    n = 256; j, i = np.meshgrid(np.arange(n), np.arange(n))
+    grain = 0.5 + 0.5 * np.sin(j / n * 54 + 2.0 * np.sin(i / n * 8))
+    wood = np.array([0.55, 0.34, 0.17]) + grain[..., None] * np.array([0.12, 0.08, 0.04])
+    tiles = np.where((((i // 32) + (j // 32)) % 2)[..., None] > 0, 0.6, 0.45) * np.ones(3)
+    scenery = {
+        'table': _textured_rect(wood, T().translate([0, y0 - 1e-3, 0]) @ T().rotate([1, 0, 0], -90) @ T().scale([1.9, 1.9, 1])),
+        'floor': _textured_rect(tiles, T().translate([0, y0 - 2.0, 0]) @ T().rotate([1, 0, 0], -90) @ T().scale([12, 12, 1])),
+        'wall_back': _textured_rect(wall, T().translate([0, y0 + 1, -4.5]) @ T().scale([9, 5, 1])),
+        'wall_side': _textured_rect(wall2, T().translate([-4.5, y0 + 1, 0]) @ T().rotate([0, 1, 0], 90) @ T().scale([9, 5, 1])),
+    }
+    props = {}
+    for p in range(3):                                                  # small objects on the table, away from the subject
+        ang = 2 * np.pi * (p / 3 + rng.uniform(0, 0.1)); r = rng.uniform(1.35, 1.6)
+        c = [body, (0.2, 0.5, 0.8), (0.9, 0.8, 0.2)][p]
+        s = rng.uniform(0.12, 0.2)
+        props[f'prop{p}'] = {'type': 'sphere' if p % 2 else 'cube', 'to_world': T().translate([r * np.sin(ang), y0 + s, r * np.cos(ang)]) @ T().scale(s),
+                             'bsdf': tw._bsdf(c, 'matte')}
+    path = _handheld_path(n_views, rng)
+    K = tw.intrinsics(res, 40.0)
+    lights = tw._STUDIO
+    full = mi.load_dict(tw._scene_dict(tw._subject_shapes(subject), res, spp, False, lights, {**scenery, **props}))
+    subj = mi.load_dict(tw._scene_dict(tw._subject_shapes(subject), res, 4, True, lights))
+    prop = mi.load_dict(tw._scene_dict({}, res, 4, True, lights, props))
+    for sc in (full, subj, prop): mi.traverse(sc)['sensor.x_fov'] = 40.0
+    pf, ps, pp = mi.traverse(full), mi.traverse(subj), mi.traverse(prop)
+    to_z = np.eye(4); to_z[:3, :3] = np.linalg.inv(_TO_Y_UP['+z']); to_z[:3, 3] = [0.7, -1.2, 0.4]   # z-up world, offset origin
+    frames = []
+    for v, c2w in enumerate(path):
+        rgb, _, _ = tw._develop(tw._render_scene(full, pf, c2w, seed * 7919 + v, lights))
+        a_s = tw._develop(tw._render_scene(subj, ps, c2w, v, lights))
+        a_p = tw._develop(tw._render_scene(prop, pp, c2w, v, lights))
+        occluded = (a_p[1] > .5) & ((a_s[1] <= .5) | (a_p[2] < a_s[2]))
+        gt = np.where(occluded, 0, a_s[1])
+        name = f'frame_{v:04d}'
+        Image.fromarray((np.clip(rgb, 0, 1) * 255 + .5).astype(np.uint8)).save(folder/'images'/f'{name}.jpg', quality=92)
+        Image.fromarray((gt * 255 + .5).astype(np.uint8)).save(folder/'gt'/f'{name}.png')
+        frames.append({'file_path': f'images/{name}.jpg', 'transform_matrix': (to_z @ c2w).tolist()})
+    meta = {'fl_x': float(K[0, 0]), 'fl_y': float(K[1, 1]), 'cx': float(K[0, 2]), 'cy': float(K[1, 2]), 'w': res, 'h': res, 'frames': frames}
+    save_json(folder/'transforms.json', meta)
+    order = rng.permutation(n_views)
+    gone = sorted(int(x) for x in order[:int(round(missing * n_views))]); bad = sorted(int(x) for x in order[len(gone):len(gone) + corrupt])
+    for x in gone: (folder/'images'/f'frame_{x:04d}.jpg').unlink()
+    for x in bad: (folder/'images'/f'frame_{x:04d}.jpg').write_bytes(b'\xff\xd8 not really a jpeg')
+    az, el = _angles_from_c2w(np.stack(path))
+    return {'folder': folder, 'missing': [f'frame_{x:04d}.jpg' for x in gone], 'corrupt': [f'frame_{x:04d}.jpg' for x in bad],
+            'azimuth': az, 'elevation': el, 'seconds': time.perf_counter() - t0}
+
+def mask_iou_against_truth(cap: Capture, masks: list, gt_folder) -> np.ndarray:
+    "IoU of each view's mask (> 0.5) against the renderer's alpha (> 0.5) in `gt_folder/<stem>.png`."
+    gts = [np.asarray(Image.open(Path(gt_folder)/(Path(n).stem + '.png')), np.float32) / 255 for n in cap.names]
+    return np.array([_iou(m, g) for m, g in zip(masks, gts)])
+
+# %% ../nbs/02_multiview.ipynb #e540ca3a
+def prepare_capture(src, class_noun: str | None = None, identifier: str = 'sks', size: int = 256, remover='auto', k: int = 4,
+                    margin: float = 0.1, weights=None, strict: bool = False, up: str | None = None, keep_flagged: bool = False,
+                    seed: int = 0) -> tuple[MultiViewSet, dict]:
+    """Photos, a capture or the 3DreamBooth layout → a `MultiViewSet` of the views whose masks pass `score_masks`, and a
+    report: one record per listed file (loaded or not, kept or dropped and why, mask fraction, quality score, azimuth and
+    elevation when posed), the K conditioning views chosen (the capture's own `references/` when given), the prompt.
+    `keep_flagged`: keep views that fail the mask checks (flagged in the report) instead of dropping them."""
+    cap = read_capture(src, strict=strict, up=up)
+    if class_noun is None and cap.prompt: class_noun = cap.prompt.split()[-1]
+    if not class_noun: raise ConfigError("give the subject's class noun (e.g. class_noun='stuffed animal'): no prompt.txt to read it from")
+    masks, info = capture_masks(cap, remover, weights=weights, return_info=True)
+    scores = score_masks(cap.images, masks, info.get('hull_silhouettes'))
+    az = el = None
+    if cap.c2w is not None: az, el = angles_about(cap.c2w, cap.centre)
+    keep = [i for i, s in enumerate(scores) if s['keep'] or keep_flagged]
+    if not keep: raise MultiViewError(f"{src}: every view's mask failed the checks ({scores[0]['reason']}, ...): try another remover")
+    imgs, msks, Ks = [], [], []
+    for i in keep:
+        img, m = crop_to_subject(cap.images[i], masks[i], size, margin)
+        imgs.append(img); msks.append(m)
+        if cap.K is not None and cap.K[i] is not None: Ks.append(crop_intrinsics(cap.K[i], subject_box(masks[i], margin), size))
+    pick = lambda a: None if a is None else np.asarray(a)[keep]
+    mv = MultiViewSet(np.stack(imgs), np.stack(msks), class_noun, identifier, [cap.names[i] for i in keep],
+                      pick(cap.c2w), np.stack(Ks) if len(Ks) == len(keep) else None, None, pick(az), pick(el),
+                      quality=np.array([max(scores[i]['score'], 1e-3) * (1 if scores[i]['keep'] else 0.1) for i in keep], np.float32))
+    given = [mv.names.index(r) for r in cap.references if r in mv.names]
+    if given: chosen = np.array(sorted(given[:k]))
+    else: chosen = select_conditioning_views(mv, min(k, len(mv) - 1), seed) if len(mv) > 1 else np.array([0])
+    loaded = {n: i for i, n in enumerate(cap.names)}
+    recs = []
+    for r in cap.records:
+        rec = dict(r)
+        if r['status'] == 'loaded':
+            i = loaded[r['file']]; s = scores[i]
+            rec.update(kept=i in keep, reason=s['reason'], **{x: s[x] for x in ('mask_fraction', 'border_contact', 'agreement', 'score')})
+            if az is not None: rec.update(azimuth=round(float(az[i]), 1), elevation=round(float(el[i]), 1))
+            if i in keep and s['reason']: rec['flagged'] = True
+        else: rec.update(kept=False)
+        recs.append(rec)
+    report = {'source': str(src), 'class_noun': class_noun, 'identifier': identifier, 'prompt': cap.prompt or mv.prompt(),
+              'training_prompt': mv.prompt(), 'size': size, 'mask_method': info['method'], 'mask_seconds': round(info['seconds'], 2),
+              'up_axis': cap.up_axis, 'listed': len(cap.records), 'loaded': len(cap), 'kept': len(mv),
+              'skipped_files': [r['file'] for r in cap.skipped], 'dropped_views': [r['file'] for r in recs if r['status'] == 'loaded' and not r['kept']],
+              'conditioning_views': [mv.names[i] for i in chosen], 'conditioning_source': 'references/' if given else 'chosen for coverage',
+              'records': recs}
+    return mv, report

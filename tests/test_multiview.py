@@ -164,7 +164,9 @@ def test_transforms_json_intrinsics_follow_the_crop(tmp_path):
         assert np.abs(uv - (np.argwhere(mv.masks[i] > .5).mean(0)[::-1] + .5)).max() < 4
     frames[2]['file_path'] = 'missing.png'
     (tmp_path/'transforms.json').write_text(json.dumps({'camera_angle_x': 0.5, 'frames': frames}))
-    with pytest.raises(MultiViewError, match='missing.png'): from_transforms_json(tmp_path, s.cls, size=16)
+    with pytest.raises(MultiViewError, match='missing.png'): from_transforms_json(tmp_path, s.cls, size=16, strict=True)
+    with pytest.warns(UserWarning, match=r'skipped 1 of \d+ listed files.*missing.png'): got = from_transforms_json(tmp_path, s.cls, size=16)
+    assert 'missing.png' not in got.names
     (tmp_path/'transforms.json').write_text(json.dumps({'camera_angle_x': 0.5}))
     with pytest.raises(MultiViewError, match='frames'): from_transforms_json(tmp_path, s.cls, size=16)
 
@@ -176,3 +178,91 @@ def test_contact_sheet_caps_views_but_keeps_chosen():
     assert sum(bool(a.get_images()) for a in fig.axes) == 20
     assert sorted(a.get_title() for a in fig.axes if a.title.get_color() == 'red') == ['view_03', 'view_39']
     plt.close(fig)
+
+
+# --- issue 14: captures that load, masks that hold, bad input ---
+import json as _json, shutil as _shutil, warnings as _warnings
+from dreamvid_lib.multiview import (read_capture, detect_up_axis, look_at_point, angles_about, capture_masks, score_masks,
+                                    prepare_capture, render_cluttered_capture, mask_iou_against_truth, MultiViewSet,
+                                    select_conditioning_views, MultiViewError)
+
+
+@pytest.fixture(scope='module')
+def cluttered(tmp_path_factory):
+    return render_cluttered_capture(tw.heldout_subjects(1)[0], tmp_path_factory.mktemp('cap')/'c', n_views=10, res=64, missing=0.2)
+
+
+def test_capture_skips_missing_files_counts_them_and_detects_z_up(cluttered):
+    with pytest.warns(UserWarning) as rec:
+        cap = read_capture(cluttered['folder'])
+    msgs = ' '.join(str(w.message) for w in rec)
+    assert f"skipped {len(cluttered['missing']) + 1} of 10" in msgs and 'world up axis +z detected' in msgs
+    assert cap.up_axis == '+z' and len(cap) == 10 - len(cluttered['missing']) - 1
+    az, el = angles_about(cap.c2w, cap.centre)
+    idx = [int(n[-8:-4]) for n in cap.names]
+    assert np.abs((az - cluttered['azimuth'][idx] + 180) % 360 - 180).max() < 10
+    assert np.abs(el - cluttered['elevation'][idx]).max() < 10
+    with pytest.raises(MultiViewError, match='missing or unreadable.*drop strict'): read_capture(cluttered['folder'], strict=True)
+    with pytest.warns(UserWarning, match=r'up axis \+y as given'): read_capture(cluttered['folder'], up='y')
+
+
+def test_look_at_point_and_up_axis():
+    c2w = np.stack([tw.camera_to_world(a, 20) for a in range(0, 360, 45)]).astype(np.float64)
+    c2w[:, :3, 3] += [1.0, 2.0, 3.0]
+    assert np.allclose(look_at_point(c2w), [1, 2, 3], atol=1e-6)
+    assert detect_up_axis(c2w)[0] == '+y'
+
+
+def test_bad_pose_matrices_are_named(tmp_path):
+    from PIL import Image
+    Image.new('RGB', (16, 16), 'white').save(tmp_path/'a.png')
+    for val, msg in (('abc', 'non-number'), (float('nan'), 'NaN or infinite')):
+        T = np.eye(4).tolist(); T[1][3] = val
+        (tmp_path/'transforms.json').write_text(_json.dumps({'camera_angle_x': .5, 'frames': [{'file_path': 'a.png', 'transform_matrix': T}]}))
+        with pytest.raises(MultiViewError, match=f'frame 0 .a.png.: transform_matrix holds a {msg}' if msg == 'non-number' else msg):
+            read_capture(tmp_path)
+
+
+def test_truncated_npz_is_named(tmp_path):
+    mv = MultiViewSet(np.ones((3, 8, 8, 3)), np.ones((3, 8, 8)), 'mug')
+    p = mv.save(tmp_path/'v.npz'); p.write_bytes(p.read_bytes()[:200])
+    with pytest.raises(MultiViewError, match='v.npz is not a readable multi-view set.*truncated'): MultiViewSet.load(p)
+
+
+def test_3dreambooth_layout(tmp_path):
+    from PIL import Image
+    v = tw.multiview_set(tw.heldout_subjects(1)[0], n_views=6, res=32, seed=0)
+    (tmp_path/'images').mkdir(); (tmp_path/'references').mkdir()
+    for i, im in enumerate(v.rgb): Image.fromarray((im * 255).astype(np.uint8)).save(tmp_path/'images'/f'{i:03d}.png')
+    for i in (1, 4): _shutil.copy(tmp_path/'images'/f'{i:03d}.png', tmp_path/'references'/f'{i:03d}.png')
+    (tmp_path/'prompt.txt').write_text('a video of a sks lamp')
+    mv, rep = prepare_capture(tmp_path, size=32, remover='uniform', k=2)
+    assert rep['class_noun'] == 'lamp' and rep['prompt'] == 'a video of a sks lamp'
+    assert rep['conditioning_views'] == ['001.png', '004.png'] and rep['conditioning_source'] == 'references/'
+
+
+def test_scores_drop_empty_and_disagreeing_masks_and_selection_avoids_them():
+    rng = np.random.default_rng(0)
+    imgs = [np.full((40, 40, 3), .9, np.float32) for _ in range(6)]
+    masks = []
+    for i, im in enumerate(imgs):
+        m = np.zeros((40, 40), np.float32); m[12:28, 12:28] = 1
+        im[m > 0] = (0.8, 0.1, 0.1)
+        masks.append(m)
+    masks[2] = np.zeros((40, 40), np.float32)                                  # empty
+    imgs[4][2:10, 2:10] = (0.1, 0.2, 0.9); masks[4] = np.zeros((40, 40), np.float32); masks[4][2:10, 2:10] = 1   # the wrong object
+    sc = score_masks(imgs, masks)
+    assert not sc[2]['keep'] and 'empty' in sc[2]['reason']
+    assert not sc[4]['keep'] and 'disagrees' in sc[4]['reason']
+    assert all(sc[i]['keep'] for i in (0, 1, 3, 5))
+    mv = MultiViewSet(np.stack(imgs), np.stack(masks), 'mug', quality=np.array([s['score'] for s in sc]))
+    for seed in range(4): assert not {2, 4} & set(select_conditioning_views(mv, 3, seed).tolist())
+
+
+def test_multiview_masks_beat_grabcut_on_the_rendered_capture(cluttered):
+    with _warnings.catch_warnings():
+        _warnings.simplefilter('ignore'); cap = read_capture(cluttered['folder'])
+    got = {m: mask_iou_against_truth(cap, capture_masks(cap, m), cluttered['folder']/'gt').mean() for m in ('grabcut', 'geometry', 'multiview')}
+    assert got['geometry'] > got['grabcut'] and got['multiview'] > got['grabcut'], got
+    with pytest.raises(MultiViewError, match='needs poses'):
+        capture_masks(read_capture(REAL/'can'), 'multiview')
