@@ -75,3 +75,18 @@ def test_demo_out_reused_for_another_subject_is_refused_before_any_work(tmp_path
     with pytest.raises(WorkFolderError, match=r'config.subject_seed: 0 -> 1.*--overwrite'): run_demo(d, subject_seed=1, fast=True)
     assert (d/'report.json').read_text() == '{"old": 1}'
     with pytest.raises(Exception, match='not found'): run_demo(tmp_path/'d2', dapter=str(tmp_path/'nope'))
+
+
+def test_the_researchers_path_on_a_tiny_wan(tmp_path):
+    from dreamvid_lib.wan import make_tiny_wan
+    w = make_tiny_wan(tmp_path/'tiny', seed=0)
+    assert main(['prep', str(assets_dir()/'dreambooth_subset'/'can'), '--out', str(tmp_path/'prep'), '--class-noun', 'can',
+                 '--size', '32', '--remover', 'grabcut', '--k', '3']) == 0
+    for m in ('3db', 'joint'):
+        assert main(['personalize', str(tmp_path/'prep'), '--out', str(tmp_path/m), '--backbone', 'wan', '--weights', str(w),
+                     '--steps', '2', '--method', m]) == 0
+    assert main(['generate', str(tmp_path/'joint'), '--prompt', 'a video of a sks can', '--out', str(tmp_path/'v'), '--steps', '2']) == 0
+    assert (tmp_path/'v'/'videos'/'seed0.mp4').exists()
+    # another set of weights on the same --out: refused
+    w2 = make_tiny_wan(tmp_path/'tiny2', seed=1)
+    assert main(['personalize', str(tmp_path/'prep'), '--out', str(tmp_path/'3db'), '--backbone', 'wan', '--weights', str(w2), '--steps', '2']) == 2
