@@ -29,7 +29,7 @@ def evaluate_base(backbone, subjects, out_dir, seeds_per_subject: int = 2, steps
     from tqdm.auto import tqdm
     out_dir = Path(out_dir); (out_dir/'videos').mkdir(parents=True, exist_ok=True)
     res = backbone.config.resolution
-    views = [tracking_views(s, res) for s in tqdm(subjects, desc='ground truth', disable=not progress)]
+    views = [tracking_views(s, res, verbose=progress) for s in tqdm(subjects, desc='ground truth', disable=not progress)]
     prompts, seeds, owner = [], [], []
     for i, s in enumerate(subjects):
         for k in range(seeds_per_subject):
@@ -103,7 +103,7 @@ def demo_joint(backbone_name: str, weights, subject, out_dir, steps: int = 400, 
     prompts = [f'{mv.prompt()} rotating {d}' for d in dirs]
     vids = generate(bb, prompts, list(seeds), steps=gen_steps, references=refs, capture=True)
     mass = mass_array(probe_of(bb).records)
-    grid = tracking_views(subject, res)
+    grid = tracking_views(subject, res, verbose=progress)
     frame_az = np.stack([view_match(v, grid)[1] for v in vids])
     tf = getattr(bb.codec, 'temporal_factor', 1)                       # the router sees latent frames: Wan packs 4 frames in one
     frame_az = frame_az[:, [min(j * tf, vids.shape[1] - 1) for j in range(mass.shape[-2])]]

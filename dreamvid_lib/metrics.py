@@ -17,17 +17,18 @@ from .core import DreamvidError, ConfigError, AssetError, assets_dir
 from . import toyworld as tw
 
 # %% auto #0
-__all__ = ['HF_MODELS', 'TOY_WORDS', 'JUDGE_CRITERIA', 'JUDGE_SYSTEM', 'JUDGE_INSTRUCTIONS', 'MetricError', 'foreground',
-           'view_errors', 'view_match', 'wrap_deg', 'rotation_direction', 'rotation_monotone_rate', 'tracking_views',
-           'masked_psnr', 'masked_ssim', 'view_matched_fidelity', 'binding_matrix', 'text_binding_rate',
-           'isolate_foreground', 'subject_similarity', 'text_similarity', 'temporal_consistency', 'FeatureEncoder',
-           'HFClipEncoder', 'HFDinoEncoder', 'load_clip', 'load_dino', 'make_tiny_hf_encoders', 'ToyFeatureNet',
-           'ToyFeatureEncoder', 'train_toy_features', 'save_toy_features', 'load_toy_features', 'load_encoders',
-           'default_encoders', 'feature_metrics', 'optical_flow', 'flow_scores', 'dynamic_degree', 'interpolate_middle',
-           'motion_smoothness', 'video_metrics', 'umeyama', 'similarity_matrix', 'apply_transform', 'chamfer_distances',
-           'depth_point_cloud', 'visual_hull', 'register_similarity', 'generated_point_cloud', 'geometric_fidelity',
-           'plot_point_clouds', 'JudgeError', 'image_data_url', 'judge_messages', 'parse_judge_response',
-           'aggregate_judgements', 'openai_client', 'llm_judge']
+__all__ = ['EVAL_MAX_RES', 'HF_MODELS', 'TOY_WORDS', 'JUDGE_CRITERIA', 'JUDGE_SYSTEM', 'JUDGE_INSTRUCTIONS', 'MetricError',
+           'foreground', 'fit_frames', 'view_errors', 'view_match', 'wrap_deg', 'rotation_direction',
+           'rotation_monotone_rate', 'eval_resolution', 'tracking_views', 'masked_psnr', 'masked_ssim',
+           'view_matched_fidelity', 'binding_matrix', 'text_binding_rate', 'isolate_foreground', 'subject_similarity',
+           'text_similarity', 'temporal_consistency', 'FeatureEncoder', 'HFClipEncoder', 'HFDinoEncoder', 'load_clip',
+           'load_dino', 'make_tiny_hf_encoders', 'ToyFeatureNet', 'ToyFeatureEncoder', 'train_toy_features',
+           'save_toy_features', 'load_toy_features', 'load_encoders', 'default_encoders', 'feature_metrics',
+           'optical_flow', 'flow_scores', 'dynamic_degree', 'interpolate_middle', 'motion_smoothness', 'video_metrics',
+           'umeyama', 'similarity_matrix', 'apply_transform', 'chamfer_distances', 'depth_point_cloud', 'visual_hull',
+           'register_similarity', 'generated_point_cloud', 'geometric_fidelity', 'plot_point_clouds', 'JudgeError',
+           'image_data_url', 'judge_messages', 'parse_judge_response', 'aggregate_judgements', 'openai_client',
+           'llm_judge']
 
 # %% ../nbs/10_metrics.ipynb #1b02d32e
 class MetricError(DreamvidError, ValueError):
@@ -45,13 +46,21 @@ def foreground(frames: np.ndarray, thresh: float = 0.1) -> np.ndarray:
     "Pixels that differ from the white background by more than `thresh` in some channel: `[F,H,W]` bool."
     return (1 - frames).max(-1) > thresh
 
+def fit_frames(frames: np.ndarray, size) -> np.ndarray:
+    "Frames `[F,H,W,3]` area-averaged down to `size` (h, w) when larger with the same aspect ratio (ground truth rendered at `eval_resolution`)."
+    g, (h, w) = frames, tuple(int(s) for s in size)
+    if g.shape[1:3] == (h, w): return g
+    if g.shape[1] < h or g.shape[1] * w != g.shape[2] * h:
+        raise MetricError(f"frames are {g.shape[1:3]} px but ground-truth views are {(h, w)} px: render or resize to match")
+    t = torch.from_numpy(np.ascontiguousarray(g)).permute(0, 3, 1, 2)
+    return F.interpolate(t, size=(h, w), mode='area').permute(0, 2, 3, 1).numpy()
+
 def view_errors(frames, views_rgb, views_alpha) -> np.ndarray:
     "Masked pixel error `[F, N]` between each generated frame and each ground-truth view."
     g = _as_video(frames, 'frames'); x = _as_video(views_rgb, 'views_rgb')
     a = np.asarray(views_alpha, np.float32)
-    if g.shape[1:] != x.shape[1:]:
-        raise MetricError(f"frames are {g.shape[1:3]} px but ground-truth views are {x.shape[1:3]} px: render or resize to match")
     if a.shape != x.shape[:3]: raise MetricError(f"views_alpha shape {a.shape} does not match views_rgb {x.shape[:3]}")
+    g = fit_frames(g, x.shape[1:3])                                        # full-size frames against eval-size ground truth
     mask = (a[None] > 0.5) | foreground(g)[:, None]                       # [F,N,H,W]
     se = ((g[:, None] - x[None]) ** 2).sum(-1)                             # [F,N,H,W]
     return (se * mask).sum((-1, -2)) / np.maximum(mask.sum((-1, -2)), 1)
@@ -80,11 +89,31 @@ def rotation_monotone_rate(azimuth_tracks: Sequence) -> float:
     return float(np.mean([rotation_direction(a) != 0 for a in azimuth_tracks])) if len(azimuth_tracks) else float('nan')
 
 # %% ../nbs/10_metrics.ipynb #7d0f958b
-def tracking_views(subject, res: int = 32, azimuth_step: float = 10.0, elevations=(0.0, 15.0, 30.0), with_depth: bool = True):
-    "Dense ground-truth grid for view matching: every `azimuth_step` degrees at each elevation (`with_depth=False`: 5x faster)."
+EVAL_MAX_RES = 64         # view matching compares masked pixels: 64 px is plenty (the toy renders at 32 px: unchanged)
+_TRACKING_CACHE, _TRACKING_CACHE_SIZE = {}, 8
+
+def eval_resolution(res: int, max_res: int = EVAL_MAX_RES) -> int:
+    "The pixel size evaluation ground truth is rendered at for videos of `res` px: `res`, at most `max_res`."
+    return int(min(res, max_res))
+
+def tracking_views(subject, res: int = 32, azimuth_step: float = 10.0, elevations=(0.0, 15.0, 30.0), with_depth: bool = True,
+                   max_res: int = EVAL_MAX_RES, verbose: bool = False):
+    """Dense ground-truth grid for view matching: every `azimuth_step` degrees at each elevation (`with_depth=False`: 5x faster),
+    rendered at `eval_resolution(res, max_res)` (the metrics area-average larger frames down to it) and cached in memory by subject,
+    resolution and grid. `verbose` prints what is rendered and why."""
+    r = eval_resolution(res, max_res)
+    key = (repr(subject), r, float(azimuth_step), tuple(float(e) for e in elevations), bool(with_depth))
+    if key in _TRACKING_CACHE: return _TRACKING_CACHE[key]
     az = np.arange(0, 360, azimuth_step)
     A, E = np.meshgrid(az, np.asarray(elevations, float))
-    return tw.render_views(subject, A.ravel(), E.ravel(), res=res, with_depth=with_depth)
+    if verbose:
+        why = f"; the videos are {res} px, their frames are averaged down to {r} px to match" if r < res else ''
+        desc = subject.description() if hasattr(subject, 'description') else str(subject)
+        print(f"ground truth for view matching: rendering {A.size} views of '{desc}' at {r} px{why} (cached per subject and size)")
+    v = tw.render_views(subject, A.ravel(), E.ravel(), res=r, with_depth=with_depth)
+    if len(_TRACKING_CACHE) >= _TRACKING_CACHE_SIZE: _TRACKING_CACHE.pop(next(iter(_TRACKING_CACHE)))
+    _TRACKING_CACHE[key] = v
+    return v
 
 # %% ../nbs/10_metrics.ipynb #abc92597
 def masked_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray, cap: float = 60.0) -> float:
@@ -105,7 +134,7 @@ def masked_ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray, win_size: int = 
 
 def view_matched_fidelity(frames, views) -> dict:
     "Per frame, PSNR and SSIM against its best-matching ground-truth view (masked); means over frames."
-    g = _as_video(frames, 'frames')
+    g = fit_frames(_as_video(frames, 'frames'), views.rgb.shape[1:3])
     e = view_errors(g, views.rgb, views.alpha); idx = e.argmin(1)
     fg = foreground(g)
     ps, ss = [], []
@@ -669,7 +698,7 @@ def _geometry_truth(subject, res: int, n_views: int = 30):
 # %% ../nbs/10_metrics.ipynb #dc578abc
 def generated_point_cloud(frames, grid, resolution: int = 48, dilate: int = 0) -> tuple[np.ndarray, np.ndarray]:
     "Visual-hull cloud of generated `frames` with cameras from view matching on `grid`; also returns the matched grid indices."
-    g = _as_video(frames, 'frames')
+    g = fit_frames(_as_video(frames, 'frames'), grid.rgb.shape[1:3])    # the grid's cameras are in its own pixels
     idx, _, _ = view_match(g, grid)
     fg = foreground(g); keep = fg.reshape(len(g), -1).any(1)
     if not keep.any(): return np.zeros((0, 3)), idx

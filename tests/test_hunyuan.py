@@ -12,7 +12,7 @@ from dreamvid_lib.core import AssetError, ConfigError, PromptError
 from dreamvid_lib.backbones import load_backbone
 from dreamvid_lib.hunyuan import (HunyuanBackbone, make_tiny_hunyuan, resolve_hunyuan_weights, token_timesteps, HunyuanFrameIndexRope,
                                   export_comfy_hunyuan_lora, import_authors_lora, original_module_name, diffusers_module_name,
-                                  PAPER_PRESET, HUNYUAN_MODEL_ID)
+                                  PAPER_PRESET, HUNYUAN_MODEL_ID, full_size_lora_parameters)
 from dreamvid_lib.adapters import add_lora, save_adapter, load_adapter, activate_branches, joint_velocity, references, ReferenceLayout
 from dreamvid_lib.generate import generate
 
@@ -253,6 +253,11 @@ def test_name_mapping():
     assert diffusers_module_name('double_blocks.7.txt_attn_proj') == 'transformer_blocks.7.attn.to_add_out'
     assert diffusers_module_name('img_in.proj') == 'x_embedder.proj'
     with pytest.raises(ConfigError, match='not a HunyuanVideo-1.5 module'): diffusers_module_name('single_blocks.0.linear1')
+
+
+def test_lora_parameters_match_the_paper():
+    n = full_size_lora_parameters(16)                                 # the 8.3 B architecture on the meta device
+    assert round(n['transformer'] / 1e9, 2) == 8.33 and n['total'] == 95_619_104    # the paper: "trains only 95.62M parameters"
 
 
 def test_paper_preset():
