@@ -351,7 +351,7 @@ def _skip_or_raise(records, strict: bool, where: str):
     listing = '; '.join(f"{r['file']} ({r['status']})" for r in bad[:6]) + (f'; ... {len(bad) - 6} more' if len(bad) > 6 else '')
     if strict:
         raise MultiViewError(f"{where}: {len(bad)} of {len(records)} listed files are missing or unreadable: {listing}. "
-                             "Restore them, or drop strict to skip them")
+                             "Restore them, or leave out strict=True (--strict) to skip them")
     warnings.warn(f"{where}: skipped {len(bad)} of {len(records)} listed files that are missing or unreadable: {listing} "
                   "(pass strict=True to make this an error)")
 
@@ -540,19 +540,23 @@ def _iou(a, b) -> float:
 
 MASK_METHODS = ('alpha', 'uniform', 'grabcut', 'geometry', 'multiview', 'birefnet')
 
-def capture_masks(cap: Capture, method: str = 'auto', weights=None, return_info: bool = False):
+def capture_masks(cap: Capture, method: str = 'auto', weights=None, return_info: bool = False, first_pass='auto'):
     """Foreground masks of every view of `cap` at its original size. `method`: 'grabcut' (each photo alone), 'geometry'
     (GrabCut seeded by the subject's bounding sphere projected into each view: needs poses), 'multiview' (geometry, then
     a visual hull carved from all views and re-projected to seed a second GrabCut, so the masks agree), 'birefnet',
     'alpha', 'uniform', or 'auto': alpha when every view has one, else multiview with poses, BiRefNet when its weights
-    exist, else GrabCut. With `return_info`, also {'method', 'hull_silhouettes' (posed only), 'radius', 'seconds'}."""
+    exist, else GrabCut. `first_pass`: the single-image masks the posed methods start from ('grabcut', 'birefnet', a
+    callable `image -> mask`, or 'auto': BiRefNet when its weights exist, else GrabCut); with BiRefNet the geometry
+    stage keeps its mask inside the projected bounding sphere instead of running GrabCut.
+    With `return_info`, also {'method', 'first_pass', 'hull_silhouettes' (posed only), 'radius', 'seconds'}."""
     import time
     t0 = time.perf_counter()
+    has_birefnet = (Path(weights) if weights else birefnet_dir()).joinpath('config.json').exists()
     posed = cap.c2w is not None and cap.K is not None and all(k is not None for k in cap.K) and len(cap) >= 3
     if method == 'auto':
         if all(a is not None for a in cap.alphas): method = 'alpha'
         elif posed: method = 'multiview'
-        elif (Path(weights) if weights else birefnet_dir()).joinpath('config.json').exists(): method = 'birefnet'
+        elif has_birefnet: method = 'birefnet'
         else: method = 'grabcut'
     if method not in MASK_METHODS and not callable(method):
         raise ConfigError(f"unknown mask method {method!r}: choose 'auto' or one of {MASK_METHODS}")
@@ -560,10 +564,17 @@ def capture_masks(cap: Capture, method: str = 'auto', weights=None, return_info:
     if method in ('geometry', 'multiview'):
         if not posed: raise MultiViewError(f"mask method {method!r} needs poses and intrinsics (a transforms.json capture with at least 3 views); "
                                            "use 'grabcut' or 'birefnet' for plain photos")
-        first = [_grabcut_mask(im) for im in cap.images]
+        if first_pass == 'auto': first_pass = 'birefnet' if has_birefnet else 'grabcut'
+        kw = {'weights': weights} if first_pass == 'birefnet' else {}
+        first = [remove_background(im, first_pass, **kw) for im in cap.images]
         radius = subject_radius(cap, first)
-        masks = [_largest_component(_grabcut_seeded(im, s) > .5).astype(np.float32) for im, s in zip(cap.images, geometry_seeds(cap, radius))]
-        info['radius'] = radius
+        seeds = geometry_seeds(cap, radius)
+        if first_pass == 'grabcut':
+            masks = [_largest_component(_grabcut_seeded(im, s) > .5).astype(np.float32) for im, s in zip(cap.images, seeds)]
+        else:                                                            # a strong single-image mask: keep it inside the sphere
+            masks = [_largest_component((f > .5) & (s != 0)).astype(np.float32) if ((f > .5) & (s != 0)).any() else np.zeros_like(f)
+                     for f, s in zip(first, seeds)]
+        info.update(radius=radius, first_pass=first_pass if isinstance(first_pass, str) else 'callable')
         if method == 'multiview':
             vox, size = visual_hull(cap, masks, radius)
             sils = hull_silhouettes(cap, vox, size)

@@ -202,7 +202,7 @@ def test_capture_skips_missing_files_counts_them_and_detects_z_up(cluttered):
     idx = [int(n[-8:-4]) for n in cap.names]
     assert np.abs((az - cluttered['azimuth'][idx] + 180) % 360 - 180).max() < 10
     assert np.abs(el - cluttered['elevation'][idx]).max() < 10
-    with pytest.raises(MultiViewError, match='missing or unreadable.*drop strict'): read_capture(cluttered['folder'], strict=True)
+    with pytest.raises(MultiViewError, match='missing or unreadable.*leave out strict'): read_capture(cluttered['folder'], strict=True)
     with pytest.warns(UserWarning, match=r'up axis \+y as given'): read_capture(cluttered['folder'], up='y')
 
 
@@ -266,3 +266,15 @@ def test_multiview_masks_beat_grabcut_on_the_rendered_capture(cluttered):
     assert got['geometry'] > got['grabcut'] and got['multiview'] > got['grabcut'], got
     with pytest.raises(MultiViewError, match='needs poses'):
         capture_masks(read_capture(REAL/'can'), 'multiview')
+
+
+def test_a_strong_first_pass_carries_through_the_posed_methods(cluttered):
+    # stands in for BiRefNet (no weights here): a single-image remover that returns the truth, plus clutter in one view
+    from PIL import Image as _Image
+    with _warnings.catch_warnings():
+        _warnings.simplefilter('ignore'); cap = read_capture(cluttered['folder'])
+    truth = {id(im): np.asarray(_Image.open(cluttered['folder']/'gt'/(n[:-4] + '.png')), np.float32) / 255 for im, n in zip(cap.images, cap.names)}
+    oracle = lambda im: truth[id(im)]
+    masks, info = capture_masks(cap, 'multiview', first_pass=oracle, return_info=True)
+    assert info['first_pass'] == 'callable'
+    assert mask_iou_against_truth(cap, masks, cluttered['folder']/'gt').mean() > 0.6
