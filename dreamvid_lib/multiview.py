@@ -244,15 +244,13 @@ def _prep_one(path, size, remover, margin, weights=None):
     img, alpha = load_image(path)
     kw = {'weights': weights} if remover == 'birefnet' else {}
     mask = remove_background(img, remover, alpha=alpha, **kw)
-    if (mask > 0.5).sum() == 0:
-        warnings.warn(f"view {Path(path).name}: the background remover found no subject (empty mask); "
-                      "the whole frame is kept: check the photo or try another remover")
     box = subject_box(mask, margin)
     return (*crop_to_subject(img, mask, size, margin), box, img.shape[:2])
 
 def from_folder(path, class_noun: str, identifier: str = 'sks', size: int = 256, remover='auto',
                 skip_bad: bool = False, margin: float = 0.1, weights=None) -> MultiViewSet:
-    "Prepare every file in folder `path` (natural name order, hidden files ignored); `skip_bad` skips unreadable files with a warning."
+    """Prepare every file in folder `path` (natural name order, hidden files ignored); `skip_bad` skips unreadable files with a
+    warning. A view whose mask is empty (it would train as an all-white image) is dropped with a warning."""
     from tqdm.auto import tqdm
     path = Path(path)
     if not path.is_dir(): raise MultiViewError(f"{str(path)!r} is not a folder of images")
@@ -263,8 +261,11 @@ def from_folder(path, class_noun: str, identifier: str = 'sks', size: int = 256,
         except MultiViewError as e:
             if not skip_bad: raise
             warnings.warn(f"skipping {f.name}: {e}"); continue
+        if (m > 0.5).sum() == 0:
+            warnings.warn(f"view {f.name}: dropped: the background remover found no subject (empty mask), so it would train as an "
+                          "all-white image; check the photo or try another remover"); continue
         imgs.append(i); masks.append(m); names.append(f.name)
-    if not imgs: raise MultiViewError(f"no readable images in {str(path)!r} (looked at {len(files)} files)")
+    if not imgs: raise MultiViewError(f"no usable images in {str(path)!r} (looked at {len(files)} files: unreadable, or no subject found)")
     return MultiViewSet(np.stack(imgs), np.stack(masks), class_noun, identifier, names)
 
 # %% ../nbs/02_multiview.ipynb #e533eb46

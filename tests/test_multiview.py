@@ -48,9 +48,13 @@ def test_corrupt_and_non_image_files(tmp_path):
     with pytest.raises(MultiViewError, match='not a folder'): from_folder(tmp_path/'nope', 'can')
 
 
-def test_empty_mask_warns_with_the_view_name(tmp_path):
+def test_empty_mask_view_is_dropped_with_its_name(tmp_path):
     Image.new('RGB', (30, 30), (255, 255, 255)).save(tmp_path/'blank.png')
-    with pytest.warns(UserWarning, match='blank.png'): from_folder(tmp_path, 'can', size=16, remover='uniform')
+    with pytest.warns(UserWarning, match='blank.png: dropped.*empty mask.*all-white'):
+        with pytest.raises(MultiViewError, match='no usable images'): from_folder(tmp_path, 'can', size=16, remover='uniform')
+    im = Image.new('RGB', (30, 30), (255, 255, 255)); im.paste((20, 20, 200), (8, 8, 22, 22)); im.save(tmp_path/'blue.png')
+    with pytest.warns(UserWarning, match='blank.png'): got = from_folder(tmp_path, 'can', size=16, remover='uniform')
+    assert got.names == ['blue.png']
 
 
 def test_birefnet_absent_is_a_clear_error(tmp_path, monkeypatch):
