@@ -34,10 +34,15 @@ TINY = dict(HY15, num_attention_heads=2, attention_head_dim=16, num_layers=2, nu
 
 
 def build(tiny: bool, device, dtype) -> HunyuanBackbone:
-    "A HunyuanBackbone with a randomly initialised transformer of the chosen config (tiny text encoders and VAE, never run)."
+    """A HunyuanBackbone with a randomly initialised transformer of the chosen config (tiny text encoders and VAE, never run:
+    the text is random embeddings of the transformer's widths)."""
     parts = tiny_hunyuan_parts(seed=0)
     torch.manual_seed(0)
-    tr = HunyuanVideo15Transformer3DModel(**(TINY if tiny else HY15)).to(dtype)
+    from diffusers.utils import logging as df_logging
+    level = df_logging.get_verbosity(); df_logging.set_verbosity_error()      # (no module of this model is kept in float32)
+    try:
+        with torch.device(device): tr = HunyuanVideo15Transformer3DModel(**(TINY if tiny else HY15)).to(dtype)   # built where it runs
+    finally: df_logging.set_verbosity(level)
     s = HunyuanSettings(resolution=32, height=32, width=32, num_frames=5, max_text_length=32, crop_start=0, byt5_max_length=16,
                         image_tokens=4) if tiny else HunyuanSettings(resolution=720, height=720, width=1280, num_frames=49)
     bb = HunyuanBackbone(tr, parts['text_encoder'], parts['tokenizer'], parts['text_encoder_2'], parts['tokenizer_2'], parts['vae'],
