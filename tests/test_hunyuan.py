@@ -300,6 +300,13 @@ def test_cli_demo_hunyuan(hy_dir, tmp_path, capsys):
     assert 'huggingface-cli download' in capsys.readouterr().err
 
 
+def test_cli_bench_accepts_hunyuan(hy_dir):
+    from dreamvid_lib.cli import build_parser, bench_config
+    cfg = bench_config(build_parser().parse_args(['bench', '--backbone', 'hunyuan', '--weights', str(hy_dir), '--out', 'x', '--dapter', 'random',
+                                                        '--methods', 'base,3db,joint']))
+    assert cfg.backbone == 'hunyuan' and cfg.num_frames is None          # the backbone's own 4k+1 length
+
+
 def test_bench_tiny(tmp_path):
     import subprocess, sys, os
     root = Path(__file__).resolve().parent.parent
