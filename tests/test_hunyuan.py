@@ -300,6 +300,22 @@ def test_cli_demo_hunyuan(hy_dir, tmp_path, capsys):
     assert 'huggingface-cli download' in capsys.readouterr().err
 
 
+def test_eval_ground_truth_resolution(capsys):
+    "Real backbones: tracking views at ≤ 64 px, larger frames averaged down to them, cached; the toy's 32 px unchanged."
+    from dreamvid_lib import toyworld as tw
+    from dreamvid_lib.metrics import tracking_views, view_match, fit_frames, eval_resolution, MetricError
+    assert [eval_resolution(r) for r in (32, 64, 480, 832)] == [32, 64, 64, 64]
+    s = tw.heldout_subjects(1, seed=0)[0]
+    toy = tracking_views(s, 32, azimuth_step=90.0, elevations=(0.0,))
+    np.testing.assert_array_equal(toy.rgb, tw.render_views(s, [0., 90., 180., 270.], [0.] * 4, res=32).rgb)   # as before
+    g = tracking_views(s, 480, azimuth_step=90.0, elevations=(0.0,), verbose=True)
+    assert g.rgb.shape == (4, 64, 64, 3) and 'at 64 px; the videos are 480 px' in capsys.readouterr().out
+    assert tracking_views(s, 480, azimuth_step=90.0, elevations=(0.0,), verbose=True) is g and capsys.readouterr().out == ''
+    big = np.repeat(np.repeat(g.rgb, 4, 1), 4, 2)                        # 256 px frames of the same views
+    assert list(view_match(big, g)[0]) == [0, 1, 2, 3]
+    with pytest.raises(MetricError, match='render or resize'): fit_frames(g.rgb[:, :32], (64, 64))
+
+
 def test_cli_bench_accepts_hunyuan(hy_dir):
     from dreamvid_lib.cli import build_parser, bench_config
     cfg = bench_config(build_parser().parse_args(['bench', '--backbone', 'hunyuan', '--weights', str(hy_dir), '--out', 'x', '--dapter', 'random',
