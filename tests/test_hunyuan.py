@@ -139,6 +139,11 @@ def test_frame_index_rope(bb):
         off = rope(x)
         torch.testing.assert_close(off[0][3 * 16:4 * 16], stock[0][:16])            # reference 0 sits at temporal index 0
     finally: rope.temporal_index = None
+    lat, refs, text = torch.randn(1, 4, 2, 4, 4), torch.randn(1, 4, 2, 4, 4), bb.encode_prompt('a video of a sks mug')
+    with torch.no_grad():                                               # both layouts run through the joint velocity ...
+        seq, off = (joint_velocity(bb, lat, torch.tensor([0.6]), text, refs, mode) for mode in ('sequential', 'official'))
+    assert seq.shape == off.shape == lat.shape and not torch.allclose(seq, off)   # ... and the RoPE indices matter
+    assert rope.temporal_index is None                                  # restored after the call
 
 
 def _joint_loss_grads(bb):
