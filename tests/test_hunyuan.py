@@ -156,6 +156,31 @@ def _joint_loss_grads(bb):
     return {n: p.grad.clone() for n, p in bb.transformer.named_parameters() if p.grad is not None}
 
 
+def test_entity_map_is_the_attention_on_the_word(bb):
+    "ERAE's map on this model = softmax mass of each target query on the entity word's text key (checked against an explicit softmax)."
+    from dreamvid_lib.router import probe_of
+    attn, p = bb.transformer.transformer_blocks[0].attn, probe_of(bb)
+    torch.manual_seed(0)
+    B, Lv, Lt, D = 2, 32, 6, bb.transformer.config.num_attention_heads * bb.transformer.config.attention_head_dim
+    hs, es = torch.randn(B, Lv, D), torch.randn(B, Lt, D)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0]])
+    p.reset(ReferenceLayout(1, 1), 16)
+    p.word_index, p.text_offset = torch.tensor([2, 1]), torch.tensor([0, 2])
+    try:
+        with torch.no_grad(): attn(hidden_states=hs, encoder_hidden_states=es, attention_mask=mask)
+        got = p._map_sum.clone()
+    finally: p.finish(); p.word_index = None
+    with torch.no_grad():
+        q = attn.norm_q(attn.to_q(hs).unflatten(2, (attn.heads, -1))); k = attn.norm_k(attn.to_k(hs).unflatten(2, (attn.heads, -1)))
+        eq = attn.norm_added_k(attn.add_k_proj(es).unflatten(2, (attn.heads, -1)))
+        keys = torch.cat([k, eq], 1)                                         # [B, L, H, d]
+        logits = torch.einsum('bqhd,bkhd->bhqk', q, keys) / q.shape[-1] ** 0.5
+        km = torch.cat([torch.ones(B, Lv, dtype=torch.bool), mask.bool()], 1)
+        prob = logits.masked_fill(~km[:, None, None, :], float('-inf')).softmax(-1)
+        want = torch.stack([prob[b, :, :16, Lv + [0, 2][b] + [2, 1][b]].mean(0) for b in range(B)])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
 def test_routing_and_gradient_checkpointing(bb):
     p3, pa = add_lora(bb, '3db'), add_lora(bb, '3dapter')
     n3 = sum(p.numel() for p in p3)
@@ -291,7 +316,11 @@ def test_pipeline_end_to_end(hy_dir, tmp_path):
     mass = mass_array(probe_of(bb).records)
     assert mass.shape == (2, 2, 2, 2, 2, 4)                            # [steps, layers, B, heads, latent frames, K]
     assert ((mass.sum(-1) > 0) & (mass.sum(-1) <= 1 + 1e-5)).all()
-    with pytest.raises(ConfigError, match='ERAE'): generate(bb, 'a video of a sks mug', steps=1, references=refs, erae=True)
+    probe = probe_of(bb)
+    v2 = generate(bb, [f'{mv.prompt()} rotating clockwise', 'a sign saying "hi" and a video of a red mug'], seeds=[0, 1], steps=2,
+                  references=refs, erae=True, erae_word=['sks', 'mug'], tab=True)
+    assert v2.shape == (2, 5, R, R, 3) and probe._map_n == 2 and probe._map_sum.shape == (4, 2 * 16)   # CFG batch x target tokens
+    assert (probe._map_sum >= 0).all() and (probe._map_sum <= 2 + 1e-5).all()                         # masses (2 layers)
     fresh = load_backbone('hunyuan', hy_dir); load_adapter(fresh, tmp_path/'aj'/'3db'); load_adapter(fresh, tmp_path/'aj'/'3dapter')
 
 
