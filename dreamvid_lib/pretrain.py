@@ -23,9 +23,11 @@ from . import toyworld as tw
 
 # %% auto #0
 __all__ = ['DIRECTIONS', 'EXTRA_WORDS', 'VAE_STAGES', 'context_phrase', 'video_caption', 'caption_vocabulary', 'PretrainConfig',
-           'OrbitStream', 'sample_sigmas', 'FlowMatchingLoss', 'save_checkpoint', 'load_checkpoint', 'VAEConfig',
-           'train_toy_vae', 'vae_heldout_psnr', 'set_latent_normalisation', 'lr_lambda', 'pretrain',
-           'finalize_pretrained', 'smooth', 'plot_loss', 'write_model_card', 'rotation_after_partial_noise']
+           'OrbitStream', 'sample_sigmas', 'frame_token_sigmas', 'FlowMatchingLoss', 'save_checkpoint',
+           'load_checkpoint', 'VAEConfig', 'train_toy_vae', 'vae_heldout_psnr', 'set_latent_normalisation', 'lr_lambda',
+           'pretrain', 'finalize_pretrained', 'smooth', 'plot_loss', 'write_model_card', 'rotation_after_partial_noise',
+           'check_first_frame_path', 'continuation_diagnostic', 'image_to_video', 'i2v_rotation', 'learnability_check',
+           'ladder_config']
 
 # %% ../nbs/05_toy_pretrain.ipynb #8c49f1ac
 DIRECTIONS = {1: 'clockwise', -1: 'counterclockwise'}   # camera azimuth increasing = subject turning clockwise seen from above
@@ -74,12 +76,20 @@ class PretrainConfig:
     checkpoint_every: int = 250
     seed: int = 0
     mixed_precision: str = 'no'      # 'bf16' on a GPU
+    first_frame_prob: float = 0.0    # share of orbit videos whose frame 0 is given clean (image-to-video training)
 
 class OrbitStream:
     "Random orbit-video and single-image batches with captions from a ring dataset."
-    def __init__(self, rings: dict, cfg: PretrainConfig, generator: torch.Generator):
+    def __init__(self, rings: dict, cfg: PretrainConfig, generator: torch.Generator, subjects=None, starts=None,
+                 directions=(1, -1)):
         self.rgba, self.subjects, self.cfg, self.g = rings['rgba'], rings['subjects'], cfg, generator
         self.S, self.n_ring = self.rgba.shape[:2]
+        self.subject_ids = list(range(self.S)) if subjects is None else [int(i) for i in subjects]
+        self.starts = None if starts is None else [int(s) % self.n_ring for s in starts]
+        self.directions = tuple(directions)
+        bad = [i for i in self.subject_ids if not 0 <= i < self.S] + [d for d in self.directions if d not in (1, -1)]
+        if bad or not self.subject_ids or not self.directions:
+            raise ConfigError(f"OrbitStream: subjects must be indices below {self.S} and directions ±1; got {bad or 'an empty list'}")
         self.res = self.rgba.shape[2]
         self.contexts = [c for c in tw.CONTEXTS if c != 'white']
         self._backs = {}
@@ -90,10 +100,11 @@ class OrbitStream:
         return self._backs[context]
 
     def _sample(self, video: bool):
-        s = self._rand(self.S); subj = self.subjects[s]
+        s = self.subject_ids[self._rand(len(self.subject_ids))]; subj = self.subjects[s]
         if video:
-            direction = 1 if self._rand(2) else -1
-            idx = tw.orbit_indices(self.n_ring, self.cfg.frames, self.cfg.stride, self._rand(self.n_ring), direction)
+            direction = self.directions[len(self.directions) - 1 - self._rand(len(self.directions))]
+            start = self._rand(self.n_ring) if self.starts is None else self.starts[self._rand(len(self.starts))]
+            idx = tw.orbit_indices(self.n_ring, self.cfg.frames, self.cfg.stride, start, direction)
         else: direction, idx = None, np.array([self._rand(self.n_ring)])
         rgba = self.rgba[s, idx].astype(np.float32) / 255
         rgb, alpha = rgba[..., :3], rgba[..., 3]
@@ -103,14 +114,18 @@ class OrbitStream:
             rgb = tw.composite(rgb, alpha, self._back(context))
         cap = video_caption(subj, direction, context)
         if float(torch.rand(1, generator=self.g)) < self.cfg.caption_dropout: cap = ''
-        return rgb, cap
+        first = video and self.cfg.first_frame_prob > 0 and float(torch.rand(1, generator=self.g)) < self.cfg.first_frame_prob
+        return rgb, cap, first
 
-    def batch(self, step: int):
-        "The batch for `step`: (video `[B,F,H,W,3]` float tensor in [0,1], captions)."
-        video = (step % self.cfg.image_every) != self.cfg.image_every - 1
+    def batch(self, step: int, flags: bool = False):
+        """The batch for `step`: (video `[B,F,H,W,3]` float tensor in [0,1], captions), and with `flags` a bool tensor
+        `[B]` marking the videos whose frame 0 is given clean (`cfg.first_frame_prob`). `image_every` ≤ 0: videos only."""
+        every = self.cfg.image_every
+        video = every <= 0 or (step % every) != every - 1
         n = self.cfg.batch_videos if video else self.cfg.batch_images
         items = [self._sample(video) for _ in range(n)]
-        return torch.from_numpy(np.stack([x for x, _ in items])), [c for _, c in items]
+        out = torch.from_numpy(np.stack([x for x, _, _ in items])), [c for _, c, _ in items]
+        return (*out, torch.tensor([f for _, _, f in items], dtype=torch.bool)) if flags else out
 
 # %% ../nbs/05_toy_pretrain.ipynb #55cdd79c
 def sample_sigmas(backbone: Backbone, n: int, generator: torch.Generator, logit_mean: float = 0.0,
@@ -122,17 +137,35 @@ def sample_sigmas(backbone: Backbone, n: int, generator: torch.Generator, logit_
     idx = (u * sch.config.num_train_timesteps).long().clamp(0, sch.config.num_train_timesteps - 1)
     return sch.sigmas[idx].float()
 
+def frame_token_sigmas(backbone: Backbone, latents: torch.Tensor, sigmas: torch.Tensor, clean_first=None) -> torch.Tensor:
+    "Per-token σ `[B, seq_len]` in the transformer's frame-major token order, frame 0 at σ = 0 where `clean_first[b]`."
+    B, _, T, h, w = latents.shape
+    s = backbone.codec.spatial_factor
+    lay = backbone.layout(T, h * s, w * s)
+    out = sigmas.to(latents.device, torch.float32).reshape(B, 1).expand(B, lay.seq_len).clone()
+    if clean_first is not None: out[clean_first.to(out.device).bool(), lay.frame_slice(0)] = 0.0
+    return out
+
 class FlowMatchingLoss(nn.Module):
-    "Eq. 1: MSE between predicted and true velocity ε − x0 at x_σ = (1−σ)x0 + σε."
+    """Eq. 1: MSE between predicted and true velocity ε − x0 at x_σ = (1−σ)x0 + σε. Videos marked in `clean_first`
+    get frame 0 clean (its tokens at σ = 0) and excluded from the loss: image-to-video training."""
     def __init__(self, backbone: Backbone): super().__init__(); self.backbone = backbone
-    def forward(self, video: torch.Tensor, captions: list[str], sigmas: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def forward(self, video: torch.Tensor, captions: list[str], sigmas: torch.Tensor, noise: torch.Tensor,
+                clean_first: torch.Tensor | None = None) -> torch.Tensor:
         bb = self.backbone
         x0 = bb.encode_video(video)
-        s = sigmas.to(x0.device).view(-1, *[1] * (x0.ndim - 1))
+        sig = sigmas.to(x0.device)
+        s = sig.view(-1, *[1] * (x0.ndim - 1))
         xs = (1 - s) * x0 + s * noise.to(x0.device)
         text = bb.encode_prompt(captions, allow_empty=True)
-        v = bb.predict_velocity(xs, sigmas.to(x0.device), text)
-        return F.mse_loss(v.float(), (noise.to(x0.device) - x0).float())
+        if clean_first is None or not bool(clean_first.any()):
+            v = bb.predict_velocity(xs, sig, text)
+            return F.mse_loss(v.float(), (noise.to(x0.device) - x0).float())
+        cf = clean_first.to(x0.device).bool()
+        xs[cf, :, 0] = x0[cf, :, 0]
+        v = bb.predict_velocity(xs, frame_token_sigmas(bb, x0, sig, cf), text)
+        keep = torch.ones_like(x0); keep[cf, :, 0] = 0
+        return (((v.float() - (noise.to(x0.device) - x0).float()) ** 2) * keep).sum() / keep.sum()
 
 # %% ../nbs/05_toy_pretrain.ipynb #9e2230fa
 def save_checkpoint(path, step: int, model: nn.Module, ema: EMAModel, opt, sched, gen: torch.Generator, history: list) -> Path:
@@ -235,9 +268,11 @@ def lr_lambda(warmup: int, steps: int):
     return f
 
 def pretrain(backbone: ToyBackbone, rings: dict, cfg: PretrainConfig, work_dir, progress: bool = True,
-             stop_after: int | None = None) -> dict:
+             stop_after: int | None = None, subjects=None, starts=None, directions=(1, -1), callback=None) -> dict:
     """Pre-train `backbone` (in place) on ring dataset `rings`; checkpoints in `work_dir`, resumes from them.
-    `stop_after` ends the call early after that many steps in this call (to simulate a kill). Returns the log."""
+    `stop_after` ends the call early after that many steps in this call (to simulate a kill). `subjects`, `starts` and
+    `directions` restrict the orbits drawn (the learnability ladder); `callback(step, backbone, history)` runs after
+    every step. Returns the log."""
     work_dir = Path(work_dir); work_dir.mkdir(parents=True, exist_ok=True)
     ckpt = work_dir/'checkpoint.pt'
     seed_everything(cfg.seed)
@@ -256,15 +291,15 @@ def pretrain(backbone: ToyBackbone, rings: dict, cfg: PretrainConfig, work_dir, 
         start, history = st['step'], st['history']
     loss_mod = FlowMatchingLoss(backbone)
     loss_mod, opt = acc.prepare(loss_mod, opt)
-    stream = OrbitStream(rings, cfg, gen)
+    stream = OrbitStream(rings, cfg, gen, subjects, starts, directions)
     t0, done = time.perf_counter(), 0
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc='pretrain')
     for step in bar:
-        video, caps = stream.batch(step)
+        video, caps, first = stream.batch(step, flags=True)
         n = video.shape[0]
         sig = sample_sigmas(backbone, n, gen, cfg.logit_mean, cfg.logit_std, cfg.sigma_sampling)
         noise = torch.randn(backbone.encode_video(video).shape, generator=gen)
-        loss = loss_mod(video, caps, sig, noise)
+        loss = loss_mod(video, caps, sig, noise, first if cfg.first_frame_prob > 0 else None)
         acc.backward(loss)
         acc.clip_grad_norm_(params, cfg.grad_clip)
         opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
@@ -274,6 +309,7 @@ def pretrain(backbone: ToyBackbone, rings: dict, cfg: PretrainConfig, work_dir, 
         if (step + 1) % 20 == 0: bar.set_postfix(loss=np.mean([h['loss'] for h in history[-20:]]))
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             save_checkpoint(ckpt, step + 1, backbone, ema, opt, sched, gen, history)
+        if callback is not None: callback(step + 1, backbone, history)
         if stop_after is not None and done >= stop_after: break
     secs = time.perf_counter() - t0
     return {'history': history, 'seconds_this_call': secs, 'steps_this_call': done, 'ema': ema, 'step': start + done}
@@ -372,3 +408,139 @@ def rotation_after_partial_noise(backbone: Backbone, subjects, sigma0s=(0.0, 0.4
                 ok.append(r != 0); right.append(r == d)
         rows.append({'sigma0': s0, 'rotation_monotone_rate': float(np.mean(ok)), 'right_direction_rate': float(np.mean(right))})
     return rows
+
+# %% ../nbs/05_toy_pretrain.ipynb #09ed39d6
+@torch.no_grad()
+def check_first_frame_path(backbone: Backbone, seed: int = 0) -> dict:
+    """Ladder step (a) on random inputs: max |Δv| between scalar σ and per-token σ all equal; relative change of frames
+    1.. when frame 0 is swapped for other content at σ = 0; whether the per-token layout matches the patch embedding."""
+    g = torch.Generator().manual_seed(seed)
+    res = backbone.config.resolution
+    T = backbone.config.num_frames
+    x = backbone.encode_video(torch.rand(2, T, res, res, 3, generator=g))
+    text = backbone.encode_prompt([''] * 2, allow_empty=True)
+    sig = torch.tensor([0.7, 0.7])
+    v_scalar = backbone.predict_velocity(x, sig, text)
+    v_token = backbone.predict_velocity(x, frame_token_sigmas(backbone, x, sig), text)
+    cf = torch.ones(2, dtype=torch.bool)
+    ts = frame_token_sigmas(backbone, x, sig, cf)
+    x2 = x.clone(); x2[:, :, 0] = backbone.encode_video(torch.rand(2, 1, res, res, 3, generator=g))[:, :, 0]
+    a, b = backbone.predict_velocity(x, ts, text)[:, :, 1:], backbone.predict_velocity(x2, ts, text)[:, :, 1:]
+    seen = []                                        # token positions the patch embedding fills from frame 1
+    hook = backbone.transformer.patch_embedding.register_forward_hook(lambda m, i, o: seen.append(o.flatten(2).transpose(1, 2)))
+    try:
+        y = x.clone(); y[:, :, 1] += 1.0
+        backbone.transformer(x, ts * 1000, text, return_dict=False); backbone.transformer(y, ts * 1000, text, return_dict=False)
+    finally: hook.remove()
+    changed = ((seen[0] - seen[1]).abs().amax(-1) > 0).any(0).nonzero().flatten()
+    lay = backbone.layout(T, res, res); f1 = lay.frame_slice(1)
+    return {'per_token_vs_scalar_max_abs': float((v_scalar - v_token).abs().max()),
+            'frame0_influence': float((a - b).norm() / a.norm()),
+            'token_order_ok': bool(changed.numel() == f1.stop - f1.start and int(changed.min()) == f1.start and int(changed.max()) == f1.stop - 1)}
+
+# %% ../nbs/05_toy_pretrain.ipynb #c314648e
+def _orbit_latents(backbone: Backbone, rings: dict, s: int, start: int, direction: int, frames: int, stride: int):
+    idx = tw.orbit_indices(rings['rgba'].shape[1], frames, stride, start, direction)
+    return backbone.encode_video(torch.from_numpy(rings['rgba'][s, idx, ..., :3].astype(np.float32) / 255)[None])[0]
+
+@torch.no_grad()
+def continuation_diagnostic(backbone: Backbone, rings: dict, subjects=None, starts=(0, 6, 12, 18), seed: int = 0,
+                            frames: int = 8, stride: int = 2) -> dict:
+    """σ = 1 one-step prediction of frames 1.. from a clean frame 0 on ring orbits of `subjects` (indices; default all):
+    rate at which it is closer to the true continuation than to the mirrored one, the MSEs, and two baselines."""
+    subjects = range(rings['rgba'].shape[0]) if subjects is None else subjects
+    wins, mt, mm, base_mean, base_half = [], [], [], [], []
+    for s in subjects:
+        ring = backbone.encode_video(torch.from_numpy(rings['rgba'][s, ..., :3].astype(np.float32) / 255)[None])[0]
+        mean_view = ring.mean(1, keepdim=True)
+        x0 = torch.stack([_orbit_latents(backbone, rings, s, st, d, frames, stride) for st in starts for d in (1, -1)])
+        xm = torch.stack([_orbit_latents(backbone, rings, s, st, -d, frames, stride) for st in starts for d in (1, -1)])
+        caps = [video_caption(rings['subjects'][s], d) for _ in starts for d in (1, -1)]
+        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + int(s)))
+        xs = eps.clone(); xs[:, :, 0] = x0[:, :, 0]
+        cf = torch.ones(len(caps), dtype=torch.bool)
+        v = backbone.predict_velocity(xs, frame_token_sigmas(backbone, x0, torch.ones(len(caps)), cf), backbone.encode_prompt(caps))
+        xh = (xs - v)[:, :, 1:]
+        et = ((xh - x0[:, :, 1:]) ** 2).mean((1, 2, 3, 4)); em = ((xh - xm[:, :, 1:]) ** 2).mean((1, 2, 3, 4))
+        wins += (et < em).tolist(); mt += et.tolist(); mm += em.tolist()
+        base_mean += ((x0[:, :, 1:] - mean_view[None]) ** 2).mean((1, 2, 3, 4)).tolist()
+        base_half += ((x0[:, :, 1:] - (x0[:, :, 1:] + xm[:, :, 1:]) / 2) ** 2).mean((1, 2, 3, 4)).tolist()
+    return {'correct_vs_mirrored': float(np.mean(wins)), 'mse_true': float(np.mean(mt)), 'mse_mirrored': float(np.mean(mm)),
+            'baseline_mean_view': float(np.mean(base_mean)), 'baseline_direction_blind': float(np.mean(base_half)), 'n': len(wins)}
+
+# %% ../nbs/05_toy_pretrain.ipynb #e9148dc8
+@torch.no_grad()
+def image_to_video(backbone: Backbone, first_frames: torch.Tensor, prompts, seeds, steps: int = 20, guidance: float = 1.0,
+                   num_frames: int | None = None) -> torch.Tensor:
+    "Videos `[B,F,H,W,3]` whose frame 0 is `first_frames` `[B,H,W,3]` in [0, 1] (Euler steps, optional text-only CFG)."
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if first_frames.ndim != 4 or len(first_frames) != len(prompts) or len(seeds) != len(prompts):
+        raise ConfigError(f"image_to_video needs one first frame [H, W, 3] and one seed per prompt: got frames {tuple(first_frames.shape)}, "
+                          f"{len(prompts)} prompts, {len(seeds)} seeds")
+    F_ = num_frames or backbone.config.num_frames
+    B = len(prompts)
+    cond = backbone.encode_prompt(prompts)
+    text = torch.cat([backbone.encode_prompt([''] * B, allow_empty=True), cond]) if guidance > 1 else cond
+    first = backbone.encode_video(first_frames[:, None].float())[:, :, 0]
+    shape = (first.shape[1], backbone.latent_frames(F_), *first.shape[2:])
+    lat = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(sd))) for sd in seeds]).to(first.device)
+    cf = torch.ones(B, dtype=torch.bool)
+    sch = FlowMatchEulerDiscreteScheduler.from_config(backbone.scheduler.config); sch.set_timesteps(steps)
+    for t in sch.timesteps:
+        lat[:, :, 0] = first
+        ts = frame_token_sigmas(backbone, lat, (t / sch.config.num_train_timesteps).expand(B), cf)
+        if guidance > 1:
+            vu, vc = backbone.predict_velocity(torch.cat([lat, lat]), torch.cat([ts, ts]), text).chunk(2)
+            v = vu + guidance * (vc - vu)
+        else: v = backbone.predict_velocity(lat, ts, text)
+        lat = sch.step(v, t, lat, return_dict=False)[0]
+    lat[:, :, 0] = first
+    return backbone.decode_latents(lat)[:, :F_].float().cpu()
+
+@torch.no_grad()
+def i2v_rotation(backbone: Backbone, subjects, azimuths=(20.0, 200.0), elevation: float = 15.0, steps: int = 20,
+                 guidance: float = 1.0, seed: int = 0, grids: dict | None = None) -> dict:
+    """Image-to-video from a rendered first view of each subject at each start azimuth, both directions:
+    monotone rate, direction agreement and mean view-matched error of frames 1.., with the ground truth's scores."""
+    from dreamvid_lib.metrics import tracking_views, view_match, rotation_direction
+    grids = {} if grids is None else grids
+    res = backbone.config.resolution
+    rows, gt_ok = [], []
+    for i, s in enumerate(subjects):
+        if s not in grids: grids[s] = tracking_views(s, res, with_depth=False)
+        for a in azimuths:
+            for d in (1, -1):
+                gt = tw.render_views(s, (a + d * 30 * np.arange(8)) % 360, elevation, res=res, with_depth=False).rgb
+                gt_ok.append(rotation_direction(view_match(gt, grids[s])[1]) == d)
+                v = image_to_video(backbone, torch.from_numpy(gt[:1]), [video_caption(s, d)], [seed + len(rows)], steps, guidance)[0]
+                _, az, err = view_match(v.numpy(), grids[s])
+                r = rotation_direction(az)
+                rows.append({'monotone': r != 0, 'right_direction': r == d, 'view_error': float(err[1:].mean())})
+    return {'rotation_monotone_rate': float(np.mean([r['monotone'] for r in rows])),
+            'direction_agreement': float(np.mean([r['right_direction'] for r in rows])),
+            'view_error': float(np.mean([r['view_error'] for r in rows])), 'ground_truth_rate': float(np.mean(gt_ok)), 'n': len(rows)}
+
+# %% ../nbs/05_toy_pretrain.ipynb #130f637f
+def learnability_check(backbone: Backbone, rings: dict, cfg: PretrainConfig, work_dir, subjects=None, starts=None,
+                       directions=(1, -1), eval_every: int = 50, diag_starts=None, progress: bool = False) -> list[dict]:
+    """Train `backbone` in place on the restricted orbit stream and return the continuation diagnostic every
+    `eval_every` steps (on the same subjects, at `diag_starts`, default: the training starts or 0/6/12/18)."""
+    diag_starts = diag_starts or (tuple(starts) if starts is not None else (0, 6, 12, 18))
+    rows, t0 = [], time.perf_counter()
+    def every(step, bb, history):
+        if step % eval_every and step != cfg.steps: return
+        bb.eval()
+        d = continuation_diagnostic(bb, rings, subjects, diag_starts)
+        bb.train()
+        rows.append({'step': step, 'loss': float(np.mean([h['loss'] for h in history[-eval_every:]])), **d,
+                     'seconds': time.perf_counter() - t0})
+    pretrain(backbone, rings, cfg, work_dir, progress=progress, subjects=subjects, starts=starts, directions=directions, callback=every)
+    backbone.eval()
+    return rows
+
+def ladder_config(steps: int, **kw) -> PretrainConfig:
+    "The ladder's recipe: lr 1e-3, orbit-only batches on white, frame 0 always clean, no caption dropout."
+    base = dict(steps=steps, lr=1e-3, warmup=min(50, max(1, steps // 10)), image_every=0, context_prob=0.0, caption_dropout=0.0,
+                first_frame_prob=1.0, checkpoint_every=max(steps, 1), ema_decay=0.0)
+    return PretrainConfig(**{**base, **kw})
