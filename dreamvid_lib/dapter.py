@@ -268,7 +268,8 @@ def convergence_study(backbone_name: str, weights, subjects, max_steps: int = 16
         for m in methods:
             bb = load_backbone(backbone_name, weights); res = bb.config.resolution
             mv = mv or from_views(tw.multiview_set(s, n_views=30, res=res, seed=0), identifier='sks')
-            cfg = (DreamBoothConfig if m == '3db' else JointConfig)(steps=max_steps, checkpoint_every=eval_every, preview_every=0)
+            cfg = (DreamBoothConfig(steps=max_steps, checkpoint_every=eval_every, preview_every=0) if m == '3db' else
+                   JointConfig(steps=max_steps, checkpoint_every=eval_every, preview_every=0, k=k))
             wd = work_root/f'{m}_{s.seed}_{s.cls}'
             prompts = [f'{mv.prompt()} rotating {"clockwise" if i % 2 == 0 else "counterclockwise"}' for i in range(len(seeds))]
             for step in tqdm(range(eval_every, max_steps + 1, eval_every), desc=f'{m} {s.cls}', disable=not progress):

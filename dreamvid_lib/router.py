@@ -211,6 +211,7 @@ def token_maps(records: list, tokens_hw: tuple[int, int], video: int = 0, frame:
 
 def plot_token_maps(records, video_frames, refs, tokens_hw, video: int = 0, frame: int = 0, layer=None, step=None):
     "Figure: the generated frame, then each reference view with its per-token mass map."
+    import matplotlib.pyplot as plt
     maps = token_maps(records, tokens_hw, video, frame, layer, step)
     K = len(maps)
     fig, axs = plt.subplots(2, K + 1, figsize=(1.6 * (K + 1), 3.4))
@@ -227,6 +228,7 @@ def plot_token_maps(records, video_frames, refs, tokens_hw, video: int = 0, fram
 def router_explorer(records, video_frames, refs, tokens_hw, frame_azimuths, ref_azimuths):
     "ipywidgets panel: sliders for layer, head, step and frame over a captured generation."
     import ipywidgets as W
+    import matplotlib.pyplot as plt
     from IPython.display import display
     mass = mass_array(records)
     S, L, B, H, T, K = mass.shape
