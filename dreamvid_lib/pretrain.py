@@ -445,17 +445,18 @@ def _orbit_latents(backbone: Backbone, rings: dict, s: int, start: int, directio
 
 @torch.no_grad()
 def continuation_diagnostic(backbone: Backbone, rings: dict, subjects=None, starts=(0, 6, 12, 18), seed: int = 0,
-                            frames: int = 8, stride: int = 2) -> dict:
-    """σ = 1 one-step prediction of frames 1.. from a clean frame 0 on ring orbits of `subjects` (indices; default all):
-    rate at which it is closer to the true continuation than to the mirrored one, the MSEs, and two baselines."""
+                            frames: int = 8, stride: int = 2, directions=(1, -1)) -> dict:
+    """σ = 1 one-step prediction of frames 1.. from a clean frame 0 on ring orbits of `subjects` (indices; default all),
+    at each start and direction: rate at which it is closer to the true continuation than to the mirrored one, the MSEs,
+    and two baselines."""
     subjects = range(rings['rgba'].shape[0]) if subjects is None else subjects
     wins, mt, mm, base_mean, base_half = [], [], [], [], []
     for s in subjects:
         ring = backbone.encode_video(torch.from_numpy(rings['rgba'][s, ..., :3].astype(np.float32) / 255)[None])[0]
         mean_view = ring.mean(1, keepdim=True)
-        x0 = torch.stack([_orbit_latents(backbone, rings, s, st, d, frames, stride) for st in starts for d in (1, -1)])
-        xm = torch.stack([_orbit_latents(backbone, rings, s, st, -d, frames, stride) for st in starts for d in (1, -1)])
-        caps = [video_caption(rings['subjects'][s], d) for _ in starts for d in (1, -1)]
+        x0 = torch.stack([_orbit_latents(backbone, rings, s, st, d, frames, stride) for st in starts for d in directions])
+        xm = torch.stack([_orbit_latents(backbone, rings, s, st, -d, frames, stride) for st in starts for d in directions])
+        caps = [video_caption(rings['subjects'][s], d) for _ in starts for d in directions]
         eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + int(s)))
         xs = eps.clone(); xs[:, :, 0] = x0[:, :, 0]
         cf = torch.ones(len(caps), dtype=torch.bool)
@@ -525,13 +526,13 @@ def i2v_rotation(backbone: Backbone, subjects, azimuths=(20.0, 200.0), elevation
 def learnability_check(backbone: Backbone, rings: dict, cfg: PretrainConfig, work_dir, subjects=None, starts=None,
                        directions=(1, -1), eval_every: int = 50, diag_starts=None, progress: bool = False) -> list[dict]:
     """Train `backbone` in place on the restricted orbit stream and return the continuation diagnostic every
-    `eval_every` steps (on the same subjects, at `diag_starts`, default: the training starts or 0/6/12/18)."""
+    `eval_every` steps (on the same subjects and directions, at `diag_starts`, default: the training starts or 0/6/12/18)."""
     diag_starts = diag_starts or (tuple(starts) if starts is not None else (0, 6, 12, 18))
     rows, t0 = [], time.perf_counter()
     def every(step, bb, history):
         if step % eval_every and step != cfg.steps: return
         bb.eval()
-        d = continuation_diagnostic(bb, rings, subjects, diag_starts)
+        d = continuation_diagnostic(bb, rings, subjects, diag_starts, directions=directions)
         bb.train()
         rows.append({'step': step, 'loss': float(np.mean([h['loss'] for h in history[-eval_every:]])), **d,
                      'seconds': time.perf_counter() - t0})
