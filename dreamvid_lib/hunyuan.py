@@ -357,19 +357,12 @@ class HunyuanJointAttnProcessor:
             ind[torch.arange(B), (Lv + off + p.word_index.clamp_min(0)).to(v.device), K] = 1
         va = torch.cat([v, ind[:, :, None, :].expand(B, L, H, pad)], -1)
         out = F.scaled_dot_product_attention(qa.transpose(1, 2), ka.transpose(1, 2), va.transpose(1, 2), attn_mask=mask, scale=scale)
-        if p.capture: self._record(out[:, :, :nt, D:D + K])
+        if p.capture: p.record(self.layer, out[:, :, :nt, D:D + K])
         if erae: p.add_entity_map(out[:, :, :nt, D + K].float().mean(1).detach())   # [B, nt]: mass on the entity word
         out = out.transpose(1, 2)[..., :D].flatten(2, 3).to(q.dtype)
         hs, es = out[:, :Lv], out[:, Lv:]
         hs = attn.to_out[1](attn.to_out[0](hs))
         return hs, attn.to_add_out(es)
-    def _record(self, m):
-        p = self.probe; T, tpf = p.layout.video_frames, p.tokens_per_frame
-        with torch.no_grad():
-            m = m.float()
-            rec = {'layer': self.layer, 'step': p.step, 'frames': m.unflatten(2, (T, tpf)).mean(3).cpu()}
-            if p.spatial: rec['tokens'] = m.mean(1).cpu()
-            p.records.append(rec)
 
 def install_hunyuan_hooks(transformer) -> None:
     "Install on a HunyuanVideo-1.5 transformer, once: frame-index RoPE, the token router, per-token timesteps, the attention probe."

@@ -51,6 +51,14 @@ class AttentionProbe:
     def active(self) -> bool:
         return self.layout is not None and self.layout.n_refs > 0 and (
             self.capture or self.ref_bias != 0 or (self.region is not None and self.region_bias != 0))
+    def record(self, layer: int, m: torch.Tensor):
+        "Keep per-frame means `[B, H, T, K]` (and per-token maps `[B, nt, K]`) of one layer's mass `m` `[B, H, nt, K]`."
+        T, tpf = self.layout.video_frames, self.tokens_per_frame
+        with torch.no_grad():
+            m = m.float()
+            rec = {'layer': layer, 'step': self.step, 'frames': m.unflatten(2, (T, tpf)).mean(3).cpu()}
+            if self.spatial: rec['tokens'] = m.mean(1).cpu()
+            self.records.append(rec)
     def add_entity_map(self, m: torch.Tensor):
         self._map_sum = m if self._map_sum is None else self._map_sum + m
         self._map_n += 1
@@ -111,19 +119,11 @@ class JointAttnProcessor:
         if p.capture: ind[nt:, :K] = torch.eye(K, device=v.device, dtype=v.dtype).repeat_interleave(tpf, 0)
         va = torch.cat([v, ind[None, :, None, :].expand(B, L, H, pad)], -1)
         out = F.scaled_dot_product_attention(qa.transpose(1, 2), ka.transpose(1, 2), va.transpose(1, 2), scale=scale)
-        if p.capture: self._record(out[:, :, :nt, D:D + K])                      # [B, H, nt, K]: mass of target queries per view
+        if p.capture: p.record(self.layer, out[:, :, :nt, D:D + K])                      # [B, H, nt, K]: mass of target queries per view
         out = out.transpose(1, 2)[..., :D].flatten(2, 3).type_as(hidden_states)
         out = attn.to_out[0](out)
         return attn.to_out[1](out)
 
-    def _record(self, m):
-        "Keep per-frame means `[B, H, T, K]` (and per-token maps `[B, nt, K]`) of the mass `m` `[B, H, nt, K]`."
-        p = self.probe; T, tpf = p.layout.video_frames, p.tokens_per_frame
-        with torch.no_grad():
-            m = m.float()
-            rec = {'layer': self.layer, 'step': p.step, 'frames': m.unflatten(2, (T, tpf)).mean(3).cpu()}
-            if p.spatial: rec['tokens'] = m.mean(1).cpu()
-            p.records.append(rec)
 
 class EntityMapProcessor:
     "Cross-attention processor that, while ERAE watches a word, also records how much each video token attends to it."
