@@ -13,11 +13,12 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 from .core import DreamvidError, ConfigError, AssetError, save_json, load_json
+import numpy as np
 
 # %% auto #0
 __all__ = ['LORA_RANK', 'LORA_ALPHA', 'LORA_TARGETS', 'REF_BRANCH', 'TARGET_BRANCH', 'lora_config', 'add_lora',
            'adapter_parameters', 'save_adapter', 'load_adapter', 'ReferenceLayout', 'FrameIndexRope', 'TokenRouter',
-           'install_router', 'references', 'activate_branches', 'joint_velocity']
+           'install_router', 'references', 'activate_branches', 'joint_velocity', 'encode_references']
 
 # %% ../nbs/04_adapters.ipynb #75fd9131
 LORA_RANK, LORA_ALPHA = 16, 32          # the paper, for both adapters
@@ -256,3 +257,17 @@ def joint_velocity(backbone, latents: torch.Tensor, sigmas: torch.Tensor, text: 
     with references(backbone.transformer, layout):
         v = backbone.predict_velocity(x, s, text, attention_kwargs)
     return v[:, :, :T]
+
+# %% ../nbs/04_adapters.ipynb #2d67250f
+def encode_references(backbone: Backbone, references, batch: int) -> torch.Tensor:
+    """Reference views `[K,H,W,3]` (shared by the batch) or `[B,K,H,W,3]` in [0,1] → clean latents `[B,C,K,h,w]`.
+    Each view is encoded as its own 1-frame video (one latent frame through a causal video VAE)."""
+    r = torch.as_tensor(np.asarray(references) if not isinstance(references, torch.Tensor) else references).float()
+    if r.ndim == 4: r = r[None].expand(batch, *r.shape)
+    if r.ndim != 5 or r.shape[-1] != 3:
+        raise ConfigError(f"references must be [K, H, W, 3] or [B, K, H, W, 3] images in [0, 1], got shape {tuple(r.shape)}")
+    if r.shape[0] != batch: raise ConfigError(f"references are given for {r.shape[0]} videos but {batch} are generated")
+    B, K = r.shape[:2]
+    lat = backbone.encode_video(r.reshape(B * K, 1, *r.shape[2:]))      # [B*K, C, 1, h, w]
+    return lat.unflatten(0, (B, K)).squeeze(3).permute(0, 2, 1, 3, 4)   # [B, C, K, h, w]
+

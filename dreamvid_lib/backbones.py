@@ -19,9 +19,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers, normalizers
 from .core import DreamvidError, ConfigError, AssetError, PromptError, assets_dir, load_json, save_json
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'IDENTIFIER_TOKENS', 'build_word_tokenizer', 'prompt_words', 'check_prompt', 'PixelCodec',
-           'make_toy_vae', 'VAECodec', 'ToyModelConfig', 'SequenceLayout', 'Backbone', 'ToyBackbone',
-           'default_toy_weights', 'load_backbone']
+__all__ = ['SPECIAL_TOKENS', 'IDENTIFIER_TOKENS', 'BACKBONES', 'build_word_tokenizer', 'prompt_words', 'check_prompt',
+           'PixelCodec', 'make_toy_vae', 'VAECodec', 'ToyModelConfig', 'SequenceLayout', 'Backbone', 'ToyBackbone',
+           'default_toy_weights', 'backbone_class', 'load_backbone']
 
 # %% ../nbs/03_backbones.ipynb #be3c1431
 SPECIAL_TOKENS = ('[PAD]', '[EOS]', '[UNK]')
@@ -299,6 +299,18 @@ def default_toy_weights() -> Path:
     "Path of the shipped pre-trained toy model."
     return assets_dir()/'toy_t2v'
 
+# the real backbones by name: (module, class, default weights). The modules build on this one, so they are
+# named here, not imported: `backbone_class` imports one when it is asked for.
+BACKBONES = {'wan': ('dreamvid_lib.wan', 'WanBackbone', 'WAN_MODEL_ID'),
+             'hunyuan': ('dreamvid_lib.hunyuan', 'HunyuanBackbone', 'HUNYUAN_MODEL_ID')}
+
+def backbone_class(name: str) -> tuple[type, str]:
+    "The class of registered backbone `name` and its default weights (a hub id)."
+    import importlib
+    mod, cls, default = BACKBONES[name]
+    m = importlib.import_module(mod)
+    return getattr(m, cls), getattr(m, default)
+
 def load_backbone(backbone: str = 'toy', weights: str | Path | None = None, device: str | torch.device = 'cpu', **kwargs) -> Backbone:
     """Load a backbone by name: `'toy'` (default weights: `assets/toy_t2v`) or `'wan'` (Wan 2.1 in the diffusers layout:
     a local folder or a hub id already in the Hugging Face cache; default `Wan-AI/Wan2.1-T2V-1.3B-Diffusers`;
@@ -307,10 +319,7 @@ def load_backbone(backbone: str = 'toy', weights: str | Path | None = None, devi
     if backbone == 'toy':
         if kwargs: raise ConfigError(f"the toy backbone takes no options {sorted(kwargs)}; they are for backbone='wan' or 'hunyuan'")
         return ToyBackbone.from_pretrained(weights or default_toy_weights(), device=device)
-    if backbone == 'wan':
-        from dreamvid_lib.wan import WanBackbone, WAN_MODEL_ID     # lazy: wan.py builds on this module
-        return WanBackbone.from_pretrained(weights or WAN_MODEL_ID, device=device, **kwargs)
-    if backbone == 'hunyuan':
-        from dreamvid_lib.hunyuan import HunyuanBackbone, HUNYUAN_MODEL_ID     # lazy: hunyuan.py builds on this module
-        return HunyuanBackbone.from_pretrained(weights or HUNYUAN_MODEL_ID, device=device, **kwargs)
-    raise ConfigError(f"unknown backbone {backbone!r}: available backbones are 'toy', 'wan' and 'hunyuan'")
+    if backbone not in BACKBONES:
+        raise ConfigError(f"unknown backbone {backbone!r}: available backbones are 'toy', {', '.join(repr(k) for k in BACKBONES)}")
+    cls, default = backbone_class(backbone)
+    return cls.from_pretrained(weights or default, device=device, **kwargs)

@@ -16,13 +16,14 @@ from .core import ConfigError, save_json, load_json, atomic_write_text, Timer, s
 from .backbones import load_backbone
 from . import toyworld as tw
 from .multiview import from_views
+from .prompts import orbit_prompts
 from .generate import generate, save_video
 from .metrics import tracking_views, view_matched_fidelity, rotation_direction
 
 # %% auto #0
-__all__ = ['METHODS', 'TABLES', 'LOWER_IS_BETTER', 'Method', 'orbit_prompts', 'BenchConfig', 'weights_fingerprint',
-           'default_run_dir', 'SubjectTruth', 'score_video', 'run_cell', 'cell_path', 'run_subject', 'run_bench',
-           'collect', 'metric_columns', 'summarize', 'markdown_tables', 'plot_summary', 'write_reports']
+__all__ = ['METHODS', 'TABLES', 'LOWER_IS_BETTER', 'Method', 'BenchConfig', 'weights_fingerprint', 'default_run_dir',
+           'SubjectTruth', 'score_video', 'run_cell', 'cell_path', 'run_subject', 'run_bench', 'collect',
+           'metric_columns', 'summarize', 'markdown_tables', 'plot_summary', 'write_reports']
 
 # %% ../nbs/11_bench.ipynb #310ff6b7
 @dataclass(frozen=True)
@@ -47,10 +48,6 @@ METHODS = {m.key: m for m in (
     Method('joint_tab_erae', '3Dapter+3DB +TAB+ERAE', 'M', 'joint', n_refs=-1, identifier=True, tab=True, erae=True),
 )}
 
-def orbit_prompts(subject, n: int, identifier: str | None = None) -> list[str]:
-    "The toy version of the paper's 360° orbit template, one prompt per seed with alternating direction."
-    noun = f'{identifier} {subject.cls}' if identifier else subject.cls
-    return [f'a video of a {noun} rotating {"clockwise" if i % 2 == 0 else "counterclockwise"}' for i in range(n)]
 
 # %% ../nbs/11_bench.ipynb #61fe3b17
 @dataclass

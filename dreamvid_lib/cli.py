@@ -15,6 +15,7 @@ from .core import (DreamvidError, ConfigError, save_json, seed_everything, cache
 from .backbones import load_backbone, ToyBackbone, ToyModelConfig
 from . import toyworld as tw
 from .generate import generate, save_video, frames_grid
+from .prompts import video_caption, class_caption, orbit_prompt, parse_direction, alternating_directions, caption_vocabulary
 from .metrics import tracking_views, view_match, rotation_direction, rotation_monotone_rate, binding_matrix, text_binding_rate
 
 # %% auto #0
@@ -25,7 +26,6 @@ __all__ = ['DEMO_OUTPUTS', 'evaluate_base', 'demo_dreambooth', 'demo_joint', 'de
 def evaluate_base(backbone, subjects, out_dir, seeds_per_subject: int = 2, steps: int = 30, guidance: float = 4.0,
                   num_frames: int | None = None, progress: bool = True) -> dict:
     "Generate orbits of `subjects` from their captions; rotation and text-binding rates against ground truth."
-    from dreamvid_lib.pretrain import video_caption
     from tqdm.auto import tqdm
     out_dir = Path(out_dir); (out_dir/'videos').mkdir(parents=True, exist_ok=True)
     res = backbone.config.resolution
@@ -45,7 +45,7 @@ def evaluate_base(backbone, subjects, out_dir, seeds_per_subject: int = 2, steps
         save_video(v, out_dir/'videos'/f'{stem}.mp4'); save_video(v, out_dir/'videos'/f'{stem}.gif')
         per_video.append({'video': f'videos/{stem}.mp4', 'prompt': p, 'subject': subjects[i].description(),
                           'matched_azimuths': np.round(az, 1).tolist(), 'direction': rotation_direction(az),
-                          'asked_direction': 1 if 'rotating clockwise' in p else -1, 'view_error': float(err.mean())})
+                          'asked_direction': parse_direction(p), 'view_error': float(err.mean())})
     m = binding_matrix([v for v in videos], views)
     fig = frames_grid(videos[:min(8, len(videos))], prompts[:8]); fig.savefig(out_dir/'frames_grid.png', dpi=110, bbox_inches='tight')
     import matplotlib.pyplot as plt; plt.close(fig)
@@ -66,16 +66,16 @@ def demo_dreambooth(backbone_name: str, weights, subject, out_dir, steps: int = 
     mv = from_views(tw.multiview_set(subject, n_views=30, res=res, seed=0))
     chosen = select_conditioning_views(mv, k=4)
     fig = contact_sheet(mv, chosen); fig.savefig(out_dir/'prep_contact_sheet.png', dpi=100, bbox_inches='tight'); plt.close(fig)
-    dirs = ['clockwise' if i % 2 == 0 else 'counterclockwise' for i in range(len(seeds))]
-    base = generate(bb, [f'a video of a {subject.cls} rotating {d}' for d in dirs], list(seeds), steps=gen_steps)
+    dirs = alternating_directions(len(seeds))
+    base = generate(bb, [class_caption(subject.cls, d) for d in dirs], list(seeds), steps=gen_steps)
     with Timer() as t:
         log = train_3dreambooth(bb, mv, DreamBoothConfig(steps=steps), work_dir=out_dir/'3db_work', out_dir=out_dir/'adapter_3db', progress=progress)
-    orbit_prompts = [f'{mv.prompt()} rotating {d}' for d in dirs]
-    scene_prompts = [f'{mv.prompt()} rotating clockwise on a wooden table', f'{mv.prompt()} rotating counterclockwise floating in space']
+    orbit_prompts = [orbit_prompt(mv.prompt(), d) for d in dirs]
+    scene_prompts = [orbit_prompt(mv.prompt(), 1, 'wooden table'), orbit_prompt(mv.prompt(), -1, 'space')]
     vids = generate(bb, orbit_prompts + scene_prompts, list(seeds) + [100, 101], steps=gen_steps)
     for j, v in enumerate(vids):
         for ext in ('mp4', 'gif'): save_video(v, out_dir/'videos'/f'dreambooth_{j:02d}.{ext}')
-    labels = [f'base: a video of a {subject.cls} rotating {dirs[0]}'] + orbit_prompts + scene_prompts
+    labels = ['base: ' + class_caption(subject.cls, dirs[0])] + orbit_prompts + scene_prompts
     fig = frames_grid([base[0]] + list(vids), labels); fig.savefig(out_dir/'dreambooth_grid.png', dpi=110, bbox_inches='tight'); plt.close(fig)
     loss = [h['loss'] for h in log['history']]
     return {'subject': subject.description(), 'prompt': mv.prompt(), 'steps': steps, 'train_seconds': round(log['seconds_total'], 1),
@@ -99,8 +99,7 @@ def demo_joint(backbone_name: str, weights, subject, out_dir, steps: int = 400, 
     with Timer() as t:
         log = train_joint(bb, mv, JointConfig(steps=steps, k=k), dapter=dapter, work_dir=out_dir/'joint_work', out_dir=out_dir/'adapter_joint', progress=progress)
     ci = log['conditioning_views']; refs = mv.images[ci]; ref_az = mv.azimuth[ci]
-    dirs = ['clockwise' if i % 2 == 0 else 'counterclockwise' for i in range(len(seeds))]
-    prompts = [f'{mv.prompt()} rotating {d}' for d in dirs]
+    prompts = [orbit_prompt(mv.prompt(), d) for d in alternating_directions(len(seeds))]
     vids = generate(bb, prompts, list(seeds), steps=gen_steps, references=refs, capture=True)
     mass = mass_array(probe_of(bb).records)
     grid = tracking_views(subject, res, verbose=progress)
@@ -207,7 +206,7 @@ def run_pretrain(out, subjects: int = 3000, steps: int = 10000, work=None, worke
                  init_from=None, codec: str = 'pixel') -> Path:
     """Render rings for `subjects` training subjects and pre-train a toy model into `out` (resumable); `init_from` continues
     a saved model. `codec='vae'` first trains the toy AutoencoderKL in `pretrain.VAE_STAGES` and diffuses its latents."""
-    from dreamvid_lib.pretrain import (PretrainConfig, pretrain, finalize_pretrained, caption_vocabulary, VAEConfig, VAE_STAGES,
+    from dreamvid_lib.pretrain import (PretrainConfig, pretrain, finalize_pretrained, VAEConfig, VAE_STAGES,
                                        train_toy_vae, set_latent_normalisation, vae_heldout_psnr)
     if codec not in ('vae', 'pixel'): raise ConfigError(f"unknown codec {codec!r}: use 'vae' or 'pixel'")
     out = Path(out); work = Path(work) if work else out.with_name(out.name + '.work')

@@ -17,12 +17,12 @@ from torch import nn
 from tqdm.auto import tqdm
 from .core import DreamvidError, ConfigError, AssetError, atomic_path, save_json, load_json, Timer, assets_dir, cache_dir, check_safetensors
 from .backbones import Backbone, load_backbone
-from .adapters import (add_lora, adapter_parameters, save_adapter, load_adapter, activate_branches,
-                                   joint_velocity, LORA_RANK, LORA_ALPHA)
-from .pretrain import video_caption, context_phrase
+from .adapters import add_lora, adapter_parameters, save_adapter, load_adapter, activate_branches, LORA_RANK, LORA_ALPHA
+from .prompts import video_caption, class_caption, orbit_prompt, orbit_prompts
 from .dreambooth import (DreamBoothConfig, train_lora, evaluate_videos, ViewBatches, seeded_lora, views_fingerprint,
                                      backbone_fingerprint)
-from .generate import generate, encode_references, frames_grid
+from .train import FlowMatchingLoss, reference_velocity
+from .generate import generate, frames_grid
 from .multiview import from_views, select_conditioning_views, MultiViewSet
 from . import toyworld as tw
 
@@ -33,19 +33,9 @@ __all__ = ['JointFlowLoss', 'build_pair_dataset', 'load_pair_dataset', 'PairBatc
            'iterations_to_match']
 
 # %% ../nbs/07_3dapter.ipynb #56b1844f
-class JointFlowLoss(nn.Module):
-    "Flow-matching velocity loss on target tokens with clean reference frames in joint attention (Eq. 2 and Eq. 4)."
-    def __init__(self, backbone: Backbone, mode: str = 'sequential'):
-        super().__init__(); self.backbone, self.mode = backbone, mode
-    def forward(self, video, captions, sigmas, noise, refs):
-        bb = self.backbone
-        x0 = bb.encode_video(video)
-        s = sigmas.to(x0.device).view(-1, *[1] * (x0.ndim - 1))
-        xs = (1 - s) * x0 + s * noise.to(x0.device)
-        text = bb.encode_prompt(captions, allow_empty=True)
-        ref_lat = encode_references(bb, refs, x0.shape[0])
-        v = joint_velocity(bb, xs, sigmas.to(x0.device), text, ref_lat, self.mode)
-        return F.mse_loss(v.float(), (noise.to(x0.device) - x0).float())
+def JointFlowLoss(backbone: Backbone, mode: str = 'sequential') -> FlowMatchingLoss:
+    "3Dapter's loss (Eq. 2 and Eq. 4): `FlowMatchingLoss` on target tokens with clean reference frames in joint attention (layout `mode`)."
+    return FlowMatchingLoss(backbone, reference_velocity(mode))
 
 # %% ../nbs/07_3dapter.ipynb #507049d5
 def _pair_task(args):
@@ -90,7 +80,7 @@ class PairBatches:
     def caption(self, i: int, u: float) -> str:
         s, ctx = self.p['subjects'][i], self.p['context'][i]
         if u < self.pd: return ''
-        if u < self.pd + self.pc: return f'a video of a {s.cls}{context_phrase(ctx)}'
+        if u < self.pd + self.pc: return class_caption(s.cls, None, ctx)
         return video_caption(s, None, ctx)
     def __call__(self, step: int, gen: torch.Generator):
         idx = torch.randint(len(self.p['target']), (self.batch_size,), generator=gen).tolist()
@@ -184,7 +174,7 @@ def zero_shot_check(backbone: Backbone, subjects, seeds=(0, 1), gen_steps: int =
     rows = []
     for s in subjects:
         ref = tw.render_views(s, [ref_azimuth], 15.0, res=res).rgb          # [1, H, W, 3]
-        prompts = [f'a video of a {s.cls} rotating {"clockwise" if i % 2 == 0 else "counterclockwise"}' for i in range(len(seeds))]
+        prompts = orbit_prompts(s, len(seeds))
         base = generate(backbone, prompts, list(seeds), steps=gen_steps)
         withref = generate(backbone, prompts, list(seeds), steps=gen_steps, references=ref)
         rows.append({'subject': s.description(), **{f'base_{k}': v for k, v in evaluate_videos(base, s, res).items()},
@@ -211,7 +201,7 @@ class JointConfig(DreamBoothConfig):
     "Joint 3Dapter + 3DreamBooth optimization (Eq. 4); the paper: 400 iterations, K = 4."
     k: int = 4
     mode: str = 'sequential'
-    dapter_lr_scale: float = 1.0     # learning-rate factor of the 3dapter branch relative to 3db
+    dapter_lr_scale: float = 1.0     # learning-rate factor of the 3dapter branch relative to 3db (1: one learning rate)
 
 def conditioning_views(mv: MultiViewSet, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     "Indices and images (background-masked, on white) of the K views chosen for angular coverage."
@@ -239,13 +229,14 @@ def train_joint(backbone: Backbone, mv: MultiViewSet, cfg: JointConfig | None = 
     activate_branches(tr, ['3db', '3dapter'])
     idx, refs = conditioning_views(mv, cfg.k, cfg.seed)
     res = getattr(getattr(backbone, 'config', None), 'resolution', None)
-    if cfg.preview_prompt is None: cfg.preview_prompt = mv.prompt() + ' rotating clockwise'
+    if cfg.preview_prompt is None: cfg.preview_prompt = orbit_prompt(mv.prompt(), 1)
     work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix='joint_'))
     inputs = {'views': views_fingerprint(mv), 'n_views': len(mv), 'conditioning_views': idx.tolist(),
               'dapter': 'random' if dapter == 'random' else str(dapter or 'shipped')}
     log = train_lora(backbone, ConditionedViewBatches(mv, refs, cfg.batch_size, res), cfg, work_dir, ('3db', '3dapter'),
                      loss_module=JointFlowLoss(backbone, cfg.mode), progress=progress, stop_after=stop_after,
-                     preview_references=refs, local=local, inputs=inputs, overwrite=overwrite)
+                     preview_references=refs, local=local, inputs=inputs, overwrite=overwrite,
+                     lr_scale={'3dapter': cfg.dapter_lr_scale} if cfg.dapter_lr_scale != 1.0 else None)
     log['conditioning_views'] = idx.tolist()
     if out_dir is not None and log['trained_steps'] >= cfg.steps:
         meta = {**asdict(cfg), 'prompt': mv.prompt(), 'views': len(mv), 'conditioning_views': idx.tolist(),
@@ -271,7 +262,7 @@ def convergence_study(backbone_name: str, weights, subjects, max_steps: int = 16
             cfg = (DreamBoothConfig(steps=max_steps, checkpoint_every=eval_every, preview_every=0) if m == '3db' else
                    JointConfig(steps=max_steps, checkpoint_every=eval_every, preview_every=0, k=k))
             wd = work_root/f'{m}_{s.seed}_{s.cls}'
-            prompts = [f'{mv.prompt()} rotating {"clockwise" if i % 2 == 0 else "counterclockwise"}' for i in range(len(seeds))]
+            prompts = orbit_prompts(mv.prompt(), len(seeds))
             for step in tqdm(range(eval_every, max_steps + 1, eval_every), desc=f'{m} {s.cls}', disable=not progress):
                 if m == '3db': log = train_3dreambooth(bb, mv, cfg, work_dir=wd, progress=False, stop_after=eval_every)
                 else: log = train_joint(bb, mv, cfg, dapter='random' if m == 'joint_random' else None, work_dir=wd,

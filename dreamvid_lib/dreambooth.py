@@ -14,22 +14,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from accelerate import Accelerator
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from .core import (DreamvidError, ConfigError, WorkFolderError, seed_everything, atomic_path, save_json, Timer,
                                tensor_fingerprint, check_work_folder)
 from .backbones import Backbone, load_backbone
 from .adapters import add_lora, adapter_parameters, save_adapter, load_adapter, LORA_RANK, LORA_ALPHA
-from .pretrain import FlowMatchingLoss, sample_sigmas, lr_lambda
+from .train import (TrainConfig, TrainHook, AdapterState, FlowMatchingLoss, train_loop, step_generator,
+                                RESUMABLE_KEYS as TRAIN_RESUMABLE_KEYS)
+from .prompts import orbit_prompt, video_caption, class_caption, alternating_directions
 from .generate import generate, frames_grid, save_video
 from . import toyworld as tw
 from .multiview import from_views
 from .metrics import tracking_views, view_matched_fidelity, rotation_direction
 
 # %% auto #0
-__all__ = ['RESUMABLE_KEYS', 'ViewBatches', 'VideoBatches', 'DreamBoothConfig', 'step_generator', 'backbone_fingerprint',
-           'views_fingerprint', 'seeded_lora', 'adapter_init_fingerprint', 'save_lora_checkpoint', 'train_lora',
-           'train_3dreambooth', 'evaluate_videos', 'compare_on_subject', 'replays_orbit']
+__all__ = ['RESUMABLE_KEYS', 'ViewBatches', 'VideoBatches', 'DreamBoothConfig', 'backbone_fingerprint', 'views_fingerprint',
+           'seeded_lora', 'adapter_init_fingerprint', 'PreviewHook', 'train_lora', 'train_3dreambooth',
+           'evaluate_videos', 'compare_on_subject', 'replays_orbit']
 
 # %% ../nbs/06_3dreambooth.ipynb #85f758e4
 class ViewBatches:
@@ -53,33 +53,20 @@ class VideoBatches:
         idx = torch.randint(len(self.videos), (self.batch_size,), generator=gen)
         return self.videos[idx], [self.prompt] * self.batch_size
 
-# %% ../nbs/06_3dreambooth.ipynb #73f21872
+# %% ../nbs/06_3dreambooth.ipynb #1519cc83
 @dataclass
-class DreamBoothConfig:
-    "3DreamBooth hyper-parameters (paper values in comments)."
-    steps: int = 400
+class DreamBoothConfig(TrainConfig):
+    "3DreamBooth hyper-parameters; the shared ones (400 steps, lr 1e-3, warm-up, σ sampling, seed, ...) are `TrainConfig`'s."
     batch_size: int = 4              # the paper: 1 (per GPU)
-    lr: float = 1e-3                 # higher than on a 8B model: the toy LoRA is small
-    weight_decay: float = 1e-4
-    warmup: int = 20
     rank: int = LORA_RANK            # 16
     alpha: int = LORA_ALPHA          # 32
-    grad_clip: float = 1.0
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    checkpoint_every: int = 100
     preview_every: int = 100
     preview_prompt: str | None = None
-    seed: int = 0                    # seeds the LoRA initialisation and every step's random stream
-    mixed_precision: str = 'no'      # 'bf16' on a GPU
 
-# settings that may change between a run and its resume: more steps (train on), how often to save or preview
-RESUMABLE_KEYS = ('config.steps', 'config.checkpoint_every', 'config.preview_every', 'config.preview_prompt')
+# settings that may change between a run and its resume, as keys of the work folder's record
+RESUMABLE_KEYS = tuple(f'config.{k}' for k in TRAIN_RESUMABLE_KEYS)
 
-def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
-    "The random stream of one training step on one process: a pure function of (seed, rank, step), so resuming needs no RNG state."
-    return torch.Generator().manual_seed((seed * 1_000_003 + rank * 7_919 + step) % 2**63)
-
+# %% ../nbs/06_3dreambooth.ipynb #7f4c53b7
 def backbone_fingerprint(backbone: Backbone) -> str:
     "Content fingerprint of the backbone's own weights (adapters left out)."
     return tensor_fingerprint(backbone.transformer, skip=('lora_',))
@@ -105,98 +92,51 @@ def adapter_init_fingerprint(backbone: Backbone, name: str) -> str:
     if name not in rec: rec[name] = tensor_fingerprint(*[p for p in adapter_parameters(backbone, name)])
     return rec[name]
 
-def save_lora_checkpoint(path, step, backbone, names, opt, sched, history, previews, timing: dict | None = None) -> Path:
-    "Atomic checkpoint of adapters `names` + optimizer, LR schedule, history and training time so far."
-    st = {'step': step, 'lora': {n: get_peft_model_state_dict(backbone.transformer, adapter_name=n) for n in names},
-          'opt': opt.state_dict(), 'sched': sched.state_dict(), 'history': history, 'previews': previews, 'timing': timing or {}}
-    with atomic_path(path) as tmp: torch.save(st, tmp)
-    return Path(path)
+# %% ../nbs/06_3dreambooth.ipynb #8787c440
+class PreviewHook(TrainHook):
+    "Every `every` steps, on the main process: a short video of `prompt` (with `references`), kept in the log and the checkpoint."
+    name = 'previews'
+    def __init__(self, backbone: Backbone, prompt: str | None, every: int, references=None):
+        self.backbone, self.prompt, self.every, self.references, self.previews = backbone, prompt, every, references, []
+    def step_end(self, run):
+        if not (self.prompt and self.every and run.step % self.every == 0 and run.main): return
+        self.backbone.eval()
+        v = generate(self.backbone, self.prompt, seeds=0, steps=12, references=self.references)[0]
+        self.previews.append({'step': run.step, 'frames': (v.numpy() * 255).astype(np.uint8)})
+        self.backbone.train()
+    def end(self, run, log): log['previews'] = self.previews
+    def state_dict(self): return {'previews': self.previews}
+    def load_state_dict(self, state): self.previews = state['previews']
 
-def _load_checkpoint(ckpt: Path, backbone, names) -> dict:
-    "Read a checkpoint and load its adapters, turning a corrupt file or a shape mismatch into a clear error."
-    try: st = torch.load(ckpt, map_location='cpu', weights_only=False)
-    except Exception as e:
-        raise ConfigError(f"checkpoint {ckpt} cannot be read ({type(e).__name__}: {e}): delete it (or pass overwrite=True) to train from scratch") from e
-    for n in names:
-        if n not in st.get('lora', {}):
-            raise ConfigError(f"checkpoint {ckpt} holds adapters {sorted(st.get('lora', {}))}, not {n!r}: use a new work folder or overwrite=True")
-        want = dict(get_peft_model_state_dict(backbone.transformer, adapter_name=n))
-        bad = [k for k, v in st['lora'][n].items() if k in want and tuple(v.shape) != tuple(want[k].shape)]
-        if bad:
-            k = bad[0]
-            raise ConfigError(f"checkpoint {ckpt} holds adapter {n!r} of another shape ({k}: {tuple(st['lora'][n][k].shape)} saved, "
-                              f"{tuple(want[k].shape)} now; a different LoRA rank?): use the rank it was trained with, a new work folder, or overwrite=True")
-        set_peft_model_state_dict(backbone.transformer, st['lora'][n], adapter_name=n)
-    return st
-
+# %% ../nbs/06_3dreambooth.ipynb #15430f3e
 def train_lora(backbone: Backbone, batches: Callable, cfg: DreamBoothConfig, work_dir, names: Sequence[str] = ('3db',),
                loss_module: torch.nn.Module | None = None, progress: bool = True, stop_after: int | None = None,
-               preview_references=None, local: bool = False, inputs: dict | None = None, overwrite: bool = False) -> dict:
+               preview_references=None, local: bool = False, inputs: dict | None = None, overwrite: bool = False,
+               lr_scale: dict | None = None) -> dict:
     """Train the LoRA adapters `names` (already added) on `batches(step, gen)` → `(video, captions)` or
-    `(video, captions, references)` (then passed to `loss_module`); resumable from `work_dir`.
+    `(video, captions, references)` (then passed to `loss_module`) with `train.train_loop`; resumable from `work_dir`.
     `work_dir/work.json` records the configuration and `inputs` (fingerprints of the data; the backbone's and the
     adapters' initial weights are added here): resuming from other ones raises `WorkFolderError`, unless `overwrite`.
-    `local`: train in this process alone even under `accelerate launch` (no gradient all-reduce, own checkpoints,
-    the random stream of a single-process run), as the benchmark does when processes take different subjects.
-    Returns {'history', 'previews', 'seconds' (this call), 'seconds_total' (all calls), 'steps_this_call',
-    'resumed_from', 'trained_steps', 'step_seconds' (median over every step so far)}."""
+    `lr_scale` {adapter: factor} gives an adapter its own learning rate. `local`: train in this process alone even
+    under `accelerate launch` (no gradient all-reduce, own checkpoints, the random stream of a single-process run),
+    as the benchmark does when processes take different subjects. Returns `train_loop`'s log with 'previews'."""
     work_dir = Path(work_dir)
-    ckpt = work_dir/'checkpoint.pt'
     record = {'config': asdict(cfg) if hasattr(cfg, '__dataclass_fields__') else dict(cfg),
               'inputs': {**(inputs or {}), 'backbone': backbone_fingerprint(backbone),
                          'adapter_init': {n: adapter_init_fingerprint(backbone, n) for n in names}}}
     check_work_folder(work_dir, record, overwrite=overwrite, ignore=RESUMABLE_KEYS, what='training')
-    seed_everything(cfg.seed)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
-    params = [p for n in names for p in adapter_parameters(backbone, n)]
+    groups = [{'params': adapter_parameters(backbone, n), 'lr': cfg.lr * (lr_scale or {}).get(n, 1.0)} for n in names]
+    params = [p for g in groups for p in g['params']]
     for p in params: p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup, cfg.steps))
-    start, history, previews, timing = 0, [], [], {'seconds': 0.0, 'step_seconds': []}
-    if ckpt.exists():
-        st = _load_checkpoint(ckpt, backbone, names)
-        opt.load_state_dict(st['opt']); sched.load_state_dict(st['sched'])
-        start, history, previews = st['step'], st['history'], st['previews']
-        timing = {'seconds': 0.0, 'step_seconds': [], **st.get('timing', {})}
-    if start > cfg.steps:
-        warnings.warn(f"{ckpt} already holds {start} steps, more than steps={cfg.steps}: nothing to train; the adapter is the "
-                      f"{start}-step one (use a new work folder or overwrite=True to train {cfg.steps} steps)")
-    loss_mod = loss_module or FlowMatchingLoss(backbone)
-    if local: opt = acc.prepare(opt)                                        # no DDP wrapper: gradients stay in this process
-    else: loss_mod, opt = acc.prepare(loss_mod, opt)
-    rank, main = (0, True) if local else (acc.process_index, acc.is_main_process)
     backbone.train()
-    t0, done, step_times = time.perf_counter(), 0, list(timing['step_seconds'])
-    ckpt_time = lambda: {'seconds': timing['seconds'] + time.perf_counter() - t0, 'step_seconds': step_times}
-    bar = tqdm(range(start, cfg.steps), initial=min(start, cfg.steps), total=cfg.steps, disable=not progress, desc='+'.join(names))
-    for step in bar:
-        ts = time.perf_counter()
-        gen = step_generator(cfg.seed, rank, step)
-        video, caps, *refs = batches(step, gen)
-        sig = sample_sigmas(backbone, video.shape[0], gen, cfg.logit_mean, cfg.logit_std)
-        noise = torch.randn(backbone.encode_video(video).shape, generator=gen)
-        with acc.autocast(): loss = loss_mod(video, caps, sig, noise, *refs)
-        acc.backward(loss)
-        acc.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-        step_times.append(time.perf_counter() - ts)
-        history.append({'step': step + 1, 'loss': loss.item()})
-        done += 1
-        if (step + 1) % 10 == 0: bar.set_postfix(loss=np.mean([h['loss'] for h in history[-10:]]))
-        if cfg.preview_prompt and cfg.preview_every and (step + 1) % cfg.preview_every == 0 and main:
-            backbone.eval()
-            v = generate(backbone, cfg.preview_prompt, seeds=0, steps=12, references=preview_references)[0]
-            previews.append({'step': step + 1, 'frames': (v.numpy() * 255).astype(np.uint8)})
-            backbone.train()
-        if ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps) and main:
-            save_lora_checkpoint(ckpt, step + 1, backbone, names, opt, sched, history, previews, ckpt_time())
-        if stop_after is not None and done >= stop_after: break
-    backbone.eval()
-    for p in params: p.requires_grad_(False)
-    seconds = time.perf_counter() - t0
-    return {'history': history, 'previews': previews, 'seconds': seconds, 'seconds_total': timing['seconds'] + seconds,
-            'steps_this_call': done, 'resumed_from': start, 'trained_steps': history[-1]['step'] if history else 0,
-            'step_seconds': float(np.median(step_times)) if step_times else None}
+    preview = PreviewHook(backbone, cfg.preview_prompt, cfg.preview_every, preview_references)
+    try:
+        return train_loop(groups if lr_scale else params, batches, loss_module or FlowMatchingLoss(backbone), cfg, work_dir,
+                          [preview], state=AdapterState(backbone, names), local=local, progress=progress, stop_after=stop_after,
+                          desc='+'.join(names))
+    finally:
+        backbone.eval()
+        for p in params: p.requires_grad_(False)
 
 # %% ../nbs/06_3dreambooth.ipynb #2b9b43aa
 def train_3dreambooth(backbone: Backbone, mv, cfg: DreamBoothConfig | None = None, work_dir=None, out_dir=None,
@@ -207,7 +147,7 @@ def train_3dreambooth(backbone: Backbone, mv, cfg: DreamBoothConfig | None = Non
     and refuses to resume from other ones unless `overwrite`. With `out_dir`, the adapter is saved once the run holds
     at least `cfg.steps` steps."""
     cfg = cfg or DreamBoothConfig()
-    if cfg.preview_prompt is None: cfg.preview_prompt = mv.prompt() + ' rotating clockwise'
+    if cfg.preview_prompt is None: cfg.preview_prompt = orbit_prompt(mv.prompt(), 1)
     if name not in getattr(backbone.transformer, 'peft_config', {}): seeded_lora(backbone, name, '3db', cfg.rank, cfg.alpha, cfg.seed)
     backbone.transformer.set_adapter(name)
     res = getattr(getattr(backbone, 'config', None), 'resolution', None)
@@ -232,14 +172,13 @@ def evaluate_videos(videos, subject, res: int) -> dict:
 def compare_on_subject(backbone_name: str, weights, subject, cfg: DreamBoothConfig, seeds=(0, 1), gen_steps: int = 30,
                        identifier: str = 'sks', progress: bool = False) -> dict:
     "3DreamBooth vs the base model (class-noun and full-description prompts) on one toy subject."
-    from dreamvid_lib.pretrain import video_caption
     bb = load_backbone(backbone_name, weights); res = bb.config.resolution
-    dirs = ['clockwise' if i % 2 == 0 else 'counterclockwise' for i in range(len(seeds))]
-    base_cls = generate(bb, [f'a video of a {subject.cls} rotating {d}' for d in dirs], list(seeds), steps=gen_steps)
-    base_desc = generate(bb, [video_caption(subject, 1 if d == 'clockwise' else -1) for d in dirs], list(seeds), steps=gen_steps)
+    dirs = alternating_directions(len(seeds))
+    base_cls = generate(bb, [class_caption(subject.cls, d) for d in dirs], list(seeds), steps=gen_steps)
+    base_desc = generate(bb, [video_caption(subject, d) for d in dirs], list(seeds), steps=gen_steps)
     mv = from_views(tw.multiview_set(subject, n_views=30, res=res, seed=0), identifier=identifier)
     with Timer() as t: train_3dreambooth(bb, mv, cfg, progress=progress)
-    db = generate(bb, [f'{mv.prompt()} rotating {d}' for d in dirs], list(seeds), steps=gen_steps)
+    db = generate(bb, [orbit_prompt(mv.prompt(), d) for d in dirs], list(seeds), steps=gen_steps)
     return {'subject': subject.description(), 'train_seconds': t.seconds,
             'dreambooth': evaluate_videos(db, subject, res), 'base_class_prompt': evaluate_videos(base_cls, subject, res),
             'base_description_prompt': evaluate_videos(base_desc, subject, res), 'videos': {'dreambooth': db, 'base_class_prompt': base_cls}}

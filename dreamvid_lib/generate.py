@@ -15,23 +15,12 @@ from tqdm.auto import tqdm
 from diffusers import FlowMatchEulerDiscreteScheduler
 from .core import DreamvidError, ConfigError, atomic_path
 from .backbones import Backbone, load_backbone
+from .adapters import encode_references
 
 # %% auto #0
-__all__ = ['encode_references', 'tab_bias', 'generate', 'to_uint8', 'save_video', 'frames_grid']
+__all__ = ['tab_bias', 'generate', 'to_uint8', 'save_video', 'frames_grid']
 
 # %% ../nbs/08_generate.ipynb #33b98f0f
-def encode_references(backbone: Backbone, references, batch: int) -> torch.Tensor:
-    """Reference views `[K,H,W,3]` (shared by the batch) or `[B,K,H,W,3]` in [0,1] → clean latents `[B,C,K,h,w]`.
-    Each view is encoded as its own 1-frame video (one latent frame through a causal video VAE)."""
-    r = torch.as_tensor(np.asarray(references) if not isinstance(references, torch.Tensor) else references).float()
-    if r.ndim == 4: r = r[None].expand(batch, *r.shape)
-    if r.ndim != 5 or r.shape[-1] != 3:
-        raise ConfigError(f"references must be [K, H, W, 3] or [B, K, H, W, 3] images in [0, 1], got shape {tuple(r.shape)}")
-    if r.shape[0] != batch: raise ConfigError(f"references are given for {r.shape[0]} videos but {batch} are generated")
-    B, K = r.shape[:2]
-    lat = backbone.encode_video(r.reshape(B * K, 1, *r.shape[2:]))      # [B*K, C, 1, h, w]
-    return lat.unflatten(0, (B, K)).squeeze(3).permute(0, 2, 1, 3, 4)   # [B, C, K, h, w]
-
 def tab_bias(t: float, num_train_timesteps: int = 1000, gamma: float = 10.0, eps: float = 0.1) -> float:
     "CustomVideoX's Time-Aware Attention Bias on reference keys: tanh(M(t)), M(t) = −γ(2t/T − 1)² + ε."
     return float(np.tanh(-gamma * (2 * t / num_train_timesteps - 1) ** 2 + eps))

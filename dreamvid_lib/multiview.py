@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from .core import DreamvidError, ConfigError, AssetError, atomic_path, load_json, cache_dir, save_json
 from . import toyworld as tw
+from .prompts import IDENTITY_TEMPLATE, identity_prompt
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'BIREFNET_ID', 'MASK_METHODS', 'MultiViewError', 'load_image', 'birefnet_dir', 'remove_background',
@@ -197,9 +198,9 @@ class MultiViewSet:
             raise MultiViewError(f"K has {len(self.K)} matrices for {n} views")
     def __len__(self): return len(self.images)
     def __repr__(self): return f"MultiViewSet({len(self)} views {self.images.shape[1]}px, {self.prompt()!r}, poses={'yes' if self.c2w is not None else 'no'})"
-    def prompt(self, template: str = 'a video of a {identifier} {class_noun}') -> str:
+    def prompt(self, template: str = IDENTITY_TEMPLATE) -> str:
         "The universal prompt of every view."
-        return template.format(identifier=self.identifier, class_noun=self.class_noun)
+        return identity_prompt(self.identifier, self.class_noun, template)
     def subset(self, idx) -> 'MultiViewSet':
         "The views `idx` (an int, a slice, indices or a boolean mask), as a new set."
         idx = np.arange(len(self))[idx] if isinstance(idx, slice) else np.atleast_1d(np.asarray(idx))

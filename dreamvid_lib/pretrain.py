@@ -14,50 +14,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
-from accelerate import Accelerator
-from diffusers.training_utils import EMAModel, compute_density_for_timestep_sampling
 from .core import (DreamvidError, ConfigError, AssetError, seed_everything, atomic_path, save_json,
                                 load_json, Timer, peak_memory_mb, cache_dir, assets_dir)
 from .backbones import Backbone, ToyBackbone, ToyModelConfig, VAECodec, load_backbone, default_toy_weights
 from . import toyworld as tw
+from .prompts import DIRECTIONS, EXTRA_WORDS, context_phrase, video_caption, caption_vocabulary   # the captions (re-exported)
+from .train import (TrainConfig, EMAHook, StepEndHook, train_loop, sample_sigmas, frame_token_sigmas,   # the engine
+                                FlowMatchingLoss, save_checkpoint, load_checkpoint, lr_lambda)   # (re-exported)
 
 # %% auto #0
-__all__ = ['DIRECTIONS', 'EXTRA_WORDS', 'VAE_STAGES', 'context_phrase', 'video_caption', 'caption_vocabulary', 'PretrainConfig',
-           'OrbitStream', 'sample_sigmas', 'frame_token_sigmas', 'FlowMatchingLoss', 'save_checkpoint',
-           'load_checkpoint', 'VAEConfig', 'train_toy_vae', 'vae_heldout_psnr', 'set_latent_normalisation', 'lr_lambda',
-           'pretrain', 'finalize_pretrained', 'smooth', 'plot_loss', 'write_model_card', 'rotation_after_partial_noise',
-           'check_first_frame_path', 'continuation_diagnostic', 'image_to_video', 'i2v_rotation', 'learnability_check',
-           'ladder_config']
-
-# %% ../nbs/05_toy_pretrain.ipynb #8c49f1ac
-DIRECTIONS = {1: 'clockwise', -1: 'counterclockwise'}   # camera azimuth increasing = subject turning clockwise seen from above
-
-def context_phrase(context: str) -> str:
-    "The words a caption appends for a context ('' for the white studio background)."
-    if context == 'white': return ''
-    if context == 'space': return ' floating in space'
-    if context.endswith('background') or context in ('wooden table', 'checkered floor'): return f' on a {context}'
-    raise ConfigError(f"unknown context {context!r}; valid contexts: {', '.join(tw.CONTEXTS)}")
-
-def video_caption(subject: 'tw.Subject', direction: int | None = None, context: str = 'white') -> str:
-    "Caption of an orbit video (`direction` ±1) or of a single image (`direction=None`)."
-    motion = f' rotating {DIRECTIONS[direction]}' if direction is not None else ''
-    return f'a video of a {subject.description()}{motion}{context_phrase(context)}'
-
-EXTRA_WORDS = ('a', 'video', 'photo', 'of', 'with', 'rotating', 'on', 'floating', 'in', 'the', 'and', 'object')
-
-def caption_vocabulary() -> list[str]:
-    "Every word a caption or prompt template can use (identifier tokens are added by the tokenizer)."
-    words = list(EXTRA_WORDS) + list(DIRECTIONS.values()) + list(tw.CLASSES) + list(tw.COLOURS) + list(tw.MATERIALS) + list(tw.DETAILS)
-    for c in tw.CONTEXTS: words += context_phrase(c).split()
-    for s in tw.CLASSES + tuple(tw.COLOURS) + tw.MATERIALS + tw.DETAILS: words += s.split()
-    return list(dict.fromkeys(w.lower() for w in words))
+__all__ = ['VAE_STAGES', 'PretrainConfig', 'OrbitStream', 'VAEConfig', 'train_toy_vae', 'vae_heldout_psnr',
+           'set_latent_normalisation', 'pretrain', 'finalize_pretrained', 'smooth', 'plot_loss', 'write_model_card',
+           'rotation_after_partial_noise', 'check_first_frame_path', 'continuation_diagnostic', 'image_to_video',
+           'i2v_rotation', 'learnability_check', 'ladder_config']
 
 # %% ../nbs/05_toy_pretrain.ipynb #8a34ada9
 @dataclass
-class PretrainConfig:
-    "Hyper-parameters of toy pre-training (defaults: the shipped model)."
+class PretrainConfig(TrainConfig):
+    "Hyper-parameters of toy pre-training (defaults: the shipped model); σ sampling, clipping, seed and precision in `TrainConfig`."
     steps: int = 10000
+    lr: float = 8e-4
+    warmup: int = 300
+    weight_decay: float = 0.01
+    checkpoint_every: int = 250
     batch_videos: int = 8
     batch_images: int = 32
     image_every: int = 4             # every `image_every`-th step is a batch of single images
@@ -65,17 +44,7 @@ class PretrainConfig:
     stride: int = 2                  # ring steps between frames (2 x 15° = 30°)
     context_prob: float = 0.25       # probability of compositing onto a non-white context
     caption_dropout: float = 0.1     # probability of the empty prompt (for classifier-free guidance)
-    lr: float = 8e-4
-    warmup: int = 300
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
     ema_decay: float = 0.999
-    sigma_sampling: str = 'uniform'  # or 'logit_normal' (SD3/Wan at high resolution)
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    checkpoint_every: int = 250
-    seed: int = 0
-    mixed_precision: str = 'no'      # 'bf16' on a GPU
     first_frame_prob: float = 0.0    # share of orbit videos whose frame 0 is given clean (image-to-video training)
 
 class OrbitStream:
@@ -126,60 +95,6 @@ class OrbitStream:
         items = [self._sample(video) for _ in range(n)]
         out = torch.from_numpy(np.stack([x for x, _, _ in items])), [c for _, c, _ in items]
         return (*out, torch.tensor([f for _, _, f in items], dtype=torch.bool)) if flags else out
-
-# %% ../nbs/05_toy_pretrain.ipynb #55cdd79c
-def sample_sigmas(backbone: Backbone, n: int, generator: torch.Generator, logit_mean: float = 0.0,
-                  logit_std: float = 1.0, scheme: str = 'uniform') -> torch.Tensor:
-    "σ for `n` samples: u drawn by `scheme` ('uniform' or 'logit_normal'), mapped through the scheduler's (shifted) σ schedule."
-    if scheme not in ('uniform', 'logit_normal'): raise ConfigError(f"unknown sigma sampling {scheme!r}: use 'uniform' or 'logit_normal'")
-    u = compute_density_for_timestep_sampling(scheme if scheme == 'logit_normal' else 'none', n, logit_mean, logit_std, generator=generator)
-    sch = backbone.scheduler
-    idx = (u * sch.config.num_train_timesteps).long().clamp(0, sch.config.num_train_timesteps - 1)
-    return sch.sigmas[idx].float()
-
-def frame_token_sigmas(backbone: Backbone, latents: torch.Tensor, sigmas: torch.Tensor, clean_first=None) -> torch.Tensor:
-    "Per-token σ `[B, seq_len]` in the transformer's frame-major token order, frame 0 at σ = 0 where `clean_first[b]`."
-    B, _, T, h, w = latents.shape
-    s = backbone.codec.spatial_factor
-    lay = backbone.layout(T, h * s, w * s)
-    out = sigmas.to(latents.device, torch.float32).reshape(B, 1).expand(B, lay.seq_len).clone()
-    if clean_first is not None: out[clean_first.to(out.device).bool(), lay.frame_slice(0)] = 0.0
-    return out
-
-class FlowMatchingLoss(nn.Module):
-    """Eq. 1: MSE between predicted and true velocity ε − x0 at x_σ = (1−σ)x0 + σε. Videos marked in `clean_first`
-    get frame 0 clean (its tokens at σ = 0) and excluded from the loss: image-to-video training."""
-    def __init__(self, backbone: Backbone): super().__init__(); self.backbone = backbone
-    def forward(self, video: torch.Tensor, captions: list[str], sigmas: torch.Tensor, noise: torch.Tensor,
-                clean_first: torch.Tensor | None = None) -> torch.Tensor:
-        bb = self.backbone
-        x0 = bb.encode_video(video)
-        sig = sigmas.to(x0.device)
-        s = sig.view(-1, *[1] * (x0.ndim - 1))
-        xs = (1 - s) * x0 + s * noise.to(x0.device)
-        text = bb.encode_prompt(captions, allow_empty=True)
-        if clean_first is None or not bool(clean_first.any()):
-            v = bb.predict_velocity(xs, sig, text)
-            return F.mse_loss(v.float(), (noise.to(x0.device) - x0).float())
-        cf = clean_first.to(x0.device).bool()
-        xs[cf, :, 0] = x0[cf, :, 0]
-        v = bb.predict_velocity(xs, frame_token_sigmas(bb, x0, sig, cf), text)
-        keep = torch.ones_like(x0); keep[cf, :, 0] = 0
-        return (((v.float() - (noise.to(x0.device) - x0).float()) ** 2) * keep).sum() / keep.sum()
-
-# %% ../nbs/05_toy_pretrain.ipynb #9e2230fa
-def save_checkpoint(path, step: int, model: nn.Module, ema: EMAModel, opt, sched, gen: torch.Generator, history: list) -> Path:
-    "Write a training checkpoint to `path` atomically."
-    state = {'step': step, 'model': model.state_dict(), 'ema': ema.state_dict(), 'opt': opt.state_dict(),
-             'sched': sched.state_dict(), 'gen': gen.get_state(), 'history': history,
-             'torch_rng': torch.get_rng_state()}
-    with atomic_path(path) as tmp: torch.save(state, tmp)
-    return Path(path)
-
-def load_checkpoint(path) -> dict:
-    "Read a checkpoint, naming the file if it is unreadable."
-    try: return torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as e: raise DreamvidError(f"checkpoint {path} is unreadable ({e}); delete it to start over") from e
 
 # %% ../nbs/05_toy_pretrain.ipynb #ce184d29
 @dataclass
@@ -259,60 +174,23 @@ def set_latent_normalisation(vae, rings: dict, n: int = 1280, seed: int = 0):
     return vae
 
 # %% ../nbs/05_toy_pretrain.ipynb #528eb2ec
-def lr_lambda(warmup: int, steps: int):
-    "Linear warm-up then cosine decay to 10%."
-    def f(step):
-        if step < warmup: return (step + 1) / warmup
-        p = (step - warmup) / max(1, steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
-    return f
-
 def pretrain(backbone: ToyBackbone, rings: dict, cfg: PretrainConfig, work_dir, progress: bool = True,
              stop_after: int | None = None, subjects=None, starts=None, directions=(1, -1), callback=None) -> dict:
-    """Pre-train `backbone` (in place) on ring dataset `rings`; checkpoints in `work_dir`, resumes from them.
-    `stop_after` ends the call early after that many steps in this call (to simulate a kill). `subjects`, `starts` and
-    `directions` restrict the orbits drawn (the learnability ladder); `callback(step, backbone, history)` runs after
-    every step. Returns the log."""
-    work_dir = Path(work_dir); work_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = work_dir/'checkpoint.pt'
-    seed_everything(cfg.seed)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
-    gen = torch.Generator().manual_seed(cfg.seed)
+    """Pre-train `backbone` (in place) on ring dataset `rings`; checkpoints in `work_dir`, resumes from them (a checkpoint
+    made with another configuration is refused). `stop_after` ends the call early after that many steps in this call
+    (to simulate a kill). `subjects`, `starts` and `directions` restrict the orbits drawn (the learnability ladder);
+    `callback(step, backbone, history)` runs after every step. Returns the log (with the EMA as 'ema')."""
+    gen = torch.Generator().manual_seed(cfg.seed)             # one stream for data, σ and noise; checkpointed
     backbone.train()
     params = [p for p in backbone.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup, cfg.steps))
-    ema = EMAModel(params, decay=cfg.ema_decay)
-    start, history = 0, []
-    if ckpt.exists():
-        st = load_checkpoint(ckpt)
-        backbone.load_state_dict(st['model']); ema.load_state_dict(st['ema']); opt.load_state_dict(st['opt'])
-        sched.load_state_dict(st['sched']); gen.set_state(st['gen']); torch.set_rng_state(st['torch_rng'])
-        start, history = st['step'], st['history']
-    loss_mod = FlowMatchingLoss(backbone)
-    loss_mod, opt = acc.prepare(loss_mod, opt)
     stream = OrbitStream(rings, cfg, gen, subjects, starts, directions)
-    t0, done = time.perf_counter(), 0
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc='pretrain')
-    for step in bar:
+    def batches(step, g):
         video, caps, first = stream.batch(step, flags=True)
-        n = video.shape[0]
-        sig = sample_sigmas(backbone, n, gen, cfg.logit_mean, cfg.logit_std, cfg.sigma_sampling)
-        noise = torch.randn(backbone.encode_video(video).shape, generator=gen)
-        loss = loss_mod(video, caps, sig, noise, first if cfg.first_frame_prob > 0 else None)
-        acc.backward(loss)
-        acc.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-        ema.step(params)
-        history.append({'step': step + 1, 'loss': loss.item(), 'frames': int(video.shape[1]), 'lr': sched.get_last_lr()[0]})
-        done += 1
-        if (step + 1) % 20 == 0: bar.set_postfix(loss=np.mean([h['loss'] for h in history[-20:]]))
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(ckpt, step + 1, backbone, ema, opt, sched, gen, history)
-        if callback is not None: callback(step + 1, backbone, history)
-        if stop_after is not None and done >= stop_after: break
-    secs = time.perf_counter() - t0
-    return {'history': history, 'seconds_this_call': secs, 'steps_this_call': done, 'ema': ema, 'step': start + done}
+        return video, caps, (first if cfg.first_frame_prob > 0 else None)
+    hooks = [EMAHook(cfg.ema_decay)]
+    if callback is not None: hooks.append(StepEndHook(lambda run: callback(run.step, backbone, run.history)))
+    return train_loop(params, batches, FlowMatchingLoss(backbone), cfg, work_dir, hooks, state=backbone, generator=gen,
+                      progress=progress, stop_after=stop_after, desc='pretrain')
 
 def finalize_pretrained(backbone: ToyBackbone, log: dict, cfg: PretrainConfig, out_dir, data_info: dict) -> Path:
     "Copy the EMA weights into `backbone`, save it to `out_dir` with its training log, loss curve and model card."

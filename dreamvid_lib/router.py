@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from .core import DreamvidError, ConfigError
 from .adapters import ReferenceLayout
+from .prompts import entity_word
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     "Wan's interleaved rotary embedding: channel pairs (2i, 2i+1) rotated by the angle of pair i. `x` is `[B, L, H, D]`."
@@ -72,8 +73,7 @@ def _per_prompt(words, n):
 def entity_token_index(tokenizer, prompt: str, word: str | None = None) -> int:
     "Position of `word`'s first token in the tokenized `prompt` (default word: the one before 'rotating', else the last word)."
     if word is None:
-        ws = prompt.split()
-        word = ws[ws.index('rotating') - 1] if 'rotating' in ws[1:] else ws[-1]
+        word = entity_word(prompt)
     ids = tokenizer(prompt)['input_ids']
     sub = tokenizer(word, add_special_tokens=False)['input_ids']
     for i in range(len(ids) - len(sub) + 1):

@@ -16,7 +16,8 @@ from .core import ConfigError, save_json, load_json, Timer, assets_dir, seed_eve
 from .backbones import load_backbone
 from . import toyworld as tw
 from .generate import generate
-from .bench import SubjectTruth, score_video, orbit_prompts
+from .bench import SubjectTruth, score_video
+from .prompts import orbit_prompts
 
 # %% auto #0
 __all__ = ['Experiment', 'run_experiment', 'replace_exp', 'plot_runs', 'SweepPanel', 'sweep_panel', 'grid_points', 'point_name',

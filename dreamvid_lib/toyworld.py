@@ -16,7 +16,7 @@ from .core import ConfigError, atomic_path
 __all__ = ['CLASSES', 'COLOURS', 'MATERIALS', 'DETAILS', 'BACKGROUND_COLOURS', 'CONTEXTS', 'HELDOUT_COMBOS', 'CAMERA_DISTANCE',
            'FOV_DEG', 'decal_colour', 'Subject', 'is_heldout', 'subject_from_seed', 'heldout_subjects',
            'subject_geometry', 'intrinsics', 'camera_to_world', 'project', 'Views', 'render_views', 'render_ring',
-           'multiview_set', 'orbit_indices', 'backdrop', 'composite', 'caption', 'render_pair', 'ring_elevation',
+           'multiview_set', 'orbit_indices', 'backdrop', 'composite', 'render_pair', 'ring_elevation',
            'build_ring_dataset', 'load_ring_dataset']
 
 # %% ../nbs/01_toyworld.ipynb #df6b2eb7
@@ -519,14 +519,6 @@ def composite(rgb_white: np.ndarray, alpha: np.ndarray, back: np.ndarray) -> np.
     return np.clip(rgb_white - t + t * back, 0, 1).astype(np.float32)
 
 # %% ../nbs/01_toyworld.ipynb #bb490256
-_PREPOSITION = {'white': 'on a white background', 'space': 'in space', 'wooden table': 'on a wooden table',
-                'checkered floor': 'on a checkered floor', **{f'{c} background': f'on a {c} background' for c in BACKGROUND_COLOURS}}
-
-def caption(subject: Subject, context: str = 'white') -> str:
-    "A caption like 'a photo of a matte red mug with a star on a wooden table'."
-    _check('context', context, CONTEXTS)
-    return f'a photo of a {subject.description()} {_PREPOSITION[context]}'
-
 def _ground(context: str, y: float, seed: int):
     "A textured ground plane (Mitsuba rectangle) at height `y` for the table and floor contexts."
     mi = _mi()
@@ -569,8 +561,7 @@ def render_pair(subject: Subject, res: int = 32, seed: int = 0, context: str | N
         target = composite(rgb, a, back)
     else:
         target = composite(obj[0], obj[1], back)
-    return {'reference': reference, 'target': target, 'target_alpha': obj[1], 'context': context,
-            'caption': caption(subject, context)}
+    return {'reference': reference, 'target': target, 'target_alpha': obj[1], 'context': context}
 
 # %% ../nbs/01_toyworld.ipynb #118e2cd2
 def ring_elevation(subject: Subject) -> float:

@@ -20,6 +20,7 @@ from transformers import UMT5Config, UMT5EncoderModel, AutoTokenizer
 from safetensors.torch import load_file, save_file
 from .core import DreamvidError, ConfigError, AssetError, PromptError, load_json, save_json
 from .backbones import Backbone, build_word_tokenizer
+from .prompts import caption_vocabulary
 
 # %% auto #0
 __all__ = ['WAN_MODEL_ID', 'WAN_LAYOUT', 'SETTINGS_FILE', 'resolve_wan_weights', 'LRUCache', 'tensor_key', 'WanCodec',
@@ -303,7 +304,6 @@ class WanBackbone(Backbone):
 # %% ../nbs/14_wan.ipynb #4cb453e7
 def tiny_wan_words() -> list[str]:
     "The toy world's caption vocabulary (the tiny tokenizer's words)."
-    from dreamvid_lib.pretrain import caption_vocabulary
     return caption_vocabulary()
 
 def tiny_wan_parts(seed: int = 0, words: Sequence[str] | None = None, z_dim: int = 4, width: int = 32, layers: int = 2,

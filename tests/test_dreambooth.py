@@ -123,10 +123,10 @@ def test_legacy_checkpoint_rank_mismatch_is_a_clear_error(mv, tmp_path):
     (tmp_path/'w'/'work.json').unlink()                          # a folder made before records existed
     with pytest.raises(WorkFolderError, match='no record'):
         train_3dreambooth(_bb(), mv, cfg, tmp_path/'w', progress=False)
-    from dreamvid_lib.dreambooth import _load_checkpoint
+    from dreamvid_lib.train import AdapterState, load_checkpoint
     b = _bb(); add_lora(b, '3db', rank=4)
     with pytest.raises(ConfigError, match='another shape.*rank'):
-        _load_checkpoint(tmp_path/'w'/'checkpoint.pt', b, ['3db'])
+        AdapterState(b, ['3db']).load_state_dict(load_checkpoint(tmp_path/'w'/'checkpoint.pt')['model'])
 
 
 def test_fewer_steps_than_the_checkpoint_warns_and_saves(mv, tmp_path):

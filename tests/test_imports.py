@@ -1,0 +1,78 @@
+"""One-way imports: a module of `dreamvid_lib` imports only modules exported by lower-numbered notebooks, and no
+import circle exists (function-level imports included: a lazy import hides a circle, it does not remove it)."""
+import ast, json, pathlib, re
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+LIB = ROOT/'dreamvid_lib'
+
+# Upward imports that remain, each to be removed by moving the shared piece down (then delete its line here).
+# (importer, imported): why it is still there.
+ALLOWED_UPWARD = {
+    ('cli', 'personalize'): 'the CLI adds the personalize commands',
+    ('dapter', 'generate'): 'zero-shot check, previews and the convergence study sample videos',
+    ('dreambooth', 'generate'): 'previews and compare_on_subject sample videos',
+    ('dreambooth', 'metrics'): 'evaluate_videos scores against the ground truth',
+    ('generate', 'router'): 'the sampler installs the attention probe (TAB, ERAE, capture)',
+    ('pretrain', 'metrics'): 'rotation diagnostics use view matching',
+    ('router', 'metrics'): 'routing accuracy wraps angles with metrics.wrap_deg',
+}
+
+def notebook_order() -> dict:
+    "module name -> its notebook's sort key (the file name: '01a_prompts' sorts between '01_toyworld' and '02_multiview')."
+    order = {}
+    for nb in sorted((ROOT/'nbs').glob('*.ipynb')):
+        for c in json.loads(nb.read_text())['cells']:
+            m = re.search(r'^#\|\s*default_exp\s+(\S+)', ''.join(c['source']), re.M) if c['cell_type'] == 'code' else None
+            if m: order[m.group(1)] = nb.stem; break
+    return order
+
+def imports_of(path: pathlib.Path) -> set:
+    "The `dreamvid_lib` modules that `path` imports anywhere (module level or inside functions)."
+    mods = set(p.stem for p in LIB.glob('*.py'))
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module: out.add(node.module.split('.')[0])
+            elif node.level == 1: out |= {a.name for a in node.names if a.name in mods}
+            elif node.module == 'dreamvid_lib': out |= {a.name for a in node.names if a.name in mods}
+            elif node.module and node.module.startswith('dreamvid_lib.'): out.add(node.module.split('.')[1])
+        elif isinstance(node, ast.Import):
+            out |= {a.name.split('.')[1] for a in node.names if a.name.startswith('dreamvid_lib.')}
+    return (out & mods) - {path.stem}
+
+def import_graph() -> dict:
+    order = notebook_order()
+    return {p.stem: imports_of(p) for p in sorted(LIB.glob('*.py')) if p.stem in order}
+
+def test_every_module_has_a_notebook():
+    order = notebook_order()
+    missing = [p.stem for p in LIB.glob('*.py') if not p.stem.startswith('_') and p.stem not in order]
+    assert not missing, f'modules without a notebook (default_exp): {missing}'
+
+def test_no_upward_import():
+    order, bad = notebook_order(), []
+    for mod, deps in import_graph().items():
+        for d in deps:
+            if order[d] > order[mod] and (mod, d) not in ALLOWED_UPWARD:
+                bad.append(f'{mod} ({order[mod]}) imports {d} ({order[d]})')
+    assert not bad, 'imports against the notebook order:\n' + '\n'.join(sorted(bad))
+
+def test_allow_list_is_current():
+    "An allowed upward import that no longer exists must leave the list."
+    g = import_graph()
+    stale = [k for k in ALLOWED_UPWARD if k[1] not in g.get(k[0], set())]
+    assert not stale, f'remove these from ALLOWED_UPWARD, they are gone: {stale}'
+
+def test_no_import_circle():
+    g = import_graph()
+    state, cycles = {}, []
+    def visit(n, stack):
+        state[n] = 1; stack.append(n)
+        for d in sorted(g.get(n, ())):
+            if state.get(d) == 1: cycles.append(' -> '.join(stack[stack.index(d):] + [d]))
+            elif d not in state: visit(d, stack)
+        state[n] = 2; stack.pop()
+    for n in sorted(g): 
+        if n not in state: visit(n, [])
+    assert not cycles, 'import circles:\n' + '\n'.join(cycles)
