@@ -143,5 +143,12 @@ def test_image_to_3d_writes_files(tmp_path):
     assert json.loads((tmp_path/'cli'/'summary.json').read_text())['views'] == ['views/view_000.png', 'views/view_180.png']
     with pytest.raises(AssetError, match='--model'):
         lrm.image_to_3d_cli([str(tmp_path/'in.png'), '--out', str(tmp_path/'x'), '--model', str(tmp_path/'missing')])
+    sub = tw.subject_from_seed(0, 'heldout')                            # toy ground truth beside the renders
+    r = lrm.image_to_3d(tmp_path/'in.png', ball, tmp_path/'gt', elevation=10.0, res=12, views=4, frames=2, mesh_resolution=24,
+                        subject=sub, azimuth=30.0)
+    t = r['summary']['truth']
+    assert len(t['psnr_per_view']) == 4 and np.isfinite(t['chamfer']) and (tmp_path/'gt'/'truth_vs_lrm.png').exists()
+    with pytest.raises(lrm.LRMError, match='--subject'):
+        lrm.image_to_3d_cli([str(tmp_path/'in.png'), '--out', str(tmp_path/'y'), '--model', str(tmp_path/'model'), '--subject', '{"cls": 1'])
     (tmp_path/'afile').write_text('x')
     with pytest.raises(ConfigError, match='names a file'): lrm.image_to_3d(tmp_path/'in.png', ball, tmp_path/'afile')
