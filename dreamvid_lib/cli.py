@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--dino', default=None, help='DINOv2 model folder or hub id in the local cache: adds DINO-I')
     b.add_argument('--backbone', default='toy', choices=['toy', 'wan', 'hunyuan']); b.add_argument('--weights', default=None, help='backbone weights folder')
     b.add_argument('--dapter', default=None, help="pre-trained 3Dapter folder (default: the shipped toy one) or 'random' (joint methods)")
-    from dreamvid_lib.personalize import add_commands     # your own subject: prep, personalize, generate (16_personalize)
+    from dreamvid_lib.personalize import add_commands     # your own subject: prep, personalize, generate (12a_personalize)
     add_commands(sub)
     t = sub.add_parser('pretrain', help='render the pre-training set and train the toy text-to-video model')
     t.add_argument('--out', required=True, help='where to save the trained model (e.g. assets/toy_t2v)')

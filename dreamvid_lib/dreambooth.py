@@ -24,7 +24,7 @@ from .prompts import orbit_prompt, video_caption, class_caption, alternating_dir
 from .generate import generate, frames_grid, save_video
 from . import toyworld as tw
 from .multiview import from_views
-from .metrics import tracking_views, view_matched_fidelity, rotation_direction
+from .evaluate import tracking_views, view_matched_fidelity, rotation_direction, wrap_deg
 
 # %% auto #0
 __all__ = ['RESUMABLE_KEYS', 'ViewBatches', 'VideoBatches', 'DreamBoothConfig', 'backbone_fingerprint', 'views_fingerprint',
@@ -186,6 +186,5 @@ def compare_on_subject(backbone_name: str, weights, subject, cfg: DreamBoothConf
 # %% ../nbs/06_3dreambooth.ipynb #c39dc7a9
 def replays_orbit(matched_azimuths, train_azimuths, tol: float = 30.0) -> bool:
     "True when a generated video's view-matched azimuths follow the training orbit (mean wrapped error < `tol`)."
-    from dreamvid_lib.metrics import wrap_deg
     a, b = np.asarray(matched_azimuths, float), np.asarray(train_azimuths, float)[:len(matched_azimuths)]
     return bool(np.abs(wrap_deg(a - b)).mean() < tol)

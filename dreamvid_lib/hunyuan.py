@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from .core import DreamvidError, ConfigError, AssetError, PromptError, load_json, save_json
 from .backbones import Backbone, build_word_tokenizer
 from .adapters import FrameIndexRope, TokenRouter, REF_BRANCH
-from .router import AttentionProbe
+from .attention import AttentionProbe
 from .wan import LRUCache, tensor_key
 
 # %% auto #0

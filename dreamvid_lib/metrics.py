@@ -15,149 +15,20 @@ from torch import nn
 import torch.nn.functional as F
 from .core import DreamvidError, ConfigError, AssetError, assets_dir
 from . import toyworld as tw
+from .evaluate import (MetricError, _as_video, foreground, fit_frames, view_errors, view_match, wrap_deg,   # re-exported
+                                   rotation_direction, rotation_monotone_rate, EVAL_MAX_RES, eval_resolution, tracking_views,
+                                   masked_psnr, masked_ssim, view_matched_fidelity, binding_matrix, text_binding_rate)
 
 # %% auto #0
-__all__ = ['EVAL_MAX_RES', 'HF_MODELS', 'TOY_WORDS', 'JUDGE_CRITERIA', 'JUDGE_SYSTEM', 'JUDGE_INSTRUCTIONS', 'MetricError',
-           'foreground', 'fit_frames', 'view_errors', 'view_match', 'wrap_deg', 'rotation_direction',
-           'rotation_monotone_rate', 'eval_resolution', 'tracking_views', 'masked_psnr', 'masked_ssim',
-           'view_matched_fidelity', 'binding_matrix', 'text_binding_rate', 'isolate_foreground', 'subject_similarity',
-           'text_similarity', 'temporal_consistency', 'FeatureEncoder', 'HFClipEncoder', 'HFDinoEncoder', 'load_clip',
-           'load_dino', 'make_tiny_hf_encoders', 'ToyFeatureNet', 'ToyFeatureEncoder', 'train_toy_features',
-           'save_toy_features', 'load_toy_features', 'load_encoders', 'default_encoders', 'feature_metrics',
-           'optical_flow', 'flow_scores', 'dynamic_degree', 'interpolate_middle', 'motion_smoothness', 'video_metrics',
-           'umeyama', 'similarity_matrix', 'apply_transform', 'chamfer_distances', 'depth_point_cloud', 'visual_hull',
-           'register_similarity', 'generated_point_cloud', 'geometric_fidelity', 'plot_point_clouds', 'JudgeError',
-           'image_data_url', 'judge_messages', 'parse_judge_response', 'aggregate_judgements', 'openai_client',
-           'llm_judge']
-
-# %% ../nbs/10_metrics.ipynb #1b02d32e
-class MetricError(DreamvidError, ValueError):
-    "A metric got inputs it cannot score (wrong shapes, no frames, no condition views, empty masks)."
-
-def _as_video(x, name: str) -> np.ndarray:
-    x = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    if x.ndim == 3: x = x[None]
-    if x.ndim != 4 or x.shape[-1] != 3: raise MetricError(f"{name}: expected frames [F, H, W, 3], got shape {x.shape}")
-    if len(x) == 0: raise MetricError(f"{name}: has no frames (shape {x.shape})")
-    if not np.isfinite(x).all(): raise MetricError(f"{name}: has NaN or infinite values")
-    return x.astype(np.float32)
-
-def foreground(frames: np.ndarray, thresh: float = 0.1) -> np.ndarray:
-    "Pixels that differ from the white background by more than `thresh` in some channel: `[F,H,W]` bool."
-    return (1 - frames).max(-1) > thresh
-
-def fit_frames(frames: np.ndarray, size) -> np.ndarray:
-    "Frames `[F,H,W,3]` area-averaged down to `size` (h, w) when larger with the same aspect ratio (ground truth rendered at `eval_resolution`)."
-    g, (h, w) = frames, tuple(int(s) for s in size)
-    if g.shape[1:3] == (h, w): return g
-    if g.shape[1] < h or g.shape[1] * w != g.shape[2] * h:
-        raise MetricError(f"frames are {g.shape[1:3]} px but ground-truth views are {(h, w)} px: render or resize to match")
-    t = torch.from_numpy(np.ascontiguousarray(g)).permute(0, 3, 1, 2)
-    return F.interpolate(t, size=(h, w), mode='area').permute(0, 2, 3, 1).numpy()
-
-def view_errors(frames, views_rgb, views_alpha) -> np.ndarray:
-    "Masked pixel error `[F, N]` between each generated frame and each ground-truth view."
-    g = _as_video(frames, 'frames'); x = _as_video(views_rgb, 'views_rgb')
-    a = np.asarray(views_alpha, np.float32)
-    if a.shape != x.shape[:3]: raise MetricError(f"views_alpha shape {a.shape} does not match views_rgb {x.shape[:3]}")
-    g = fit_frames(g, x.shape[1:3])                                        # full-size frames against eval-size ground truth
-    mask = (a[None] > 0.5) | foreground(g)[:, None]                       # [F,N,H,W]
-    se = ((g[:, None] - x[None]) ** 2).sum(-1)                             # [F,N,H,W]
-    return (se * mask).sum((-1, -2)) / np.maximum(mask.sum((-1, -2)), 1)
-
-def view_match(frames, views) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "For each frame: (index of the best view, its azimuth, its error). `views` is a `toyworld.Views`."
-    e = view_errors(frames, views.rgb, views.alpha)
-    idx = e.argmin(1)
-    return idx, np.asarray(views.azimuth)[idx], e[np.arange(len(idx)), idx]
-
-def wrap_deg(d) -> np.ndarray:
-    "Wrap angle differences to (-180, 180]."
-    d = np.asarray(d, float)
-    return -((-d + 180) % 360 - 180)
-
-def rotation_direction(azimuths) -> int:
-    "+1 / -1 if the azimuth sequence advances monotonically up / down (wrapped), else 0."
-    d = wrap_deg(np.diff(np.asarray(azimuths, float)))
-    if len(d) == 0: return 0
-    if (d > 0).all(): return 1
-    if (d < 0).all(): return -1
-    return 0
-
-def rotation_monotone_rate(azimuth_tracks: Sequence) -> float:
-    "Fraction of videos whose view-matched azimuths rotate monotonically in one direction."
-    return float(np.mean([rotation_direction(a) != 0 for a in azimuth_tracks])) if len(azimuth_tracks) else float('nan')
-
-# %% ../nbs/10_metrics.ipynb #7d0f958b
-EVAL_MAX_RES = 64         # view matching compares masked pixels: 64 px is plenty (the toy renders at 32 px: unchanged)
-_TRACKING_CACHE, _TRACKING_CACHE_SIZE = {}, 8
-
-def eval_resolution(res: int, max_res: int = EVAL_MAX_RES) -> int:
-    "The pixel size evaluation ground truth is rendered at for videos of `res` px: `res`, at most `max_res`."
-    return int(min(res, max_res))
-
-def tracking_views(subject, res: int = 32, azimuth_step: float = 10.0, elevations=(0.0, 15.0, 30.0), with_depth: bool = True,
-                   max_res: int = EVAL_MAX_RES, verbose: bool = False):
-    """Dense ground-truth grid for view matching: every `azimuth_step` degrees at each elevation (`with_depth=False`: 5x faster),
-    rendered at `eval_resolution(res, max_res)` (the metrics area-average larger frames down to it) and cached in memory by subject,
-    resolution and grid. `verbose` prints what is rendered and why."""
-    r = eval_resolution(res, max_res)
-    key = (repr(subject), r, float(azimuth_step), tuple(float(e) for e in elevations), bool(with_depth))
-    if key in _TRACKING_CACHE: return _TRACKING_CACHE[key]
-    az = np.arange(0, 360, azimuth_step)
-    A, E = np.meshgrid(az, np.asarray(elevations, float))
-    if verbose:
-        why = f"; the videos are {res} px, their frames are averaged down to {r} px to match" if r < res else ''
-        desc = subject.description() if hasattr(subject, 'description') else str(subject)
-        print(f"ground truth for view matching: rendering {A.size} views of '{desc}' at {r} px{why} (cached per subject and size)")
-    v = tw.render_views(subject, A.ravel(), E.ravel(), res=r, with_depth=with_depth)
-    if len(_TRACKING_CACHE) >= _TRACKING_CACHE_SIZE: _TRACKING_CACHE.pop(next(iter(_TRACKING_CACHE)))
-    _TRACKING_CACHE[key] = v
-    return v
-
-# %% ../nbs/10_metrics.ipynb #abc92597
-def masked_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray, cap: float = 60.0) -> float:
-    "PSNR (dB, images in [0,1]) over the pixels where `mask` is true; capped at `cap` for identical images."
-    m = np.asarray(mask, bool)
-    if not m.any(): raise MetricError("masked_psnr: the mask is empty (no foreground to compare)")
-    mse = float(((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2).mean(-1)[m].mean())
-    return cap if mse <= 10 ** (-cap / 10) else float(10 * np.log10(1 / mse))
-
-def masked_ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray, win_size: int = 7) -> float:
-    "Mean SSIM over the pixels where `mask` is true (colour images in [0,1])."
-    from skimage.metrics import structural_similarity
-    m = np.asarray(mask, bool)
-    if not m.any(): raise MetricError("masked_ssim: the mask is empty (no foreground to compare)")
-    _, smap = structural_similarity(np.asarray(a, np.float64), np.asarray(b, np.float64), channel_axis=-1, data_range=1.0,
-                                    win_size=win_size, full=True)
-    return float(smap.mean(-1)[m].mean())
-
-def view_matched_fidelity(frames, views) -> dict:
-    "Per frame, PSNR and SSIM against its best-matching ground-truth view (masked); means over frames."
-    g = fit_frames(_as_video(frames, 'frames'), views.rgb.shape[1:3])
-    e = view_errors(g, views.rgb, views.alpha); idx = e.argmin(1)
-    fg = foreground(g)
-    ps, ss = [], []
-    for f, n in enumerate(idx):
-        m = (views.alpha[n] > 0.5) | fg[f]
-        ps.append(masked_psnr(g[f], views.rgb[n], m)); ss.append(masked_ssim(g[f], views.rgb[n], m))
-    return {'psnr': float(np.mean(ps)), 'ssim': float(np.mean(ss)), 'psnr_per_frame': ps, 'ssim_per_frame': ss,
-            'matched_azimuths': np.asarray(views.azimuth)[idx].tolist()}
-
-# %% ../nbs/10_metrics.ipynb #62850f16
-def binding_matrix(videos: Sequence, subject_views: Sequence) -> np.ndarray:
-    "Mean view-matched error of each video (rows) against each subject's views (columns)."
-    return np.array([[view_errors(v, sv.rgb, sv.alpha).min(1).mean() for sv in subject_views] for v in videos])
-
-def text_binding_rate(matrix: np.ndarray, owners: Sequence[int] | None = None) -> float:
-    """Fraction of (video, other subject) pairs where the video is closer to its own subject than to the other.
-    `matrix` is `[videos, subjects]`; `owners[k]` is the subject video k was prompted with (default: k)."""
-    m = np.asarray(matrix); nv, ns = m.shape if m.ndim == 2 else (0, 0)
-    owners = list(range(nv)) if owners is None else list(owners)
-    if m.ndim != 2 or ns < 2 or len(owners) != nv:
-        raise MetricError(f"binding matrix must be [videos, subjects] with ≥ 2 subjects and one owner per video, got {m.shape}")
-    wins = [m[k, owners[k]] < m[k, j] for k in range(nv) for j in range(ns) if j != owners[k]]
-    return float(np.mean(wins))
+__all__ = ['HF_MODELS', 'TOY_WORDS', 'JUDGE_CRITERIA', 'JUDGE_SYSTEM', 'JUDGE_INSTRUCTIONS', 'isolate_foreground',
+           'subject_similarity', 'text_similarity', 'temporal_consistency', 'FeatureEncoder', 'HFClipEncoder',
+           'HFDinoEncoder', 'load_clip', 'load_dino', 'make_tiny_hf_encoders', 'ToyFeatureNet', 'ToyFeatureEncoder',
+           'train_toy_features', 'save_toy_features', 'load_toy_features', 'load_encoders', 'default_encoders',
+           'feature_metrics', 'optical_flow', 'flow_scores', 'dynamic_degree', 'interpolate_middle',
+           'motion_smoothness', 'video_metrics', 'umeyama', 'similarity_matrix', 'apply_transform', 'chamfer_distances',
+           'depth_point_cloud', 'visual_hull', 'register_similarity', 'generated_point_cloud', 'geometric_fidelity',
+           'plot_point_clouds', 'JudgeError', 'image_data_url', 'judge_messages', 'parse_judge_response',
+           'aggregate_judgements', 'openai_client', 'llm_judge']
 
 # %% ../nbs/10_metrics.ipynb #555485f1
 def isolate_foreground(images, masks) -> np.ndarray:

@@ -18,6 +18,7 @@ from .core import (DreamvidError, ConfigError, AssetError, seed_everything, atom
                                 load_json, Timer, peak_memory_mb, cache_dir, assets_dir)
 from .backbones import Backbone, ToyBackbone, ToyModelConfig, VAECodec, load_backbone, default_toy_weights
 from . import toyworld as tw
+from .evaluate import tracking_views, view_match, rotation_direction
 from .prompts import DIRECTIONS, EXTRA_WORDS, context_phrase, video_caption, caption_vocabulary   # the captions (re-exported)
 from .train import (TrainConfig, EMAHook, StepEndHook, train_loop, sample_sigmas, frame_token_sigmas,   # the engine
                                 FlowMatchingLoss, save_checkpoint, load_checkpoint, lr_lambda)   # (re-exported)
@@ -264,7 +265,6 @@ def rotation_after_partial_noise(backbone: Backbone, subjects, sigma0s=(0.0, 0.4
                                  elevation: float = 15.0) -> list[dict]:
     "Rotation rate of ground-truth orbits noised to σ0 and denoised with their caption (both directions per subject)."
     from diffusers import FlowMatchEulerDiscreteScheduler
-    from dreamvid_lib.metrics import tracking_views, view_match, rotation_direction
     res = backbone.config.resolution
     grids = [tracking_views(s, res) for s in subjects]
     rows = []
@@ -382,7 +382,6 @@ def i2v_rotation(backbone: Backbone, subjects, azimuths=(20.0, 200.0), elevation
                  guidance: float = 1.0, seed: int = 0, grids: dict | None = None) -> dict:
     """Image-to-video from a rendered first view of each subject at each start azimuth, both directions:
     monotone rate, direction agreement and mean view-matched error of frames 1.., with the ground truth's scores."""
-    from dreamvid_lib.metrics import tracking_views, view_match, rotation_direction
     grids = {} if grids is None else grids
     res = backbone.config.resolution
     rows, gt_ok = [], []

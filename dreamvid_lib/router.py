@@ -1,4 +1,4 @@
-"""Where each generated frame looks: capturing the attention mass from target tokens onto each reference view, per layer, head, denoising step and frame; CustomVideoX's attention biases live in the same processor.
+"""Where each generated frame looks: capturing the attention mass from target tokens onto each reference view, per layer, head, denoising step and frame, read from the processors of `attention`.
 
 Docs: https://dreamvid.github.io/dreamvid/router.html.md"""
 
@@ -13,155 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 from .core import DreamvidError, ConfigError
 from .adapters import ReferenceLayout
-from .prompts import entity_word
-
-def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    "Wan's interleaved rotary embedding: channel pairs (2i, 2i+1) rotated by the angle of pair i. `x` is `[B, L, H, D]`."
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    c, s = cos[..., 0::2], sin[..., 1::2]
-    return torch.stack([x1 * c - x2 * s, x1 * s + x2 * c], -1).flatten(-2).type_as(x)
-
-class AttentionProbe:
-    """State shared by the patched attention layers of one transformer: the reference layout, the key biases on
-    reference tokens (TAB, ERAE) and the router capture. The sampler drives it: `reset` → `begin_step` per step → `finish`."""
-    def __init__(self):
-        self.layout, self.tokens_per_frame, self.capture, self.spatial = None, 0, False, True
-        self.ref_bias, self.region, self.region_bias, self.region_lambda = 0.0, None, 0.0, 0.1
-        self.word_index, self._map_sum, self._map_n = None, None, 0
-        self.step, self.records, self.cfg_doubled = 0, [], False
-    def reset(self, layout: ReferenceLayout, tokens_per_frame: int, capture: bool = False, spatial: bool = True):
-        "Start a new generation with `layout`; clears earlier records."
-        self.layout, self.tokens_per_frame, self.capture, self.spatial = layout, tokens_per_frame, capture, spatial
-        self.ref_bias, self.region, self.region_bias, self.word_index = 0.0, None, 0.0, None
-        self._map_sum, self._map_n, self.step, self.records = None, 0, 0, []
-    def watch_words(self, tokenizer, prompts, words=None, cfg_doubled: bool = False):
-        "Track the cross-attention of each prompt's entity word (ERAE); default word: the one before 'rotating', else the last."
-        idx = [entity_token_index(tokenizer, p, w) for p, w in zip(prompts, _per_prompt(words, len(prompts)))]
-        self.cfg_doubled = cfg_doubled
-        self.word_index = torch.tensor(([-1] * len(idx) if cfg_doubled else []) + idx)   # no entity in the unconditional half
-    def begin_step(self, step: int, ref_bias: float = 0.0, region_bias: float = 0.0, region_lambda: float = 0.1):
-        "Called by the sampler before each denoising step: set the biases; turn last step's entity map into a region."
-        self.step, self.ref_bias, self.region_bias, self.region_lambda = step, ref_bias, region_bias, region_lambda
-        if self._map_sum is not None and self._map_n:
-            self.region = entity_region(self._map_sum / self._map_n, self.layout.video_frames, region_lambda)
-            if self.word_index is not None: self.region[self.word_index < 0] = False
-        self._map_sum, self._map_n = None, 0
-    def finish(self):
-        "End of a generation: biases and layout off (records stay for analysis)."
-        self.layout, self.region, self.ref_bias, self.region_bias, self.word_index, self.capture = None, None, 0.0, 0.0, None, False
-    def active(self) -> bool:
-        return self.layout is not None and self.layout.n_refs > 0 and (
-            self.capture or self.ref_bias != 0 or (self.region is not None and self.region_bias != 0))
-    def record(self, layer: int, m: torch.Tensor):
-        "Keep per-frame means `[B, H, T, K]` (and per-token maps `[B, nt, K]`) of one layer's mass `m` `[B, H, nt, K]`."
-        T, tpf = self.layout.video_frames, self.tokens_per_frame
-        with torch.no_grad():
-            m = m.float()
-            rec = {'layer': layer, 'step': self.step, 'frames': m.unflatten(2, (T, tpf)).mean(3).cpu()}
-            if self.spatial: rec['tokens'] = m.mean(1).cpu()
-            self.records.append(rec)
-    def add_entity_map(self, m: torch.Tensor):
-        self._map_sum = m if self._map_sum is None else self._map_sum + m
-        self._map_n += 1
-
-def _per_prompt(words, n):
-    if words is None or isinstance(words, str): return [words] * n
-    words = list(words)
-    if len(words) != n: raise ConfigError(f"got {len(words)} entity words for {n} prompts")
-    return words
-
-def entity_token_index(tokenizer, prompt: str, word: str | None = None) -> int:
-    "Position of `word`'s first token in the tokenized `prompt` (default word: the one before 'rotating', else the last word)."
-    if word is None:
-        word = entity_word(prompt)
-    ids = tokenizer(prompt)['input_ids']
-    sub = tokenizer(word, add_special_tokens=False)['input_ids']
-    for i in range(len(ids) - len(sub) + 1):
-        if ids[i:i + len(sub)] == sub: return i
-    raise ConfigError(f"entity word {word!r} is not in the prompt {prompt!r}: pass erae_word= a word of the prompt")
-
-def entity_region(token_map: torch.Tensor, frames: int, lam: float = 0.1) -> torch.Tensor:
-    "ERAE's entity region: per frame, the class-token attention map rescaled to [0, 1] by its maximum, above `lam`. `[B, T*tpf]` bool."
-    m = token_map.float().unflatten(1, (frames, -1))
-    m = m / m.amax(-1, keepdim=True).clamp_min(1e-12)
-    return (m > lam).flatten(1)
-
-class JointAttnProcessor:
-    """Self-attention processor for Wan blocks: exactly the model's own processor unless the probe asks for
-    reference-key biases or capture; then the same computation written out, with the biases folded into one extra
-    query/key channel (no `[L, L]` mask is ever built) and the capture read from K indicator value channels of the
-    same fused attention call."""
-    def __init__(self, layer: int, probe: AttentionProbe, fallback):
-        self.layer, self.probe, self.fallback = layer, probe, fallback
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        p = self.probe
-        if encoder_hidden_states is not None or not p.active():
-            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-        if getattr(attn, 'fused_projections', False): raise ConfigError("unfuse the QKV projections before router capture")
-        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        q, k = attn.norm_q(q), attn.norm_k(k)
-        q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))       # [B, L, H, D]
-        if rotary_emb is not None: q, k = rotary(q, *rotary_emb), rotary(k, *rotary_emb)
-        B, L, H, D = q.shape
-        lay, tpf = p.layout, p.tokens_per_frame
-        nt = lay.video_frames * tpf                                             # target tokens come first
-        if L != lay.frames * tpf: raise ConfigError(f"layer {self.layer}: {L} tokens but the layout has {lay.frames} frames x {tpf}")
-        scale = 1 / math.sqrt(D)
-        qc = torch.zeros(B, L, device=q.device, dtype=torch.float32)            # query coefficient of the bias channel
-        qc[:, :nt] = p.ref_bias
-        if p.region is not None and p.region_bias: qc[:, :nt] += p.region_bias * p.region.to(qc.device).float()
-        kc = torch.zeros(L, device=q.device, dtype=torch.float32); kc[nt:] = 1 / scale   # 1 on reference keys (pre-scale)
-        K = lay.n_refs
-        pad = -(-(D + max(1, K)) // 8) * 8 - D                                   # ≥ 1 bias / K indicator channels, dims a multiple of 8
-        qa = torch.cat([q, F.pad(qc.to(q.dtype)[:, :, None, None].expand(B, L, H, 1), (0, pad - 1))], -1)
-        ka = torch.cat([k, F.pad(kc.to(k.dtype)[None, :, None, None].expand(B, L, H, 1), (0, pad - 1))], -1)
-        ind = torch.zeros(L, pad, device=v.device, dtype=v.dtype)                # value e_r on reference view r's keys
-        if p.capture: ind[nt:, :K] = torch.eye(K, device=v.device, dtype=v.dtype).repeat_interleave(tpf, 0)
-        va = torch.cat([v, ind[None, :, None, :].expand(B, L, H, pad)], -1)
-        out = F.scaled_dot_product_attention(qa.transpose(1, 2), ka.transpose(1, 2), va.transpose(1, 2), scale=scale)
-        if p.capture: p.record(self.layer, out[:, :, :nt, D:D + K])                      # [B, H, nt, K]: mass of target queries per view
-        out = out.transpose(1, 2)[..., :D].flatten(2, 3).type_as(hidden_states)
-        out = attn.to_out[0](out)
-        return attn.to_out[1](out)
-
-
-class EntityMapProcessor:
-    "Cross-attention processor that, while ERAE watches a word, also records how much each video token attends to it."
-    def __init__(self, layer: int, probe: AttentionProbe, fallback):
-        self.layer, self.probe, self.fallback = layer, probe, fallback
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        p = self.probe
-        if p.word_index is not None and p.layout is not None and encoder_hidden_states is not None:
-            with torch.no_grad():
-                q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
-                k = attn.norm_k(attn.to_k(encoder_hidden_states)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
-                nt = p.layout.video_frames * p.tokens_per_frame
-                pr = torch.softmax((q[:, :, :nt].float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1]), -1)   # [B,H,nt,Lt]
-                wi = p.word_index.clamp_min(0).to(pr.device)
-                m = pr.mean(1).gather(2, wi.view(-1, 1, 1).expand(-1, nt, 1)).squeeze(2)    # [B, nt]
-                p.add_entity_map(m)
-        return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+from .evaluate import wrap_deg
+from .attention import (AttentionProbe, JointAttnProcessor, EntityMapProcessor, install_probe, probe_of,   # re-exported
+                                     entity_token_index, entity_region, rotary)
 
 # %% auto #0
-__all__ = ['rotary', 'AttentionProbe', 'entity_token_index', 'entity_region', 'JointAttnProcessor', 'EntityMapProcessor',
-           'install_probe', 'probe_of', 'mass_array', 'routed_views', 'nearest_reference', 'routing_accuracy',
-           'routing_by_layer', 'token_maps', 'plot_token_maps', 'router_explorer']
-
-# %% ../nbs/09_router.ipynb #3ecae88f
-def install_probe(transformer) -> AttentionProbe:
-    "Put the probe's processors on every block (self-attention: biases and capture; cross-attention: entity maps), once."
-    probe = getattr(transformer, '_dreamvid_probe', None)
-    if probe is not None: return probe
-    probe = AttentionProbe()
-    for i, blk in enumerate(transformer.blocks):
-        blk.attn1.set_processor(JointAttnProcessor(i, probe, blk.attn1.processor))
-        blk.attn2.set_processor(EntityMapProcessor(i, probe, blk.attn2.processor))
-    transformer._dreamvid_probe = probe
-    return probe
-
-def probe_of(backbone) -> AttentionProbe:
-    "The attention probe installed on a backbone's transformer (installing it if needed)."
-    return install_probe(backbone.transformer)
+__all__ = ['mass_array', 'routed_views', 'nearest_reference', 'routing_accuracy', 'routing_by_layer', 'token_maps',
+           'plot_token_maps', 'router_explorer']
 
 # %% ../nbs/09_router.ipynb #f4d9e3a8
 def mass_array(records: list, steps: int | None = None, cond_only: bool = True) -> np.ndarray:
@@ -183,7 +41,6 @@ def routed_views(mass: np.ndarray, layer: int | None = None, head: int | None = 
 
 def nearest_reference(frame_azimuths, ref_azimuths) -> np.ndarray:
     "Index of the reference view nearest (wrapped azimuth) to each frame azimuth."
-    from dreamvid_lib.metrics import wrap_deg
     f = np.asarray(frame_azimuths, float)[..., None]; r = np.asarray(ref_azimuths, float)
     return np.abs(wrap_deg(f - r)).argmin(-1)
 

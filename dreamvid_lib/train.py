@@ -101,10 +101,14 @@ def reference_velocity(mode: str = 'sequential') -> Callable:
 # %% ../nbs/04a_train.ipynb #12b5a774
 class FlowMatchingLoss(nn.Module):
     """Eq. 1: MSE between predicted and true velocity ε − x0 at x_σ = (1−σ)x0 + σε, the prediction made by
-    `velocity(backbone, x_σ, x0, σ, text, cond)` (default `plain_velocity`; `cond`: its extra input, e.g. references)."""
+    `velocity(backbone, x_σ, x0, σ, text, cond)` (default `plain_velocity`). `cond` is the velocity's extra input:
+    first-frame flags for the plain velocity (also accepted as `clean_first=`), reference views for the joint one
+    (`references=`)."""
     def __init__(self, backbone: Backbone, velocity: Callable | None = None):
         super().__init__(); self.backbone, self.velocity = backbone, velocity or plain_velocity
-    def forward(self, video: torch.Tensor, captions: list[str], sigmas: torch.Tensor, noise: torch.Tensor, cond=None) -> torch.Tensor:
+    def forward(self, video: torch.Tensor, captions: list[str], sigmas: torch.Tensor, noise: torch.Tensor, cond=None, *,
+                clean_first=None, references=None) -> torch.Tensor:
+        cond = next((c for c in (cond, clean_first, references) if c is not None), None)
         bb = self.backbone
         x0 = bb.encode_video(video)
         sig, eps = sigmas.to(x0.device), noise.to(x0.device)
