@@ -82,6 +82,8 @@ def test_bad_inputs():
     with pytest.raises(lrm.LRMError, match='finite values'): lrm.as_image(np.full((16, 16, 3), 2.0), 16)
     with pytest.raises(lrm.LRMError, match='not found'): lrm.as_image('/nonexistent/x.png', 16)
     with pytest.raises(ConfigError, match='plane_res'): lrm.LRMConfig(plane_res=24, plane_tokens=8).check()
+    with pytest.raises(ConfigError, match='image_skip'): lrm.LRMConfig(plane_tokens=4, plane_res=32).check()
+    lrm.LRMConfig(plane_tokens=4, plane_res=32, image_skip=False).check()            # LRM's own token path has no such constraint
     assert lrm.as_image(np.zeros((40, 30, 4), np.uint8), 16).shape == (1, 3, 16, 16)   # transparent → white
     assert float(lrm.as_image(np.zeros((40, 30, 4), np.uint8), 16).min()) == 1.0
 
