@@ -320,6 +320,7 @@ def load_backbone(backbone: str = 'toy', weights: str | Path | None = None, devi
         if kwargs: raise ConfigError(f"the toy backbone takes no options {sorted(kwargs)}; they are for backbone='wan' or 'hunyuan'")
         return ToyBackbone.from_pretrained(weights or default_toy_weights(), device=device)
     if backbone not in BACKBONES:
-        raise ConfigError(f"unknown backbone {backbone!r}: available backbones are 'toy', {', '.join(repr(k) for k in BACKBONES)}")
+        names = ['toy', *BACKBONES]
+        raise ConfigError(f"unknown backbone {backbone!r}: available backbones are {', '.join(map(repr, names[:-1]))} and {names[-1]!r}")
     cls, default = backbone_class(backbone)
     return cls.from_pretrained(weights or default, device=device, **kwargs)
