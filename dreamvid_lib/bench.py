@@ -19,6 +19,12 @@ from .multiview import from_views
 from .prompts import orbit_prompts
 from .generate import generate, save_video
 from .metrics import tracking_views, view_matched_fidelity, rotation_direction
+from .core import cache_dir
+from .backbones import default_toy_weights
+from .adapters import activate_branches
+from .dreambooth import DreamBoothConfig, train_3dreambooth
+from .dapter import JointConfig, train_joint, load_pretrained_3dapter, default_dapter_weights, conditioning_views
+from .metrics import video_metrics, geometric_fidelity, load_encoders
 
 # %% auto #0
 __all__ = ['METHODS', 'TABLES', 'LOWER_IS_BETTER', 'Method', 'BenchConfig', 'weights_fingerprint', 'default_run_dir',
@@ -96,9 +102,6 @@ def default_run_dir(cfg: BenchConfig) -> Path:
     """The cache folder of a configuration and of the model files it loads (`~/.cache/dreamvid/bench/<backbone>_<hash>`):
     rerunning the same settings on the same weights resumes there."""
     import hashlib
-    from dreamvid_lib.core import cache_dir
-    from dreamvid_lib.backbones import default_toy_weights
-    from dreamvid_lib.dapter import default_dapter_weights
     key = {k: v for k, v in asdict(cfg).items() if v is not None}
     if cfg.backbone == 'toy':
         key['weights_fingerprint'] = weights_fingerprint(cfg.weights or default_toy_weights(),
@@ -122,7 +125,6 @@ def _check_config(out: Path, cfg: BenchConfig) -> None:
 class SubjectTruth:
     "Ground truth of one toy subject at the model's resolution: multi-view set, K condition views, dense view grid."
     def __init__(self, subject, res: int, k: int = 4):
-        from dreamvid_lib.dapter import conditioning_views
         self.subject, self.res = subject, res
         self.mv = from_views(tw.multiview_set(subject, n_views=30, res=res, seed=0), identifier='sks')
         self.cond_idx, self.cond_views = conditioning_views(self.mv, k)
@@ -131,7 +133,6 @@ class SubjectTruth:
 
 def score_video(video, truth: SubjectTruth, prompt: str, encoders=None, geometry: bool = True) -> dict:
     "All metrics of one generated video `[F,H,W,3]` against `truth`."
-    from dreamvid_lib.metrics import video_metrics, geometric_fidelity
     v = torch.as_tensor(video).float()
     fid = view_matched_fidelity(v, truth.grid)
     row = {'psnr': fid['psnr'], 'ssim': fid['ssim'], 'rotates': float(rotation_direction(fid['matched_azimuths']) != 0)}
@@ -142,9 +143,6 @@ def score_video(video, truth: SubjectTruth, prompt: str, encoders=None, geometry
 # %% ../nbs/11_bench.ipynb #ee34767c
 def _subject_backbone(cfg: BenchConfig, method: Method, truth: SubjectTruth, work: Path, progress: bool):
     "A fresh backbone with the adapters `method` needs (training them, resumably, when needed)."
-    from dreamvid_lib.dreambooth import DreamBoothConfig, train_3dreambooth
-    from dreamvid_lib.dapter import JointConfig, train_joint, load_pretrained_3dapter
-    from dreamvid_lib.adapters import activate_branches
     from accelerate import PartialState
     local = PartialState(cpu=not torch.cuda.is_available()).num_processes > 1                       # processes take different subjects: no gradient sharing
     bb = load_backbone(cfg.backbone, cfg.weights)
@@ -191,7 +189,6 @@ def cell_path(out: Path, subject_index: int, method_key: str) -> Path:
 
 # %% ../nbs/11_bench.ipynb #149dbe96
 def _load_encoders(cfg: BenchConfig):
-    from dreamvid_lib.metrics import load_encoders
     return load_encoders(**cfg.feature_models)
 
 def run_subject(cfg: BenchConfig, subject_index: int, out, progress: bool = False) -> int:

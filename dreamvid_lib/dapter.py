@@ -25,6 +25,7 @@ from .train import FlowMatchingLoss, reference_velocity
 from .generate import generate, frames_grid
 from .multiview import from_views, select_conditioning_views, MultiViewSet
 from . import toyworld as tw
+from .dreambooth import train_3dreambooth
 
 # %% auto #0
 __all__ = ['JointFlowLoss', 'build_pair_dataset', 'load_pair_dataset', 'PairBatches', 'DapterConfig', 'default_dapter_weights',
@@ -251,7 +252,6 @@ def convergence_study(backbone_name: str, weights, subjects, max_steps: int = 16
                       k: int = 4, work_root=None, progress: bool = True) -> pd.DataFrame:
     "Rows (method, subject, step, loss, psnr, ssim, rotation_monotone_rate) every `eval_every` iterations up to `max_steps`."
     import pandas as pd
-    from dreamvid_lib.dreambooth import train_3dreambooth
     work_root = Path(work_root) if work_root else Path(tempfile.mkdtemp(prefix='convergence_'))
     rows = []
     for s in subjects:

@@ -24,6 +24,8 @@ from .backbones import Backbone, build_word_tokenizer
 from .adapters import FrameIndexRope, TokenRouter, REF_BRANCH
 from .attention import AttentionProbe
 from .wan import LRUCache, tensor_key
+from .adapters import lora_config, _backbone_signature
+from .wan import tiny_wan_words, _adapter_scale
 
 # %% auto #0
 __all__ = ['HUNYUAN_MODEL_ID', 'HUNYUAN_LAYOUT', 'HUNYUAN_SETTINGS_FILE', 'HUNYUAN_LORA_TARGETS', 'PAPER_PRESET',
@@ -98,7 +100,6 @@ def tiny_hunyuan_parts(seed: int = 0, words: Sequence[str] | None = None, z_dim:
     """Randomly initialised tiny HunyuanVideo-1.5 parts (the components of `HunyuanVideo15Pipeline`). The Qwen tokenizer is a
     word-level tokenizer over the toy vocabulary whose chat template keeps only the user turn (so `crop_start` is 0)."""
     from diffusers.guiders import ClassifierFreeGuidance
-    from dreamvid_lib.wan import tiny_wan_words
     torch.manual_seed(seed)
     tok = build_word_tokenizer(tiny_wan_words() if words is None else words, max_text_length)
     tok.chat_template = _TINY_CHAT_TEMPLATE
@@ -386,7 +387,6 @@ HUNYUAN_LORA_TARGETS = {      # in diffusers' names; with rank 16 on the 8.3 B m
 
 def full_size_lora_parameters(rank: int = 16, **config) -> dict:
     "Trainable LoRA parameters of each branch on the full-size HunyuanVideo-1.5 transformer (built on the meta device: no memory)."
-    from dreamvid_lib.adapters import lora_config
     with torch.device('meta'): tr = HunyuanVideo15Transformer3DModel(**config)
     out = {}
     import warnings
@@ -635,7 +635,6 @@ def _split_lora_key(key: str) -> tuple[str, str, str]:
 # %% ../nbs/15_hunyuan.ipynb #f1c30c5a
 def export_comfy_hunyuan_lora(adapter_dir, out_file) -> Path:
     "Write an adapter saved by `save_adapter` as a ComfyUI HunyuanVideo-1.5 LoRA (`diffusion_model.<original name>`, α/r folded into `lora_B`)."
-    from dreamvid_lib.wan import _adapter_scale
     adapter_dir, out_file = Path(adapter_dir), Path(out_file)
     f = adapter_dir/'pytorch_lora_weights.safetensors'
     if not f.exists(): raise AssetError(f"{adapter_dir} has no pytorch_lora_weights.safetensors: is it an adapter folder written by save_adapter?")
@@ -654,7 +653,6 @@ def import_authors_lora(backbone, src, out_dir, name: str | None = None, alpha: 
     adapter folder that `adapters.load_adapter(backbone, out_dir)` reads. `src`: a `.safetensors` file or a folder holding
     one. The branch is `3db` if the text stream is adapted (only 3DreamBooth adapts it), else `3dapter`; the rank comes
     from the weights; `alpha` defaults to the file's metadata, else the authors' 32."""
-    from dreamvid_lib.adapters import _backbone_signature
     from diffusers import WanPipeline
     src, out_dir = Path(src), Path(out_dir)
     if src.is_dir():

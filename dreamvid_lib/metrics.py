@@ -18,6 +18,7 @@ from . import toyworld as tw
 from .evaluate import (MetricError, _as_video, foreground, fit_frames, view_errors, view_match, wrap_deg,   # re-exported
                                    rotation_direction, rotation_monotone_rate, EVAL_MAX_RES, eval_resolution, tracking_views,
                                    masked_psnr, masked_ssim, view_matched_fidelity, binding_matrix, text_binding_rate)
+from .core import save_json, load_json
 
 # %% auto #0
 __all__ = ['HF_MODELS', 'TOY_WORDS', 'JUDGE_CRITERIA', 'JUDGE_SYSTEM', 'JUDGE_INSTRUCTIONS', 'isolate_foreground',
@@ -300,7 +301,6 @@ def train_toy_features(rgba: np.ndarray, subjects: Sequence, steps: int = 1200, 
 def save_toy_features(net: ToyFeatureNet, folder, meta: dict | None = None) -> Path:
     "Write `config.json` and `model.safetensors` of a toy feature net (plus `meta` in the config)."
     from safetensors.torch import save_file
-    from dreamvid_lib.core import save_json
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder/'model.safetensors'))
     save_json(folder/'config.json', {**net.config, 'meta': meta or {}})
@@ -309,7 +309,6 @@ def save_toy_features(net: ToyFeatureNet, folder, meta: dict | None = None) -> P
 def load_toy_features(path=None) -> ToyFeatureEncoder:
     "The toy feature encoder from `path` (default: the shipped `assets/toy_features`)."
     from safetensors.torch import load_file
-    from dreamvid_lib.core import load_json
     folder = Path(path) if path else assets_dir()/'toy_features'
     if not (folder/'config.json').exists() or not (folder/'model.safetensors').exists():
         raise AssetError(f"toy feature encoder not found in {folder} (needs config.json and model.safetensors): restore "

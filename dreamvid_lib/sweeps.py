@@ -18,6 +18,8 @@ from . import toyworld as tw
 from .generate import generate
 from .bench import SubjectTruth, score_video
 from .prompts import orbit_prompts
+from .dreambooth import DreamBoothConfig, train_3dreambooth
+from .dapter import JointConfig, train_joint
 
 # %% auto #0
 __all__ = ['Experiment', 'run_experiment', 'replace_exp', 'plot_runs', 'SweepPanel', 'sweep_panel', 'grid_points', 'point_name',
@@ -47,8 +49,6 @@ class Experiment:
 
 def run_experiment(exp: Experiment | None = None, backbone: str = 'toy', weights=None, progress: bool = False, **knobs) -> dict:
     "Train, generate and score one experiment; returns the knobs, the metrics, timings and the videos (`_videos`)."
-    from dreamvid_lib.dreambooth import DreamBoothConfig, train_3dreambooth
-    from dreamvid_lib.dapter import JointConfig, train_joint
     exp = replace_exp(exp or Experiment(), **knobs).validate()
     bb = load_backbone(backbone, weights)
     subject = tw.heldout_subjects(exp.subject_index + 1, seed=0)[exp.subject_index]
