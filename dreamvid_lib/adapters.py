@@ -13,6 +13,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 from .core import DreamvidError, ConfigError, AssetError, save_json, load_json
+from .backbones import Backbone
 import numpy as np
 
 # %% auto #0
