@@ -18,6 +18,7 @@ from .core import (DreamvidError, ConfigError, AssetError, atomic_path, atomic_w
     assets_dir, check_work_folder, check_safetensors, check_out_dir, tensor_fingerprint)
 from . import toyworld as tw
 from . import metrics as mt
+from .evaluate import masked_psnr, masked_ssim
 
 # %% auto #0
 __all__ = ['LRM_WEIGHTS', 'LRM_CONFIG', 'TOY_LRM_RECIPE', 'LRMError', 'LRMConfig', 'canonical_c2w', 'camera_features', 'rotate_y',
@@ -553,7 +554,7 @@ def _gt_cloud(subject, res: int = 32) -> np.ndarray:
 def evaluate_lrm(model: TinyLRM, rings: dict, input_index: int = 0, novel_step: int = 3, mesh_resolution: int = 48,
                  chamfer: bool = True, progress: bool = False, elevation_error: float = 0.0) -> dict:
     """For each subject of a (held-out) ring set: reconstruct from ring view `input_index`, render the other views every
-    `novel_step` ring steps, and score them against the renders: PSNR and SSIM (`metrics.masked_psnr/ssim` on the union of
+    `novel_step` ring steps, and score them against the renders: PSNR and SSIM (`evaluate.masked_psnr/ssim` on the union of
     both foregrounds, and PSNR over the full image); Chamfer distance (`metrics.chamfer_distances`) between the marching-cubes
     vertices, rotated back to the world by the input azimuth (exact cameras: no registration), and the depth cloud of 30
     rendered views. Baselines: the input image copied to every view, and another subject's ground-truth cloud.
@@ -570,9 +571,9 @@ def evaluate_lrm(model: TinyLRM, rings: dict, input_index: int = 0, novel_step: 
         ps, ss, pf, cp = [], [], [], []
         for k, v in enumerate(idx):
             m = (alpha[v] > 0.5) | (out['opacity'][k] > 0.5)
-            ps.append(mt.masked_psnr(out['rgb'][k], rgb[v], m)); ss.append(mt.masked_ssim(out['rgb'][k], rgb[v], m))
-            pf.append(mt.masked_psnr(out['rgb'][k], rgb[v], np.ones_like(m)))
-            cp.append(mt.masked_psnr(rgb[input_index], rgb[v], (alpha[v] > 0.5) | (alpha[input_index] > 0.5)))
+            ps.append(masked_psnr(out['rgb'][k], rgb[v], m)); ss.append(masked_ssim(out['rgb'][k], rgb[v], m))
+            pf.append(masked_psnr(out['rgb'][k], rgb[v], np.ones_like(m)))
+            cp.append(masked_psnr(rgb[input_index], rgb[v], (alpha[v] > 0.5) | (alpha[input_index] > 0.5)))
         row = {'subject': rings['subjects'][s].description(), 'psnr': float(np.mean(ps)), 'ssim': float(np.mean(ss)),
                'psnr_full': float(np.mean(pf)), 'psnr_copy_input': float(np.mean(cp))}
         if chamfer:
@@ -602,8 +603,8 @@ def compare_to_subject(renders: dict, mesh: dict, subject: 'tw.Subject', azimuth
     res = renders['rgb'].shape[1]
     t = tw.render_views(subject, azimuth + np.asarray(relative_azimuths), elevation, res=res, with_depth=False)
     m = [(a > 0.5) | (o > 0.5) for a, o in zip(t.alpha, renders['opacity'])]
-    ps = [mt.masked_psnr(p, g, k) for p, g, k in zip(renders['rgb'], t.rgb, m)]
-    ss = [mt.masked_ssim(p, g, k) for p, g, k in zip(renders['rgb'], t.rgb, m)]
+    ps = [masked_psnr(p, g, k) for p, g, k in zip(renders['rgb'], t.rgb, m)]
+    ss = [masked_ssim(p, g, k) for p, g, k in zip(renders['rgb'], t.rgb, m)]
     out = {'subject': subject.to_dict(), 'psnr_per_view': ps, 'ssim_per_view': ss,
            'psnr_novel': float(np.mean(ps[1:])) if len(ps) > 1 else float('nan'), 'ssim_novel': float(np.mean(ss[1:])) if len(ss) > 1 else float('nan')}
     if len(mesh['vertices']):
