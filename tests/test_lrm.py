@@ -1,4 +1,4 @@
-"""The tiny LRM (nbs/17_lrm.ipynb): rendering against closed forms, shapes, resumable training, config refusal,
+"""The tiny LRM (nbs/12b_lrm.ipynb): rendering against closed forms, shapes, resumable training, config refusal,
 bad inputs, image-to-3d outputs. Runs in well under a minute on one CPU thread."""
 import json, math
 import numpy as np
@@ -154,3 +154,16 @@ def test_image_to_3d_writes_files(tmp_path):
         lrm.image_to_3d_cli([str(tmp_path/'in.png'), '--out', str(tmp_path/'y'), '--model', str(tmp_path/'model'), '--subject', '{"cls": 1'])
     (tmp_path/'afile').write_text('x')
     with pytest.raises(ConfigError, match='names a file'): lrm.image_to_3d(tmp_path/'in.png', ball, tmp_path/'afile')
+
+def test_dreamvid_cli_dispatches_image_to_3d(tmp_path, capsys):
+    "`dreamvid image-to-3d` reaches lrm.image_to_3d_cli; its errors come back as the CLI's exit code 2, not a traceback."
+    from dreamvid_lib.cli import main, build_parser
+    lrm.save_lrm(lrm.build_lrm(TINY, seed=0), tmp_path/'model')
+    from PIL import Image
+    Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(tmp_path/'in.png')
+    assert main(['image-to-3d', str(tmp_path/'in.png'), '--out', str(tmp_path/'o'), '--model', str(tmp_path/'model'),
+                 '--res', '8', '--views', '2', '--frames', '2', '--mesh-resolution', '12']) == 0
+    assert (tmp_path/'o'/'summary.json').exists()
+    assert main(['image-to-3d', str(tmp_path/'in.png'), '--out', str(tmp_path/'x'), '--model', str(tmp_path/'missing')]) == 2
+    assert '--model' in capsys.readouterr().err
+    assert 'image-to-3d' in build_parser().format_help()

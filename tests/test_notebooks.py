@@ -21,7 +21,7 @@ CI_PARAMS = {
     '13_cli.ipynb': {'fast': True},
     '12a_personalize.ipynb': {'steps': 6},
     '15_hunyuan.ipynb': {'demo_steps': 2},
-    '17_lrm.ipynb': {'demo_subjects': 4, 'demo_steps': 6, 'n_heldout': 2, 'mesh_resolution': 24, 'cli_res': 16},
+    '12b_lrm.ipynb': {'demo_subjects': 4, 'demo_steps': 6, 'n_heldout': 2, 'mesh_resolution': 24, 'cli_res': 16},
 }
 
 def _parameters_cell(nb):
