@@ -16,12 +16,13 @@ from . import toyworld as tw
 from .prompts import IDENTITY_TEMPLATE, identity_prompt
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'BIREFNET_ID', 'MASK_METHODS', 'MultiViewError', 'load_image', 'birefnet_dir', 'remove_background',
-           'subject_box', 'crop_to_subject', 'crop_intrinsics', 'MultiViewSet', 'from_views', 'from_folder',
-           'detect_up_axis', 'look_at_point', 'to_y_up', 'angles_about', 'Capture', 'read_capture',
-           'from_transforms_json', 'subject_radius', 'geometry_seeds', 'visual_hull', 'hull_silhouettes',
-           'capture_masks', 'score_masks', 'select_conditioning_views', 'contact_sheet', 'render_cluttered_capture',
-           'mask_iou_against_truth', 'prepare_capture']
+__all__ = ['IMAGE_SUFFIXES', 'BIREFNET_ID', 'MASK_METHODS', 'LOO_MIN_AGREEMENT', 'MultiViewError', 'load_image', 'birefnet_dir',
+           'remove_background', 'subject_box', 'crop_to_subject', 'crop_intrinsics', 'MultiViewSet', 'from_views',
+           'from_folder', 'detect_up_axis', 'look_at_point', 'to_y_up', 'angles_about', 'Capture', 'read_capture',
+           'from_transforms_json', 'subject_radius', 'geometry_seeds', 'visual_hull', 'hull_silhouettes', 'hull_votes',
+           'carve', 'splat_silhouette', 'leave_one_out_silhouettes', 'capture_masks', 'score_masks',
+           'select_conditioning_views', 'contact_sheet', 'render_cluttered_capture', 'mask_iou_against_truth',
+           'prepare_capture']
 
 # %% ../nbs/02_multiview.ipynb #fecbc7a7
 class MultiViewError(DreamvidError):
@@ -535,35 +536,87 @@ def _hull_seed(sil: np.ndarray) -> np.ndarray:
     seed[band > 0] = cv2.GC_PR_BGD; seed[sil > 0] = cv2.GC_PR_FGD; seed[core > 0] = cv2.GC_FGD
     return seed
 
+def hull_votes(cap: Capture, masks: list, radius: float, n: int = 64):
+    """Per view, over an n³ voxel grid on the bounding cube of the subject's sphere: whether the view sees each voxel and
+    whether its mask covers it. Returns (voxel centres [M,3], seen [V,M], inside [V,M], voxel size); `carve` turns them into hulls."""
+    g = (np.arange(n) + .5) / n * 2 - 1
+    P = np.stack(np.meshgrid(g, g, g, indexing='ij'), -1).reshape(-1, 3) * radius * 1.2 + cap.centre
+    seen = np.zeros((len(masks), len(P)), bool); inside = np.zeros_like(seen)
+    for i, (m, K, T) in enumerate(zip(masks, cap.K, cap.c2w)):
+        h, w = m.shape
+        uv, z = _project(P, K, T)
+        u, v = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)
+        ok = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        seen[i] = ok; inside[i, ok] = m[v[ok], u[ok]] > .5
+    return P, seen, inside, 2.4 * radius / n
+
+def carve(votes, agree: float = 0.6, leave_out: int | None = None) -> np.ndarray:
+    "The voxels inside the masks of at least `agree` of the views that see them; `leave_out`: without that view's vote."
+    P, seen, inside, _ = votes
+    s, ins = seen.sum(0), inside.sum(0)
+    if leave_out is not None: s, ins = s - seen[leave_out], ins - inside[leave_out]
+    return P[(s > 0) & (ins >= agree * np.maximum(s, 1))]
+
+def splat_silhouette(cap: Capture, i: int, voxels: np.ndarray, size: float, shape) -> np.ndarray:
+    "Voxels projected into view `i`: each pixel hit, dilated by half a voxel's projected size and closed (fast, vectorised)."
+    import cv2
+    h, w = shape; sil = np.zeros((h, w), np.uint8)
+    if len(voxels):
+        uv, z = _project(voxels, cap.K[i], cap.c2w[i])
+        r = 0.5 * cap.K[i][0, 0] * size / max(float(np.median(z)), 1e-6)
+        u, v = np.round(uv[:, 0] - .5).astype(int), np.round(uv[:, 1] - .5).astype(int)
+        ok = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h); sil[v[ok], u[ok]] = 1
+        k = max(1, int(2 * np.round(r)) + 1)
+        sil = cv2.dilate(sil, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        sil = cv2.morphologyEx(sil, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    return sil.astype(np.float32)
+
+def leave_one_out_silhouettes(cap: Capture, masks: list, radius: float, agree: float = 0.6, n: int = 64) -> list:
+    "Per view: the hull carved from the *other* views' masks, projected into it (what the rest of the capture says this view should see)."
+    votes = hull_votes(cap, masks, radius, n)
+    return [splat_silhouette(cap, i, carve(votes, agree, leave_out=i), votes[3], m.shape) for i, m in enumerate(masks)]
+
+def _hull_prior_seed(loose: np.ndarray, tight: np.ndarray) -> np.ndarray:
+    "GrabCut labels from two hull projections: outside the loose hull background, inside it probable subject, the eroded tight hull subject."
+    import cv2
+    h, w = loose.shape; k = max(3, int(0.04 * max(h, w)) | 1)
+    core = cv2.erode(tight.astype(np.uint8), np.ones((k, k), np.uint8), iterations=1)
+    seed = np.full((h, w), cv2.GC_BGD, np.uint8); seed[loose > 0] = cv2.GC_PR_FGD; seed[core > 0] = cv2.GC_FGD
+    return seed
+
 def _iou(a, b) -> float:
     a, b = np.asarray(a) > .5, np.asarray(b) > .5
     u = (a | b).sum()
     return float((a & b).sum() / u) if u else 1.0
 
-MASK_METHODS = ('alpha', 'uniform', 'grabcut', 'geometry', 'multiview', 'birefnet')
+MASK_METHODS = ('alpha', 'uniform', 'grabcut', 'geometry', 'multiview', 'hull', 'birefnet')
+LOO_MIN_AGREEMENT = 0.5   # leave-one-out agreement below which a posed view is flagged ('hull'; measured on the rendered capture, see below)
 
 def capture_masks(cap: Capture, method: str = 'auto', weights=None, return_info: bool = False, first_pass='auto'):
     """Foreground masks of every view of `cap` at its original size. `method`: 'grabcut' (each photo alone), 'geometry'
     (GrabCut seeded by the subject's bounding sphere projected into each view: needs poses), 'multiview' (geometry, then
-    a visual hull carved from all views and re-projected to seed a second GrabCut, so the masks agree), 'birefnet',
-    'alpha', 'uniform', or 'auto': alpha when every view has one, else multiview with poses, BiRefNet when its weights
-    exist, else GrabCut. `first_pass`: the single-image masks the posed methods start from ('grabcut', 'birefnet', a
+    a visual hull carved from all views and re-projected to seed a second GrabCut, so the masks agree), 'hull' (geometry,
+    then two hulls carved from the geometry masks on a finer grid, a loose one (60% of the views agree) and a tight one
+    (75%): GrabCut may only keep pixels inside the loose hull's projection and must keep the tight hull's core),
+    'birefnet', 'alpha', 'uniform', or 'auto': alpha when every view has one, else 'hull' with poses, BiRefNet when its
+    weights exist, else GrabCut. `first_pass`: the single-image masks the posed methods start from ('grabcut', 'birefnet', a
     callable `image -> mask`, or 'auto': BiRefNet when its weights exist, else GrabCut); with BiRefNet the geometry
     stage keeps its mask inside the projected bounding sphere instead of running GrabCut.
-    With `return_info`, also {'method', 'first_pass', 'hull_silhouettes' (posed only), 'radius', 'seconds'}."""
+    With `return_info`, also {'method', 'first_pass', 'hull_silhouettes' (posed only: for 'hull', each view's leave-one-out
+    silhouette), 'min_agreement' (the threshold `score_masks` should use with them), 'radius', 'seconds'}."""
     import time
     t0 = time.perf_counter()
     has_birefnet = (Path(weights) if weights else birefnet_dir()).joinpath('config.json').exists()
     posed = cap.c2w is not None and cap.K is not None and all(k is not None for k in cap.K) and len(cap) >= 3
     if method == 'auto':
         if all(a is not None for a in cap.alphas): method = 'alpha'
-        elif posed: method = 'multiview'
+        elif posed: method = 'hull'
         elif has_birefnet: method = 'birefnet'
         else: method = 'grabcut'
     if method not in MASK_METHODS and not callable(method):
         raise ConfigError(f"unknown mask method {method!r}: choose 'auto' or one of {MASK_METHODS}")
     info = {'method': method if isinstance(method, str) else 'callable'}
-    if method in ('geometry', 'multiview'):
+    if method in ('geometry', 'multiview', 'hull'):
         if not posed: raise MultiViewError(f"mask method {method!r} needs poses and intrinsics (a transforms.json capture with at least 3 views); "
                                            "use 'grabcut' or 'birefnet' for plain photos")
         if first_pass == 'auto': first_pass = 'birefnet' if has_birefnet else 'grabcut'
@@ -584,6 +637,14 @@ def capture_masks(cap: Capture, method: str = 'auto', weights=None, return_info:
                      for im, s, m in zip(cap.images, sils, masks)]
             vox, size = visual_hull(cap, masks, radius)                 # the hull of the refined masks, to score them against
             info['hull_silhouettes'] = hull_silhouettes(cap, vox, size)
+        if method == 'hull':
+            votes = hull_votes(cap, masks, radius)
+            loose = [splat_silhouette(cap, i, carve(votes, 0.6), votes[3], m.shape) for i, m in enumerate(masks)]
+            tight = [splat_silhouette(cap, i, carve(votes, 0.75), votes[3], m.shape) for i, m in enumerate(masks)]
+            masks = [_largest_component(_grabcut_seeded(im, _hull_prior_seed(a, b)) > .5).astype(np.float32) if a.any() else m
+                     for im, a, b, m in zip(cap.images, loose, tight, masks)]
+            info['hull_silhouettes'] = leave_one_out_silhouettes(cap, masks, radius)   # each view against the others' hull
+            info['min_agreement'] = LOO_MIN_AGREEMENT
     else:
         kw = {'weights': weights} if method == 'birefnet' else {}
         masks = [remove_background(im, method, alpha=a, **kw) for im, a in zip(cap.images, cap.alphas)]
@@ -752,8 +813,9 @@ def render_cluttered_capture(subject, folder, n_views: int = 50, res: int = 160,
     scenery = {
         'table': _textured_rect(wood, T().translate([0, y0 - 1e-3, 0]) @ T().rotate([1, 0, 0], -90) @ T().scale([1.9, 1.9, 1])),
         'floor': _textured_rect(tiles, T().translate([0, y0 - 2.0, 0]) @ T().rotate([1, 0, 0], -90) @ T().scale([12, 12, 1])),
-        'wall_back': _textured_rect(wall, T().translate([0, y0 + 1, -4.5]) @ T().scale([9, 5, 1])),
-        'wall_side': _textured_rect(wall2, T().translate([-4.5, y0 + 1, 0]) @ T().rotate([0, 1, 0], 90) @ T().scale([9, 5, 1])),
+        # walls beyond the camera path (its radius is at most 5.2 × 1.06): at 4.5 the cameras behind them saw only the wall
+        'wall_back': _textured_rect(wall, T().translate([0, y0 + 1, -7.0]) @ T().scale([10, 6, 1])),
+        'wall_side': _textured_rect(wall2, T().translate([-7.0, y0 + 1, 0]) @ T().rotate([0, 1, 0], 90) @ T().scale([10, 6, 1])),
     }
     props = {}
     for p in range(3):                                                  # small objects on the table, away from the subject
@@ -809,7 +871,7 @@ def prepare_capture(src, class_noun: str | None = None, identifier: str = 'sks',
     if class_noun is None and cap.prompt: class_noun = cap.prompt.split()[-1]
     if not class_noun: raise ConfigError("give the subject's class noun (e.g. class_noun='stuffed animal'): no prompt.txt to read it from")
     masks, info = capture_masks(cap, remover, weights=weights, return_info=True)
-    scores = score_masks(cap.images, masks, info.get('hull_silhouettes'))
+    scores = score_masks(cap.images, masks, info.get('hull_silhouettes'), min_agreement=info.get('min_agreement'))
     az = el = None
     if cap.c2w is not None: az, el = angles_about(cap.c2w, cap.centre)
     keep = [i for i, s in enumerate(scores) if s['keep'] or keep_flagged]

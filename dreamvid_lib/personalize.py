@@ -184,8 +184,8 @@ def add_commands(sub) -> None:
     p.add_argument('--class-noun', default=None, help="the subject's class, e.g. 'stuffed animal' (default: the last word of prompt.txt)")
     p.add_argument('--k', type=int, default=4, help='conditioning views (the paper: 4)')
     p.add_argument('--size', type=int, default=256, help='prepared image size in pixels')
-    p.add_argument('--remover', default='auto', help="mask method: auto (alpha, multiview with poses, birefnet with weights, else grabcut), "
-                   "grabcut, geometry, multiview, birefnet, uniform, alpha")
+    p.add_argument('--remover', default='auto', help="mask method: auto (alpha, hull with poses, birefnet with weights, else grabcut), "
+                   "grabcut, geometry, multiview, hull, birefnet, uniform, alpha")
     p.add_argument('--strict', action='store_true', help='missing or unreadable files listed by the capture are an error (default: skip and list them)')
     p.add_argument('--up', default=None, help="the capture's up axis (+z, +y, ...; default: detected from the cameras)")
     p.add_argument('--keep-flagged', action='store_true', help='keep views whose masks fail the checks (flagged in prep.json)')

@@ -9,7 +9,7 @@ NBS = sorted(p.name for p in (ROOT/'nbs').glob('*.ipynb'))
 # Tiny parameters for CI; the defaults in each notebook's `parameters` cell are what the committed outputs ran.
 CI_PARAMS = {
     '01_toyworld.ipynb': {'n_demo_subjects': 2, 'bench_subjects': 2},
-    '02_multiview.ipynb': {'size': 48, 'capture_views': 10, 'capture_res': 64},
+    '02_multiview.ipynb': {'size': 48, 'capture_views': 12, 'capture_res': 96},
     '06_3dreambooth.ipynb': {'steps': 24, 'n_subjects': 2, 'ablation_steps': 8, 'gen_steps': 4},
     '05_toy_pretrain.ipynb': {'demo_subjects': 8, 'demo_steps': 12, 'diag_subjects': 1, 'ladder_subjects': 2, 'overfit_steps': 6, 'ladder_steps': 6, 'ladder_gen_steps': 3},
     '07_3dapter.ipynb': {'n_subjects': 1, 'max_steps': 20, 'eval_every': 10, 'gen_steps': 3},
