@@ -1,0 +1,59 @@
+"""Autoregressive image-to-video with a 2-frame model from `window_ladder.py`: each frame continues the previous one.
+
+    python research/orbit_prior/ar_rollout.py w2.pt 4 rollout.png
+    RING=1 python research/orbit_prior/ar_rollout.py w2.pt 4 rollout_ring.png   # frame 0 from the training views
+
+Prints the image-to-video rotation scores (monotone rate, direction agreement, view error, the ground truth's rate)
+on the first N training subjects from a rendered first view at azimuths 20° and 200°, both directions; saves a grid.
+"""
+import sys, os, json, torch, numpy as np
+from dreamvid_lib.pretrain import image_to_video
+from dreamvid_lib.prompts import video_caption
+from dreamvid_lib.backbones import load_backbone, ToyBackbone
+from dreamvid_lib import toyworld as tw
+from dreamvid_lib.core import cache_dir
+from dreamvid_lib.evaluate import tracking_views, view_match, rotation_direction
+torch.set_num_threads(int(os.environ.get('NT', 1)))
+
+@torch.no_grad()
+def ar_video(bb, first, prompt, seed, steps=20, n=8):
+    frames = [first]
+    for k in range(1, n):
+        v = image_to_video(bb, frames[-1][None], [prompt], [seed * 100 + k], steps, num_frames=2)[0]
+        frames.append(v[1].clamp(0, 1))
+    return torch.stack(frames)
+
+def ar_rotation(bb, subjects, azimuths=(20.0, 200.0), elevation=15.0, steps=20, seed=0, res=32, rings=None):
+    """With `rings` (the training ring dataset; `subjects` are then its indices): frame 0 and the truth are the ring's own views
+    (the training distribution: the subject's ring elevation, azimuths on the 15° grid) instead of fresh renders."""
+    rows, gt_ok, vids = [], [], []
+    for s in subjects:
+        if rings is not None: s, ring = rings['subjects'][s], rings['rgba'][s, ..., :3].astype(np.float32) / 255
+        grid = tracking_views(s, res, with_depth=False)
+        for a in azimuths:
+            for d in (1, -1):
+                if rings is None: gt = tw.render_views(s, (a + d * 30 * np.arange(8)) % 360, elevation, res=res, with_depth=False).rgb
+                else: gt = ring[tw.orbit_indices(len(ring), 8, 2, int(round(a / 15)), d)]
+                gt_ok.append(rotation_direction(view_match(gt, grid)[1]) == d)
+                v = ar_video(bb, torch.from_numpy(gt[0]).float(), video_caption(s, d), seed + len(rows), steps)
+                _, az, err = view_match(v.numpy(), grid)
+                r = rotation_direction(az)
+                rows.append({'monotone': r != 0, 'right_direction': r == d, 'view_error': float(err[1:].mean())}); vids.append((gt, v.numpy()))
+    return {'rotation_monotone_rate': float(np.mean([r['monotone'] for r in rows])), 'direction_agreement': float(np.mean([r['right_direction'] for r in rows])),
+            'view_error': float(np.mean([r['view_error'] for r in rows])), 'ground_truth_rate': float(np.mean(gt_ok)), 'n': len(rows)}, vids
+
+if __name__ == '__main__':
+    bb = load_backbone('toy')
+    bb.transformer.load_state_dict(torch.load(sys.argv[1])); bb.eval()
+    if os.environ.get('PARAM') == 'x':                   # PARAM=x: a model trained with window_ladder.py --param x
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__))); from window_ladder import use_x_prediction; use_x_prediction(bb)
+    rings = tw.load_ring_dataset(tw.build_ring_dataset(cache_dir(), 16, workers=1))
+    on_ring = os.environ.get('RING') == '1'      # RING=1: frame 0 from the training ring views (15° and 195°)
+    subs = list(range(int(sys.argv[2]))) if on_ring else [rings['subjects'][i] for i in range(int(sys.argv[2]))]
+    res, vids = ar_rotation(bb, subs, azimuths=(15.0, 195.0) if on_ring else (20.0, 200.0), steps=int(os.environ.get('STEPS', 20)),
+                            rings=rings if on_ring else None)
+    print(json.dumps(res), flush=True)
+    from PIL import Image
+    rows = [np.concatenate(list(x), 1) for gt, v in vids[:8] for x in (gt, v)]
+    img = (np.concatenate(rows, 0) * 255).clip(0, 255).astype(np.uint8)
+    Image.fromarray(img).resize((img.shape[1] * 3, img.shape[0] * 3), Image.NEAREST).save(sys.argv[3])

@@ -1,0 +1,82 @@
+"""Orbit-prior research (issue 12): the continuation diagnostic for short clean-frame windows and σ emphasis.
+
+Trains the toy Wan transformer on orbits of the first `--subjects` ring-dataset subjects with frame 0 given clean
+(image-to-video), every start azimuth and both directions, and prints the σ = 1 continuation diagnostic (true vs
+mirrored continuation, with the mean-view and direction-blind baselines) every `--eval-every` steps.
+
+    python research/orbit_prior/window_ladder.py --frames 2 --sigma one --subjects 16 --steps 2000 --save w2.pt
+    python research/orbit_prior/window_ladder.py --frames 2 --sigma one --subjects 16 --steps 2000 --init w2.pt --save w2b.pt
+
+Results of the runs are recorded in `nbs/05_toy_pretrain.ipynb` (table "Every recipe tried").
+"""
+import argparse, json, os, time
+import numpy as np, torch
+from dreamvid_lib.backbones import ToyBackbone, load_backbone
+from dreamvid_lib.core import cache_dir
+from dreamvid_lib import toyworld as tw
+from dreamvid_lib.prompts import caption_vocabulary
+from dreamvid_lib.pretrain import OrbitStream, FlowMatchingLoss, ladder_config, continuation_diagnostic, sample_sigmas
+
+def sigmas_for(mode: str, bb, n: int, g: torch.Generator) -> torch.Tensor:
+    "σ per sample: 'one' = σ 1 only (where the layout and motion are decided), 'uniform', 'mix' = half in [0.9, 1], half uniform."
+    if mode == 'one': return torch.ones(n)
+    u = sample_sigmas(bb, n, g)
+    if mode == 'uniform': return u
+    hi = torch.rand(n, generator=g) < 0.5
+    return torch.where(hi, 1 - 0.1 * torch.rand(n, generator=g), u)
+
+def use_x_prediction(bb, min_sigma: float = 0.05):
+    "JiT-style x-prediction: the transformer outputs x̂0 and the velocity is (x_σ − x̂0)/σ (σ clipped at `min_sigma`)."
+    def pv(latents, sigmas, text, attention_kwargs=None):
+        t = sigmas.to(latents.device, torch.float32) * bb.scheduler.config.num_train_timesteps
+        x0 = bb.transformer(latents, t, text, attention_kwargs=attention_kwargs, return_dict=False)[0]
+        s = sigmas.to(latents.device, torch.float32)
+        if s.ndim == 2:                                    # per-token σ [B, seq] -> per-frame [B, 1, F, 1, 1]
+            B, _, T = latents.shape[:3]
+            s = s.view(B, T, -1)[..., 0].view(B, 1, T, 1, 1)
+        else: s = s.view(-1, 1, 1, 1, 1)
+        return (latents - x0) / s.clamp_min(min_sigma)
+    bb.predict_velocity = pv
+    return bb
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--frames', type=int, default=2); p.add_argument('--stride', type=int, default=2)
+    p.add_argument('--sigma', choices=('one', 'mix', 'uniform'), default='one')
+    p.add_argument('--subjects', type=int, default=16); p.add_argument('--steps', type=int, default=2000)
+    p.add_argument('--lr', type=float, default=1e-3); p.add_argument('--batch', type=int, default=8)
+    p.add_argument('--init', default='fresh', help="'fresh' (random weights), 'shipped' (assets/toy_t2v) or a transformer state-dict .pt")
+    p.add_argument('--param', choices=('v', 'x'), default='v', help="the network's output: velocity (Wan) or x̂0 (JiT)")
+    p.add_argument('--save', default=None); p.add_argument('--eval-every', type=int, default=100)
+    p.add_argument('--threads', type=int, default=int(os.environ.get('OMP_NUM_THREADS', 1)))
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    rings = tw.load_ring_dataset(tw.build_ring_dataset(cache_dir(), max(a.subjects, 16), workers=1))
+    bb = load_backbone('toy')
+    if a.init != 'shipped':
+        bb = ToyBackbone.create(caption_vocabulary(), bb.config, seed=0)
+        if a.init != 'fresh': bb.transformer.load_state_dict(torch.load(a.init))
+    if a.param == 'x': use_x_prediction(bb)
+    cfg = ladder_config(a.steps, lr=a.lr, stride=a.stride, frames=a.frames, batch_videos=a.batch)
+    g = torch.Generator().manual_seed(0)
+    stream = OrbitStream(rings, cfg, g, subjects=range(a.subjects))
+    loss_fn = FlowMatchingLoss(bb)
+    params = [q for q in bb.transformer.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
+    t0, hist = time.time(), []
+    for step in range(1, a.steps + 1):
+        video, caps, cf = stream.batch(step, flags=True)
+        sig = sigmas_for(a.sigma, bb, len(caps), g)
+        noise = torch.randn(bb.encode_video(video).shape, generator=g)
+        bb.transformer.train()
+        loss = loss_fn(video, caps, sig, noise, clean_first=cf)
+        opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
+        hist.append(loss.item())
+        if step % a.eval_every == 0 or step == a.steps:
+            bb.transformer.eval()
+            d = continuation_diagnostic(bb, rings, range(a.subjects), starts=(0, 3, 6, 9, 12, 15, 18, 21), stride=a.stride, frames=a.frames)
+            print(json.dumps({'step': step, 'loss': round(float(np.mean(hist[-a.eval_every:])), 4),
+                              **{k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}, 'seconds': round(time.time() - t0)}), flush=True)
+    if a.save: torch.save(bb.transformer.state_dict(), a.save)
+
+if __name__ == '__main__': main()
