@@ -18,6 +18,7 @@ from .core import (DreamvidError, ConfigError, AssetError, atomic_path, atomic_w
     assets_dir, check_work_folder, check_safetensors, check_out_dir, tensor_fingerprint)
 from . import toyworld as tw
 from . import metrics as mt
+from .train import save_checkpoint, load_checkpoint
 from .evaluate import masked_psnr, masked_ssim
 
 # %% auto #0
@@ -403,8 +404,7 @@ def train_lrm(model: TinyLRM, rings: dict, cfg: LRMTrainConfig, work_dir, progre
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lrm_lr_factor(cfg, s))
     start, history = 0, []
     if ckpt.exists():
-        try: st = torch.load(ckpt, map_location='cpu', weights_only=False)
-        except Exception as e: raise DreamvidError(f"checkpoint {ckpt} is unreadable ({e}); pass overwrite=True to start over") from e
+        st = load_checkpoint(ckpt)                                       # the settings are checked by work.json above
         model.load_state_dict(st['model']); opt.load_state_dict(st['opt']); sched.load_state_dict(st['sched'])
         gen.set_state(st['gen']); start, history = st['step'], st['history']
     model.train()
@@ -422,9 +422,8 @@ def train_lrm(model: TinyLRM, rings: dict, cfg: LRMTrainConfig, work_dir, progre
         done += 1
         if (step + 1) % 20 == 0: bar.set_postfix(loss=np.mean([h['loss'] for h in history[-20:]]), res=res)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            with atomic_path(ckpt) as tmp:
-                torch.save({'step': step + 1, 'model': model.state_dict(), 'opt': opt.state_dict(), 'sched': sched.state_dict(),
-                            'gen': gen.get_state(), 'history': history}, tmp)
+            save_checkpoint(ckpt, {'config': asdict(cfg), 'step': step + 1, 'model': model.state_dict(), 'opt': opt.state_dict(),
+                                   'sched': sched.state_dict(), 'gen': gen.get_state(), 'history': history})
         if stop_after is not None and done >= stop_after: break
     model.eval()
     return {'history': history, 'step': start + done, 'seconds_this_call': time.perf_counter() - t0, 'steps_this_call': done}
