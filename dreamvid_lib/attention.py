@@ -14,10 +14,12 @@ from torch import nn
 from .core import DreamvidError, ConfigError
 from .adapters import ReferenceLayout
 from .prompts import entity_word
+from .sample import SamplerHook, DenoiseState
 
 # %% auto #0
 __all__ = ['rotary', 'AttentionProbe', 'entity_token_index', 'entity_region', 'JointAttnProcessor', 'EntityMapProcessor',
-           'install_probe', 'probe_of']
+           'install_probe', 'probe_of', 'tab_bias', 'run_probe', 'ProbeHook', 'TimeAwareBias', 'EntityRegionBias',
+           'RouterCapture']
 
 # %% ../nbs/05a_attention.ipynb #61d7c727
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -29,7 +31,7 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 # %% ../nbs/05a_attention.ipynb #daffe071
 class AttentionProbe:
     """State shared by the patched attention layers of one transformer: the reference layout, the key biases on
-    reference tokens (TAB, ERAE) and the router capture. The sampler drives it: `reset` → `begin_step` per step → `finish`."""
+    reference tokens (TAB, ERAE) and the router capture. The sampler's hooks drive it: `reset` → `begin_step` per step → `finish`."""
     def __init__(self):
         self.layout, self.tokens_per_frame, self.capture, self.spatial = None, 0, False, True
         self.ref_bias, self.region, self.region_bias, self.region_lambda = 0.0, None, 0.0, 0.1
@@ -46,8 +48,12 @@ class AttentionProbe:
         self.cfg_doubled = cfg_doubled
         self.word_index = torch.tensor(([-1] * len(idx) if cfg_doubled else []) + idx)   # no entity in the unconditional half
     def begin_step(self, step: int, ref_bias: float = 0.0, region_bias: float = 0.0, region_lambda: float = 0.1):
-        "Called by the sampler before each denoising step: set the biases; turn last step's entity map into a region."
-        self.step, self.ref_bias, self.region_bias, self.region_lambda = step, ref_bias, region_bias, region_lambda
+        "Before each denoising step: set the step and the biases; turn last step's entity map into a region."
+        self.step, self.ref_bias = step, ref_bias
+        self.update_region(region_bias, region_lambda)
+    def update_region(self, region_bias: float = 0.0, region_lambda: float = 0.1):
+        "ERAE, once per step: set the region bias; the entity maps gathered during the last step become the region."
+        self.region_bias, self.region_lambda = region_bias, region_lambda
         if self._map_sum is not None and self._map_n:
             self.region = entity_region(self._map_sum / self._map_n, self.layout.video_frames, region_lambda)
             if self.word_index is not None: self.region[self.word_index < 0] = False
@@ -165,3 +171,59 @@ def install_probe(transformer) -> AttentionProbe:
 def probe_of(backbone) -> AttentionProbe:
     "The attention probe installed on a backbone's transformer (installing it if needed)."
     return install_probe(backbone.transformer)
+
+# %% ../nbs/05a_attention.ipynb #b7e1a002
+def tab_bias(t: float, num_train_timesteps: int = 1000, gamma: float = 10.0, eps: float = 0.1) -> float:
+    "CustomVideoX's Time-Aware Attention Bias on reference keys: tanh(M(t)), M(t) = −γ(2t/T − 1)² + ε."
+    return float(np.tanh(-gamma * (2 * t / num_train_timesteps - 1) ** 2 + eps))
+
+# %% ../nbs/05a_attention.ipynb #b7e1a004
+def run_probe(state: DenoiseState) -> AttentionProbe:
+    "This run's attention probe: installed on the backbone's transformer and reset to the run's reference layout by the first hook that asks."
+    p = state.shared.get('attention_probe')
+    if p is None:
+        if state.reference_layout is None:
+            raise ConfigError("tab, erae and capture act on reference views: pass references to the sampler")
+        p = install_probe(state.backbone.transformer)
+        p.reset(state.reference_layout, state.tokens_per_frame)
+        state.shared['attention_probe'] = p
+    return p
+
+class ProbeHook(SamplerHook):
+    "Base of the hooks that drive the attention probe: reset once per run, told the step before each model call, finished after the loop."
+    needs_references = True
+    def begin(self, state): run_probe(state)
+    def step_begin(self, state): run_probe(state).step = state.step
+    def end(self, state):
+        p = state.shared.get('attention_probe')
+        if p is not None: p.finish()
+
+# %% ../nbs/05a_attention.ipynb #b7e1a005
+class TimeAwareBias(ProbeHook):
+    "CustomVideoX's TAB: before each step, `tab_bias(t)` on the reference keys of every target query."
+    name = 'tab'
+    def __init__(self, gamma: float = 10.0, eps: float = 0.1): self.gamma, self.eps = gamma, eps
+    def step_begin(self, state):
+        super().step_begin(state)
+        run_probe(state).ref_bias = tab_bias(float(state.timestep), state.scheduler.config.num_train_timesteps, self.gamma, self.eps)
+
+class EntityRegionBias(ProbeHook):
+    """CustomVideoX's ERAE: `bias` on reference keys for target tokens in the entity region (the entity word's attention map
+    of the last step, above `lam` per frame). `words`: the entity word of each prompt (default: `prompts.entity_word`)."""
+    name = 'erae'
+    def __init__(self, prompts: str | Sequence[str], words: str | Sequence[str] | None = None, bias: float = 0.1, lam: float = 0.1):
+        self.prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        self.words, self.bias, self.lam = words, bias, lam
+    def begin(self, state):
+        run_probe(state).watch_words(state.backbone.tokenizer, self.prompts, self.words, cfg_doubled=state.cfg)
+    def step_begin(self, state):
+        super().step_begin(state)
+        run_probe(state).update_region(self.bias, self.lam)
+
+class RouterCapture(ProbeHook):
+    "The router capture: per layer and step, the attention mass of target queries on each reference view (read `probe_of(backbone).records`)."
+    name = 'capture'
+    def __init__(self, spatial: bool = True): self.spatial = spatial
+    def begin(self, state):
+        p = run_probe(state)
+        p.capture, p.spatial = True, self.spatial

@@ -11,85 +11,38 @@ from typing import Sequence
 import numpy as np
 import torch
 import imageio.v3 as iio
-from tqdm.auto import tqdm
-from diffusers import FlowMatchEulerDiscreteScheduler
 from .core import DreamvidError, ConfigError, atomic_path
-from .backbones import Backbone, load_backbone
-from .adapters import encode_references, joint_velocity, ReferenceLayout
-from .attention import install_probe
+from .backbones import Backbone
+from .sample import check_inputs, prepare_latents, prepare_references, denoise
+from .attention import tab_bias, TimeAwareBias, EntityRegionBias, RouterCapture
 
 # %% auto #0
-__all__ = ['tab_bias', 'generate', 'to_uint8', 'save_video', 'frames_grid']
+__all__ = ['generate', 'to_uint8', 'save_video', 'frames_grid']
 
 # %% ../nbs/05b_generate.ipynb #33b98f0f
-def tab_bias(t: float, num_train_timesteps: int = 1000, gamma: float = 10.0, eps: float = 0.1) -> float:
-    "CustomVideoX's Time-Aware Attention Bias on reference keys: tanh(M(t)), M(t) = −γ(2t/T − 1)² + ε."
-    return float(np.tanh(-gamma * (2 * t / num_train_timesteps - 1) ** 2 + eps))
-
 @torch.no_grad()
 def generate(backbone: Backbone, prompts: str | Sequence[str], seeds: int | Sequence[int] = 0, num_frames: int | None = None,
              steps: int = 30, guidance: float = 4.0, height: int | None = None, width: int | None = None,
              negative_prompt: str = '', progress: bool = False, references=None, ref_layout: str = 'sequential',
              tab: bool = False, tab_gamma: float = 10.0, tab_eps: float = 0.1,
              erae: bool = False, erae_word: str | Sequence[str] | None = None, erae_lambda: float = 0.1, erae_bias: float = 0.1,
-             capture: bool = False) -> torch.Tensor:
+             capture: bool = False, callbacks: Sequence = ()) -> torch.Tensor:
     """Generate one video per (prompt, seed); returns `[B, F, H, W, 3]` in [0, 1]. `num_frames` defaults to the backbone's
     `config.num_frames` (8 for the toy; Wan's causal VAE needs 4k+1). `guidance` ≤ 1 disables classifier-free guidance. `references` (`[K,H,W,3]` or `[B,K,H,W,3]`) are fed as clean
     extra frames through the 3Dapter branch (`ref_layout`: 'sequential' or 'official'); `tab` / `erae` switch on
     CustomVideoX's Time-Aware Attention Bias and Entity Region-Aware Enhancement (the entity is `erae_word`, by
     default the prompt's last word before 'rotating'); `capture` records the router's attention mass
-    (read it from `router.probe_of(backbone).records`)."""
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    seeds = [seeds] * len(prompts) if isinstance(seeds, int) else list(seeds)
-    if len(seeds) != len(prompts): raise ConfigError(f"got {len(prompts)} prompts but {len(seeds)} seeds: pass one seed per prompt")
-    if num_frames is None: num_frames = getattr(getattr(backbone, 'config', None), 'num_frames', 8)   # the backbone's default length
-    if num_frames < 1 or steps < 1: raise ConfigError(f"num_frames ({num_frames}) and steps ({steps}) must be ≥ 1")
-    if (tab or erae or capture) and references is None:
-        raise ConfigError("tab, erae and capture act on reference views: pass references=[K, H, W, 3] views")
-    res = getattr(getattr(backbone, 'config', None), 'resolution', None)
-    height, width = height or res, width or res
-    if height is None or width is None: raise ConfigError("pass height and width for this backbone")
-    dev, B = backbone.device, len(prompts)
-    cond = backbone.encode_prompt(prompts)
-    use_cfg = guidance > 1
-    if use_cfg: text = torch.cat([backbone.encode_prompt([negative_prompt] * B, allow_empty=True), cond])
-    else: text = cond
-    s = backbone.codec.spatial_factor
-    T = backbone.latent_frames(num_frames)
-    shape = (backbone.codec.latent_channels, T, height // s, width // s)
-    lat = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(sd))) for sd in seeds]).to(dev)
-    refs, probe = None, None
-    if references is not None:
-        refs = encode_references(backbone, references, B).to(dev)
-        if refs.shape[3:] != lat.shape[3:]:
-            raise ConfigError(f"reference views are {tuple(refs.shape[3:])} latents but the video is {tuple(lat.shape[3:])}: "
-                              f"resize the references to {height}x{width}")
-        if use_cfg: refs = torch.cat([refs, refs])                       # references condition both CFG branches
-        if tab or erae or capture:
-            _, ph, pw = backbone.patch_size
-            probe = install_probe(backbone.transformer)
-            probe.reset(ReferenceLayout(T, refs.shape[2], ref_layout), (height // s // ph) * (width // s // pw), capture=capture)
-            if erae: probe.watch_words(backbone.tokenizer, prompts, erae_word, cfg_doubled=use_cfg)
-    make_sampler = getattr(backbone, 'sampling_scheduler', None)          # e.g. Wan's UniPC; default: Euler on the training schedule
-    sch = make_sampler() if make_sampler else FlowMatchEulerDiscreteScheduler.from_config(backbone.scheduler.config)
-    sch.set_timesteps(steps, device=dev)
-    try:
-        for i, t in enumerate(tqdm(sch.timesteps, disable=not progress, desc='sampling')):
-            sigma = (t / sch.config.num_train_timesteps).expand(lat.shape[0])
-            x, sg = (torch.cat([lat, lat]), torch.cat([sigma, sigma])) if use_cfg else (lat, sigma)
-            if probe is not None:
-                probe.begin_step(i, ref_bias=tab_bias(float(t), sch.config.num_train_timesteps, tab_gamma, tab_eps) if tab else 0.0,
-                                 region_bias=erae_bias if erae else 0.0, region_lambda=erae_lambda)
-            if refs is None: out = backbone.predict_velocity(x, sg, text)
-            else: out = joint_velocity(backbone, x, sg, text, refs, ref_layout)
-            if use_cfg:
-                v_u, v_c = out.chunk(2)
-                v = v_u + guidance * (v_c - v_u)
-            else: v = out
-            lat = sch.step(v, t, lat, return_dict=False)[0]
-    finally:
-        if probe is not None: probe.finish()
-    return backbone.decode_latents(lat)[:, :num_frames].float().cpu()
+    (read it from `router.probe_of(backbone).records`). `callbacks`: more sampler hooks or functions `fn(state)` run after each step."""
+    hooks = ([TimeAwareBias(tab_gamma, tab_eps)] if tab else []) + ([RouterCapture()] if capture else []) + \
+            ([EntityRegionBias(prompts, erae_word, erae_bias, erae_lambda)] if erae else [])
+    prompts, seeds, num_frames, height, width = check_inputs(backbone, prompts, seeds, num_frames, steps, height, width, references, hooks)
+    text = backbone.encode_prompt(prompts)
+    negative = backbone.encode_prompt([negative_prompt] * len(prompts), allow_empty=True) if guidance > 1 else None
+    latents = prepare_latents(backbone, seeds, num_frames, height, width)
+    refs = None if references is None else prepare_references(backbone, references, latents)
+    latents = denoise(backbone, latents, text, negative, guidance, steps, references=refs, ref_layout=ref_layout,
+                      callbacks=[*hooks, *callbacks], progress=progress)
+    return backbone.decode_latents(latents)[:, :num_frames].float().cpu()
 
 # %% ../nbs/05b_generate.ipynb #a9b8dd4c
 def to_uint8(video) -> np.ndarray:

@@ -260,11 +260,12 @@ Rebuild: `dreamvid pretrain --out {data_info.get('out', 'assets/toy_t2v')} --sub
     (Path(out_dir)/'README.md').write_text(txt)
 
 # %% ../nbs/05_toy_pretrain.ipynb #b808994b
+from .sample import denoise, prepare_latents, make_scheduler   # the sampler (04b_sample)
+
 @torch.no_grad()
 def rotation_after_partial_noise(backbone: Backbone, subjects, sigma0s=(0.0, 0.4, 0.6, 0.8, 1.0), steps: int = 20,
                                  elevation: float = 15.0) -> list[dict]:
     "Rotation rate of ground-truth orbits noised to σ0 and denoised with their caption (both directions per subject)."
-    from diffusers import FlowMatchEulerDiscreteScheduler
     res = backbone.config.resolution
     grids = [tracking_views(s, res) for s in subjects]
     rows = []
@@ -276,12 +277,8 @@ def rotation_after_partial_noise(backbone: Backbone, subjects, sigma0s=(0.0, 0.4
                 gt = torch.from_numpy(tw.render_views(s, az, np.full(8, elevation), res=res).rgb)[None]
                 x0 = backbone.encode_video(gt); text = backbone.encode_prompt([video_caption(s, d)])
                 eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2 * i + (d > 0)))
-                lat = (1 - s0) * x0 + s0 * eps
-                sch = FlowMatchEulerDiscreteScheduler.from_config(backbone.scheduler.config); sch.set_timesteps(steps)
-                for t in sch.timesteps:
-                    if t / sch.config.num_train_timesteps > s0 + 1e-6: continue
-                    v = backbone.predict_velocity(lat, (t / sch.config.num_train_timesteps).expand(1), text)
-                    lat = sch.step(v, t, lat, return_dict=False)[0]
+                lat = denoise(backbone, (1 - s0) * x0 + s0 * eps, text, steps=steps, scheduler=make_scheduler(backbone, euler=True),
+                              start_sigma=s0)                                  # only the Euler steps at σ ≤ σ0
                 r = rotation_direction(view_match(backbone.decode_latents(lat)[0], grid)[1])
                 ok.append(r != 0); right.append(r == d)
         rows.append({'sigma0': s0, 'rotation_monotone_rate': float(np.mean(ok)), 'right_direction_rate': float(np.mean(right))})
@@ -350,31 +347,20 @@ def continuation_diagnostic(backbone: Backbone, rings: dict, subjects=None, star
 # %% ../nbs/05_toy_pretrain.ipynb #e9148dc8
 @torch.no_grad()
 def image_to_video(backbone: Backbone, first_frames: torch.Tensor, prompts, seeds, steps: int = 20, guidance: float = 1.0,
-                   num_frames: int | None = None) -> torch.Tensor:
-    "Videos `[B,F,H,W,3]` whose frame 0 is `first_frames` `[B,H,W,3]` in [0, 1] (Euler steps, optional text-only CFG)."
-    from diffusers import FlowMatchEulerDiscreteScheduler
+                   num_frames: int | None = None, cond_sigma: float = 0.0) -> torch.Tensor:
+    """Videos `[B,F,H,W,3]` whose frame 0 is `first_frames` `[B,H,W,3]` in [0, 1] (Euler steps, optional text-only CFG);
+    `cond_sigma` > 0 shows the model frame 0 noised to that level (noise augmentation)."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if first_frames.ndim != 4 or len(first_frames) != len(prompts) or len(seeds) != len(prompts):
         raise ConfigError(f"image_to_video needs one first frame [H, W, 3] and one seed per prompt: got frames {tuple(first_frames.shape)}, "
                           f"{len(prompts)} prompts, {len(seeds)} seeds")
     F_ = num_frames or backbone.config.num_frames
-    B = len(prompts)
-    cond = backbone.encode_prompt(prompts)
-    text = torch.cat([backbone.encode_prompt([''] * B, allow_empty=True), cond]) if guidance > 1 else cond
+    text = backbone.encode_prompt(prompts)
+    negative = backbone.encode_prompt([''] * len(prompts), allow_empty=True) if guidance > 1 else None
     first = backbone.encode_video(first_frames[:, None].float())[:, :, 0]
-    shape = (first.shape[1], backbone.latent_frames(F_), *first.shape[2:])
-    lat = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(sd))) for sd in seeds]).to(first.device)
-    cf = torch.ones(B, dtype=torch.bool)
-    sch = FlowMatchEulerDiscreteScheduler.from_config(backbone.scheduler.config); sch.set_timesteps(steps)
-    for t in sch.timesteps:
-        lat[:, :, 0] = first
-        ts = frame_token_sigmas(backbone, lat, (t / sch.config.num_train_timesteps).expand(B), cf)
-        if guidance > 1:
-            vu, vc = backbone.predict_velocity(torch.cat([lat, lat]), torch.cat([ts, ts]), text).chunk(2)
-            v = vu + guidance * (vc - vu)
-        else: v = backbone.predict_velocity(lat, ts, text)
-        lat = sch.step(v, t, lat, return_dict=False)[0]
-    lat[:, :, 0] = first
+    lat = prepare_latents(backbone, seeds, F_, first_frames.shape[1], first_frames.shape[2], first.device)
+    lat = denoise(backbone, lat, text, negative, guidance, steps, scheduler=make_scheduler(backbone, euler=True),
+                  first_latent=first, cond_sigma=cond_sigma)
     return backbone.decode_latents(lat)[:, :F_].float().cpu()
 
 @torch.no_grad()
