@@ -101,10 +101,14 @@ class SamplerHook:
     """Base of the sampler's hooks: `begin` → (`step_begin` → model → step → `step_end`) per step → `end`.
     `needs_references`: the hook acts on reference views (checked by `check_inputs`)."""
     name, needs_references = 'hook', False
-    def begin(self, state: DenoiseState): pass
-    def step_begin(self, state: DenoiseState): pass
-    def step_end(self, state: DenoiseState): pass
-    def end(self, state: DenoiseState): pass
+    def begin(self, state: DenoiseState):
+        "Once, before the first step (the schedule is set; `state.step` is -1)."
+    def step_begin(self, state: DenoiseState):
+        "Before the model call of step `state.step`: `state.sample` is the input x_σ, `state.timestep` its timestep."
+    def step_end(self, state: DenoiseState):
+        "After the scheduler's step: `state.velocity` is the guided v̂, `state.latents` the new latents (assign to replace them)."
+    def end(self, state: DenoiseState):
+        "Once, after the last step, also when the loop raised: switch off what `begin` switched on."
 
 class StepCallback(SamplerHook):
     "A function `fn(state)` run after every step (what `denoise` makes of a plain callable in `callbacks`)."
@@ -120,7 +124,7 @@ def as_hooks(callbacks: Sequence) -> list[SamplerHook]:
         else: raise ConfigError(f"callbacks take SamplerHook objects or functions fn(state), got {type(c).__name__}")
     return out
 
-# %% ../nbs/04b_sample.ipynb #e64ed34a
+# %% ../nbs/04b_sample.ipynb #1dad6055
 def conditioning_sigmas(backbone: Backbone, latents: torch.Tensor, sigmas: torch.Tensor, cond_sigma: float = 0.0) -> torch.Tensor:
     "Per-token σ `[B, seq_len]`: every token at its sample's σ, those of frame 0 (the conditioning frame) at `cond_sigma`."
     B = latents.shape[0]
@@ -130,7 +134,7 @@ def conditioning_sigmas(backbone: Backbone, latents: torch.Tensor, sigmas: torch
         out[:, backbone.layout(latents.shape[2], latents.shape[3] * s, latents.shape[4] * s).frame_slice(0)] = cond_sigma
     return out
 
-# %% ../nbs/04b_sample.ipynb #07c49134
+# %% ../nbs/04b_sample.ipynb #94adbdf3
 def _velocity(backbone, x, sigma, text, refs, ref_layout):
     return backbone.predict_velocity(x, sigma, text) if refs is None else joint_velocity(backbone, x, sigma, text, refs, ref_layout)
 

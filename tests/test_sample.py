@@ -104,6 +104,16 @@ def test_euler_update(toy, prompts):
     assert torch.allclose(denoise(toy, lat, text, steps=2), x2, atol=1e-5)
 
 
+def test_classifier_free_guidance_step(toy, prompts):
+    text, neg = toy.encode_prompt(prompts), toy.encode_prompt(['', ''], allow_empty=True)
+    lat = prepare_latents(toy, [0, 1], 8, 32, 32)
+    one = torch.ones(2)
+    v_u, v_c = toy.predict_velocity(lat, one, neg), toy.predict_velocity(lat, one, text)
+    want = lat - (v_u + 3.0 * (v_c - v_u))                          # one Euler step from σ = 1 with v̂ = v_∅ + w (v_c − v_∅)
+    assert torch.allclose(denoise(toy, lat, text, neg, guidance=3.0, steps=1), want, atol=1e-5)
+    assert not torch.allclose(denoise(toy, lat, text, neg, guidance=1.0, steps=1), want, atol=1e-3)   # w ≤ 1: no guidance
+
+
 def test_image_to_video_is_denoise_with_a_first_frame(toy, prompts):
     first = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(3))
     a = image_to_video(toy, first, prompts, [0, 1], steps=STEPS, guidance=2.0)
