@@ -15,12 +15,29 @@ from dreamvid_lib.core import cache_dir
 from dreamvid_lib.evaluate import tracking_views, view_match, rotation_direction
 torch.set_num_threads(int(os.environ.get('NT', 1)))
 
+from dreamvid_lib.train import frame_token_sigmas
+
+@torch.no_grad()
+def hop(bb, first, prompt, seed, steps=20, cond_sigma=0.0):
+    "Frame 1 of a two-frame video whose frame 0 is `first` [H,W,3], noised to `cond_sigma` (tokens told so), Euler `steps`."
+    text = bb.encode_prompt([prompt])
+    f = bb.encode_video(first[None, None].float())[:, :, 0]
+    g = torch.Generator().manual_seed(int(seed))
+    lat = torch.randn((1, f.shape[1], 2, *f.shape[2:]), generator=g)
+    f = (1 - cond_sigma) * f + cond_sigma * torch.randn(f.shape, generator=g)
+    sig = torch.linspace(1, 0, steps + 1)
+    for i in range(steps):
+        lat[:, :, 0] = f
+        ts = frame_token_sigmas(bb, lat, sig[i].expand(1), torch.ones(1, dtype=torch.bool))
+        ts.view(1, 2, -1)[:, 0] = cond_sigma
+        lat = lat + (sig[i + 1] - sig[i]) * bb.predict_velocity(lat, ts, text)
+    return bb.decode_latents(lat)[0, 1].float().clamp(0, 1)
+
 @torch.no_grad()
 def ar_video(bb, first, prompt, seed, steps=20, n=8):
+    cs = float(os.environ.get('CSIG', 0))                # CSIG: noise level of the conditioning frame (noise augmentation)
     frames = [first]
-    for k in range(1, n):
-        v = image_to_video(bb, frames[-1][None], [prompt], [seed * 100 + k], steps, num_frames=2)[0]
-        frames.append(v[1].clamp(0, 1))
+    for k in range(1, n): frames.append(hop(bb, frames[-1], prompt, seed * 100 + k, steps, cs if k > 1 else 0.0))
     return torch.stack(frames)
 
 def ar_rotation(bb, subjects, azimuths=(20.0, 200.0), elevation=15.0, steps=20, seed=0, res=32, rings=None):
@@ -44,6 +61,9 @@ def ar_rotation(bb, subjects, azimuths=(20.0, 200.0), elevation=15.0, steps=20, 
 
 if __name__ == '__main__':
     bb = load_backbone('toy')
+    if os.environ.get('INIT') != 'shipped':              # window_ladder.py's fresh models own their seed-0 text encoder
+        from dreamvid_lib.prompts import caption_vocabulary
+        bb = ToyBackbone.create(caption_vocabulary(), bb.config, seed=0)
     bb.transformer.load_state_dict(torch.load(sys.argv[1])); bb.eval()
     if os.environ.get('PARAM') == 'x':                   # PARAM=x: a model trained with window_ladder.py --param x
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__))); from window_ladder import use_x_prediction; use_x_prediction(bb)

@@ -15,6 +15,7 @@ from dreamvid_lib.backbones import ToyBackbone, load_backbone
 from dreamvid_lib.core import cache_dir
 from dreamvid_lib import toyworld as tw
 from dreamvid_lib.prompts import caption_vocabulary
+from dreamvid_lib.train import frame_token_sigmas
 from dreamvid_lib.pretrain import OrbitStream, FlowMatchingLoss, ladder_config, continuation_diagnostic, sample_sigmas
 
 def sigmas_for(mode: str, bb, n: int, g: torch.Generator) -> torch.Tensor:
@@ -39,6 +40,18 @@ def use_x_prediction(bb, min_sigma: float = 0.05):
     bb.predict_velocity = pv
     return bb
 
+def noisy_first_velocity(bb, xs, x0, sigmas, text, cond):
+    """Frame 0 as the condition, noised to its own level σ_c (noise augmentation, so that a rollout can consume its own
+    slightly wrong frames): frame 0 = (1 − σ_c)·x0 + σ_c·ε0 with its tokens at σ_c, and out of the loss."""
+    cf, sc, eps0 = cond
+    s = sc.view(-1, 1, 1, 1)
+    xs[cf, :, 0] = ((1 - s) * x0[:, :, 0] + s * eps0)[cf]
+    ts = frame_token_sigmas(bb, x0, sigmas, cf)
+    B, _, T = x0.shape[:3]
+    ts.view(B, T, -1)[cf, 0] = sc[cf, None]
+    keep = torch.ones_like(x0); keep[cf, :, 0] = 0
+    return bb.predict_velocity(xs, ts, text), keep
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--frames', type=int, default=2); p.add_argument('--stride', type=int, default=2)
@@ -47,6 +60,8 @@ def main(argv=None):
     p.add_argument('--lr', type=float, default=1e-3); p.add_argument('--batch', type=int, default=8)
     p.add_argument('--init', default='fresh', help="'fresh' (random weights), 'shipped' (assets/toy_t2v) or a transformer state-dict .pt")
     p.add_argument('--param', choices=('v', 'x'), default='v', help="the network's output: velocity (Wan) or x̂0 (JiT)")
+    p.add_argument('--cond-sigma', type=float, default=0.0, help='noise augmentation of frame 0: σ_c ~ U(0, this) per sample')
+    p.add_argument('--ema', type=float, default=0.0, help='EMA decay of the weights (evaluated and saved when > 0)')
     p.add_argument('--save', default=None); p.add_argument('--eval-every', type=int, default=100)
     p.add_argument('--threads', type=int, default=int(os.environ.get('OMP_NUM_THREADS', 1)))
     a = p.parse_args(argv)
@@ -60,7 +75,8 @@ def main(argv=None):
     cfg = ladder_config(a.steps, lr=a.lr, stride=a.stride, frames=a.frames, batch_videos=a.batch)
     g = torch.Generator().manual_seed(0)
     stream = OrbitStream(rings, cfg, g, subjects=range(a.subjects))
-    loss_fn = FlowMatchingLoss(bb)
+    loss_fn = FlowMatchingLoss(bb, noisy_first_velocity if a.cond_sigma > 0 else None)
+    ema = {k: v.detach().clone() for k, v in bb.transformer.state_dict().items()} if a.ema > 0 else None
     params = [q for q in bb.transformer.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
     t0, hist = time.time(), []
@@ -69,14 +85,24 @@ def main(argv=None):
         sig = sigmas_for(a.sigma, bb, len(caps), g)
         noise = torch.randn(bb.encode_video(video).shape, generator=g)
         bb.transformer.train()
-        loss = loss_fn(video, caps, sig, noise, clean_first=cf)
+        if a.cond_sigma > 0:
+            sc = a.cond_sigma * torch.rand(len(caps), generator=g)
+            eps0 = torch.randn(noise[:, :, 0].shape, generator=g)
+            loss = loss_fn(video, caps, sig, noise, (cf, sc, eps0))
+        else: loss = loss_fn(video, caps, sig, noise, clean_first=cf)
         opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                for k, v in bb.transformer.state_dict().items():
+                    if v.dtype.is_floating_point: ema[k].lerp_(v, 1 - a.ema)
         hist.append(loss.item())
         if step % a.eval_every == 0 or step == a.steps:
             bb.transformer.eval()
+            if ema is not None: live = {k: v.clone() for k, v in bb.transformer.state_dict().items()}; bb.transformer.load_state_dict(ema)
             d = continuation_diagnostic(bb, rings, range(a.subjects), starts=(0, 3, 6, 9, 12, 15, 18, 21), stride=a.stride, frames=a.frames)
             print(json.dumps({'step': step, 'loss': round(float(np.mean(hist[-a.eval_every:])), 4),
                               **{k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}, 'seconds': round(time.time() - t0)}), flush=True)
-    if a.save: torch.save(bb.transformer.state_dict(), a.save)
+            if ema is not None: bb.transformer.load_state_dict(live)
+    if a.save: torch.save(ema if ema is not None else bb.transformer.state_dict(), a.save)
 
 if __name__ == '__main__': main()
