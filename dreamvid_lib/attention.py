@@ -7,6 +7,7 @@ Docs: https://dreamvid.github.io/dreamvid/attention.html.md"""
 # %% ../nbs/05a_attention.ipynb #f1a3d06d
 from __future__ import annotations
 import math, time
+from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
