@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--dapter', default=None, help="pre-trained 3Dapter folder (default: the shipped toy one) or 'random' (joint methods)")
     from dreamvid_lib.personalize import add_commands     # your own subject: prep, personalize, generate (12a_personalize)
     add_commands(sub)
-    sub.add_parser('image-to-3d', add_help=False, help='one image to 3D with the tiny LRM: novel views, an orbit video and a mesh '
+    sub.add_parser('image-to-3d', add_help=False, help='one image to 3D with the tiny LRM or an OpenLRM release (--model DIR): novel views, an orbit video and a mesh '
                    '(its own options: dreamvid image-to-3d --help)')
     t = sub.add_parser('pretrain', help='render the pre-training set and train the toy text-to-video model')
     t.add_argument('--out', required=True, help='where to save the trained model (e.g. assets/toy_t2v)')
@@ -249,8 +249,8 @@ def bench_config(args) -> 'BenchConfig':
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ['image-to-3d']:                                     # its own parser (lrm.image_to_3d_cli)
-        from dreamvid_lib.lrm import image_to_3d_cli
+    if argv[:1] == ['image-to-3d']:                                     # its own parser (lrm.image_to_3d_cli; --model: toy or OpenLRM)
+        from dreamvid_lib.openlrm import image_to_3d_cli
         try: return image_to_3d_cli(argv[1:])
         except DreamvidError as e: print(f'dreamvid: error: {e}', file=sys.stderr); return 2
     args = build_parser().parse_args(argv)

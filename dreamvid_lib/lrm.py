@@ -246,6 +246,14 @@ class TinyLRM(nn.Module):
         R = cfg.plane_res
         return self.upsample(x).reshape(len(image), 3, cfg.plane_channels, R, R)
 
+    def source_camera(self, elevation: float) -> torch.Tensor:
+        "The conditioning features `[1,16]` of an input view from `elevation` degrees (toy camera: distance 4.6, 30° field of view)."
+        return camera_features(canonical_c2w(elevation), tw.intrinsics(self.cfg.image_res), self.cfg.image_res)
+
+    def view_c2w(self, relative_azimuths, elevation) -> torch.Tensor:
+        "Cameras `[V,4,4]` of the canonical frame `relative_azimuths` degrees round from the input view (`canonical_c2w`)."
+        return canonical_c2w(elevation, relative_azimuths)
+
     def field(self, planes: torch.Tensor, points: torch.Tensor):
         "Density and colour at `points` `[B,N,3]` of the canonical frame."
         return self.nerf(sample_triplane(planes, points, self.cfg.bound))
@@ -483,16 +491,16 @@ def as_image(image, res: int) -> torch.Tensor:
 
 @torch.no_grad()
 def reconstruct(model: TinyLRM, image, elevation: float = 15.0) -> torch.Tensor:
-    "Triplanes `[1,3,C,R,R]` of one image seen from `elevation` degrees (its azimuth defines the canonical frame)."
+    """Triplanes `[1,3,C,R,R]` of one image seen from `elevation` degrees (its azimuth defines the canonical frame);
+    `model.source_camera` gives the conditioning, so any model with this interface (`openlrm.OpenLRM`) fits."""
     x = as_image(image, model.cfg.image_res)
-    cam = camera_features(canonical_c2w(elevation), tw.intrinsics(model.cfg.image_res), model.cfg.image_res)
-    return model.eval().triplanes(x, cam)
+    return model.eval().triplanes(x, model.source_camera(elevation))
 
 @torch.no_grad()
 def render_orbit(model: TinyLRM, planes: torch.Tensor, relative_azimuths, elevation, res: int = 32, chunk: int = 8192) -> dict:
     "Numpy renders {'rgb' `[V,res,res,3]`, 'opacity', 'depth'} of one triplane from azimuths relative to the input view."
     az = np.atleast_1d(np.asarray(relative_azimuths, np.float64))
-    c2w = canonical_c2w(np.broadcast_to(elevation, az.shape), az)[None].float()
+    c2w = model.view_c2w(az, np.broadcast_to(elevation, az.shape))[None].float()
     out = model.render(planes, c2w, res, chunk=chunk)
     return {k: v[0].clamp(0, 1).numpy() if k == 'rgb' else v[0].numpy() for k, v in out.items()}
 
@@ -508,7 +516,9 @@ def density_grid(model: TinyLRM, planes: torch.Tensor, resolution: int = 64) -> 
 
 def density_level(model: TinyLRM, alpha: float = 0.5, steps: int = 4) -> float:
     """The surface density for marching cubes: the σ at which `steps` sample steps of the renderer are `alpha` opaque,
-    -ln(1-α)/(steps·δ) with δ = the cube's side / samples (≈ 2.5 at the defaults: 0.28 units of it hide half the light)."""
+    -ln(1-α)/(steps·δ) with δ = the cube's side / samples (≈ 2.5 at the defaults: 0.28 units of it hide half the light).
+    A model whose config names its own `mesh_threshold` (OpenLRM's inference configs: 3.0) gets that."""
+    if getattr(model.cfg, 'mesh_threshold', None) is not None: return float(model.cfg.mesh_threshold)
     return float(-math.log(1 - alpha) / (steps * 2 * model.cfg.bound / model.cfg.samples))
 
 @torch.no_grad()
@@ -621,6 +631,8 @@ def image_to_3d(image, model, out_dir, elevation: float = 15.0, res: int = 64, v
     from PIL import Image
     out_dir, _ = check_out_dir(out_dir, 'image-to-3d output')
     if not isinstance(model, nn.Module): model = load_lrm(model)
+    if subject is not None and not isinstance(model, TinyLRM):
+        raise LRMError(f"--subject scores the toy LRM against toy renders from its own camera; {type(model).__name__} uses another camera")
     if not np.isfinite(elevation) or not -89 < elevation < 89: raise LRMError(f"elevation must be in (-89, 89) degrees, got {elevation}")
     if res < 4 or views < 1 or frames < 1: raise LRMError(f"res ≥ 4, views ≥ 1 and frames ≥ 1 needed, got {res}, {views}, {frames}")
     x = as_image(image, model.cfg.image_res)
@@ -652,13 +664,14 @@ def image_to_3d(image, model, out_dir, elevation: float = 15.0, res: int = 64, v
     written['summary'] = out_dir/'summary.json'
     return {'paths': written, 'summary': summary, 'renders': vv, 'mesh': mesh, 'planes': planes}
 
-def image_to_3d_cli(argv=None) -> int:
-    "`dreamvid image-to-3d IMAGE --out DIR [--model DIR]`: novel views, an orbit video and a mesh from one image."
+def image_to_3d_cli(argv=None, load=None) -> int:
+    """`dreamvid image-to-3d IMAGE --out DIR [--model DIR]`: novel views, an orbit video and a mesh from one image.
+    `load(folder)`: the model loader for `--model` (default `load_lrm`; `openlrm.load_any_lrm` adds OpenLRM releases)."""
     ap = argparse.ArgumentParser(prog='dreamvid image-to-3d', description='One image to 3D with a (tiny) LRM: novel-view renders, '
                                  'an orbit video and a marching-cubes mesh (.ply).')
     ap.add_argument('image', metavar='IMAGE', help='input image (PNG/JPEG; RGBA is composited on white), object centred')
     ap.add_argument('--out', required=True, help='output folder (created if missing)')
-    ap.add_argument('--model', default=None, help='LRM folder (config.json + model.safetensors); default: assets/toy_lrm')
+    ap.add_argument('--model', default=None, help='LRM folder (config.json + model.safetensors): a toy LRM, or through `dreamvid` an OpenLRM v1.1 release; default: assets/toy_lrm')
     ap.add_argument('--elevation', type=float, default=15.0, help='camera elevation of the input view, degrees (default 15)')
     ap.add_argument('--res', type=int, default=64, help='render size of the views and the orbit, px (default 64)')
     ap.add_argument('--views', type=int, default=8, help='novel views, evenly around (default 8)')
@@ -674,7 +687,7 @@ def image_to_3d_cli(argv=None) -> int:
         try: subject = tw.Subject.from_dict(json.loads(a.subject))
         except (ValueError, TypeError) as e: raise LRMError(f"--subject {a.subject!r} is not a toy subject as JSON ({e}); "
                                                             "give toyworld.Subject.to_dict() as JSON") from e
-    r = image_to_3d(a.image, a.model, a.out, a.elevation, a.res, a.views, a.frames, mesh_resolution=a.mesh_resolution,
+    r = image_to_3d(a.image, (load or load_lrm)(a.model), a.out, a.elevation, a.res, a.views, a.frames, mesh_resolution=a.mesh_resolution,
                     subject=subject, azimuth=a.azimuth)
     s = r['summary']
     print(f"wrote {len(s['views'])} views, orbit.mp4 ({s['frames']} frames) and "
