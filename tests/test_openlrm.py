@@ -144,6 +144,10 @@ def test_frames_agree():
     A = torch.eye(4); A[:3, :3] = ol.YUP_TO_ZUP
     E = ol.openlrm_source_camera()[0, :12].reshape(3, 4)
     assert torch.allclose((A @ m.view_c2w([0.0], 0.0)[0].float())[:3], E, atol=1e-6)
+    c = m.view_c2w([30.0, 200.0], [10.0, -20.0]).float()               # OpenLRM's rays = the interface's rays, rotated
+    o, d = ol.openlrm_rays(A @ c, 6)
+    o2, d2 = lrm.camera_rays(c, 6, ol.openlrm_intrinsics(6))
+    assert torch.allclose(d, d2 @ ol.YUP_TO_ZUP.T, atol=1e-6) and torch.allclose(o, o2 @ ol.YUP_TO_ZUP.T, atol=1e-6)
     planes = torch.zeros(1, 3, 4, 4, 4)
     planes[0, 1] = torch.linspace(-1, 1, 4)[None, :, None]                   # only the (x, z) plane, varying along OpenLRM's z
     p = torch.tensor([[[0.1, 0.2, 0.3]]])
