@@ -9,7 +9,7 @@ from __future__ import annotations
 import math, time, warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,9 +26,12 @@ from .adapters import joint_velocity, encode_references
 __all__ = ['RESUMABLE_KEYS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'lr_lambda', 'sample_sigmas', 'config_sigmas',
            'frame_token_sigmas', 'plain_velocity', 'reference_velocity', 'FlowMatchingLoss', 'step_generator',
            'config_diff', 'save_checkpoint', 'load_checkpoint', 'AdapterState', 'TrainHook', 'EMAHook', 'StepEndHook',
-           'TrainRun', 'train_loop']
+           'NumpyRNGHook', 'TrainRun', 'loss_backbone', 'flow_matching_inputs', 'train_loop']
 
 # %% ../nbs/04a_train.ipynb #3863d4e0
+# settings that may change between a run and its resume: train on for more steps, save or preview more or less often
+RESUMABLE_KEYS = ('steps', 'checkpoint_every', 'preview_every', 'preview_prompt')
+
 @dataclass
 class TrainConfig:
     "Settings every training run shares (defaults: 3DreamBooth on the toy model)."
@@ -36,16 +39,18 @@ class TrainConfig:
     lr: float = 1e-3
     warmup: int = 20                 # linear warm-up steps, then cosine decay to 10% of `lr`
     weight_decay: float = 1e-4
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0           # max gradient norm; 0: no clipping
     sigma_sampling: str = 'uniform'  # or 'logit_normal' (SD3; Wan and HunyuanVideo at high resolution)
     logit_mean: float = 0.0          # of the logit-normal σ density
     logit_std: float = 1.0
     checkpoint_every: int = 100
     seed: int = 0                    # seeds the adapter initialisation and every step's random stream
     mixed_precision: str = 'no'      # 'bf16' on a GPU
+    resumable: ClassVar[tuple] = RESUMABLE_KEYS   # settings a resume may change (a class attribute, not stored)
 
-# settings that may change between a run and its resume: train on for more steps, save or preview more or less often
-RESUMABLE_KEYS = ('steps', 'checkpoint_every', 'preview_every', 'preview_prompt')
+    def make_scheduler(self, optimizer: torch.optim.Optimizer):
+        "The learning-rate schedule of a run with these settings: `lr_lambda` (warm-up, then cosine to 10%)."
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.warmup, self.steps))
 
 # %% ../nbs/04a_train.ipynb #37e026b7
 def lr_lambda(warmup: int, steps: int):
@@ -197,6 +202,14 @@ class StepEndHook(TrainHook):
     def __init__(self, fn: Callable): self.fn = fn
     def step_end(self, run): self.fn(run)
 
+# %% ../nbs/04a_train.ipynb #7ef63242
+class NumpyRNGHook(TrainHook):
+    "Keep a NumPy `Generator`'s state in the checkpoint: a resumed run draws what an unbroken one would."
+    name = 'numpy_rng'
+    def __init__(self, rng: np.random.Generator): self.rng = rng
+    def state_dict(self) -> dict: return {'bit_generator': self.rng.bit_generator.state}
+    def load_state_dict(self, state: dict): self.rng.bit_generator.state = state['bit_generator']
+
 # %% ../nbs/04a_train.ipynb #fac44a8c
 class _Params:
     "A list of tensors as a `state_dict` (the default of what a checkpoint keeps)."
@@ -214,13 +227,25 @@ def _load_state(obj, st, source):
     try: obj.load_state_dict(st, source)
     except TypeError: obj.load_state_dict(st)
 
+# %% ../nbs/04a_train.ipynb #39bf62d6
+def loss_backbone(loss: nn.Module) -> Backbone | None:
+    "The backbone of a flow-matching loss (also inside an `accelerate` wrapper); None for a loss that draws no σ."
+    return getattr(loss, 'backbone', None) or getattr(getattr(loss, 'module', None), 'backbone', None)
+
+def flow_matching_inputs(backbone: Backbone, batch: tuple, generator: torch.Generator, cfg: TrainConfig) -> tuple[tuple, dict]:
+    "A flow-matching step's loss arguments `(video, captions, σ, noise, *cond)` from a batch `(video, captions, *cond)`, and what to log."
+    video, caps, *cond = batch
+    sig = config_sigmas(backbone, video.shape[0], generator, cfg)
+    with torch.no_grad(): shape = backbone.encode_video(video).shape
+    return (video, caps, sig, torch.randn(shape, generator=generator), *cond), {'frames': int(video.shape[1])}
+
 # %% ../nbs/04a_train.ipynb #f56529fc
 def train_loop(params, batches: Callable, loss: nn.Module, cfg: TrainConfig, work_dir, hooks: Sequence[TrainHook] = (), *,
                state=None, generator: torch.Generator | None = None, local: bool = False, progress: bool = True,
                stop_after: int | None = None, desc: str = 'train') -> dict:
-    """Train `params` on `batches(step, generator)` with the flow-matching `loss` under `cfg`; checkpoints in `work_dir`
-    and resumes from them (refusing other settings). Returns {'history', 'seconds' (this call), 'seconds_total',
-    'steps_this_call', 'resumed_from', 'trained_steps', 'step_seconds' (median), 'step'} and what the hooks add."""
+    """Train `params` on `batches(step, generator)` with `loss` under `cfg` (a flow-matching loss gets σ and noise drawn
+    here; any other gets `loss(*batch)`); checkpoints in `work_dir` and resumes from them (refusing other settings).
+    Returns {'history', 'seconds' (this call), 'seconds_total', 'steps_this_call', 'resumed_from', 'trained_steps', 'step_seconds' (median), 'step'} and what the hooks add."""
     work_dir = Path(work_dir); work_dir.mkdir(parents=True, exist_ok=True)
     ckpt, config = work_dir/'checkpoint.pt', asdict(cfg)
     seed_everything(cfg.seed)
@@ -228,13 +253,13 @@ def train_loop(params, batches: Callable, loss: nn.Module, cfg: TrainConfig, wor
     groups = list(params)
     flat = [p for g in groups for p in (g['params'] if isinstance(g, dict) else [g])]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup, cfg.steps))
+    sched = cfg.make_scheduler(opt)
     state = state if state is not None else _Params(flat)
     run = TrainRun(cfg=cfg, step=0, history=[], params=flat, loss=loss, main=True, work_dir=work_dir, optimizer=opt)
     for h in hooks: h.begin(run)
     start, timing = 0, {'seconds': 0.0, 'step_seconds': []}
     if ckpt.exists():
-        st = load_checkpoint(ckpt, config)
+        st = load_checkpoint(ckpt, config, cfg.resumable)
         _load_state(state, st['model'], f'checkpoint {ckpt}')
         opt.load_state_dict(st['opt']); sched.load_state_dict(st['sched'])
         for h in hooks:
@@ -247,22 +272,21 @@ def train_loop(params, batches: Callable, loss: nn.Module, cfg: TrainConfig, wor
     if local: opt = acc.prepare(opt)                                        # no DDP wrapper: gradients stay in this process
     else: loss, opt = acc.prepare(loss, opt)
     rank, run.main = (0, True) if local else (acc.process_index, acc.is_main_process)
-    backbone = getattr(loss, 'backbone', None) or getattr(getattr(loss, 'module', None), 'backbone')
+    backbone = loss_backbone(loss)
     t0, done, step_times = time.perf_counter(), 0, list(timing['step_seconds'])
     bar = tqdm(range(start, cfg.steps), initial=min(start, cfg.steps), total=cfg.steps, disable=not progress, desc=desc)
     for step in bar:
         ts = time.perf_counter()
         gen = generator if generator is not None else step_generator(cfg.seed, rank, step)
-        video, caps, *cond = batches(step, gen)
-        sig = config_sigmas(backbone, video.shape[0], gen, cfg)
-        with torch.no_grad(): shape = backbone.encode_video(video).shape
-        noise = torch.randn(shape, generator=gen)
-        with acc.autocast(): value = loss(video, caps, sig, noise, *cond)
+        batch = batches(step, gen)
+        args, info = flow_matching_inputs(backbone, batch, gen, cfg) if backbone is not None else (tuple(batch), {})
+        with acc.autocast(): out = loss(*args)
+        value, parts = out if isinstance(out, tuple) else (out, {})
         acc.backward(value)
-        acc.clip_grad_norm_(flat, cfg.grad_clip)
+        if cfg.grad_clip: acc.clip_grad_norm_(flat, cfg.grad_clip)
         opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
         step_times.append(time.perf_counter() - ts)
-        run.history.append({'step': step + 1, 'loss': value.item(), 'frames': int(video.shape[1]), 'lr': sched.get_last_lr()[0]})
+        run.history.append({'step': step + 1, 'loss': value.item(), **info, 'lr': sched.get_last_lr()[0], **{k: float(v) for k, v in parts.items()}})
         run.step = step + 1; done += 1
         if run.step % 10 == 0: bar.set_postfix(loss=np.mean([h['loss'] for h in run.history[-10:]]))
         for h in hooks: h.step_end(run)

@@ -1,4 +1,4 @@
-"""Evaluation protocol (nbs/10_metrics): feature metrics through the public loaders on tiny random CLIP / DINOv2
+"""Evaluation protocol (nbs/09a_features, 09b_motion, 09c_geometry, 09d_judge, through the `metrics` re-exports of nbs/10_metrics): feature metrics through the public loaders on tiny random CLIP / DINOv2
 saved to disk, the shipped toy encoder, motion, 3D geometric fidelity and the LLM judge on recorded answers."""
 import time, warnings
 import numpy as np
