@@ -26,7 +26,7 @@ from .adapters import joint_velocity, encode_references
 __all__ = ['RESUMABLE_KEYS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'lr_lambda', 'sample_sigmas', 'config_sigmas',
            'frame_token_sigmas', 'plain_velocity', 'reference_velocity', 'FlowMatchingLoss', 'step_generator',
            'config_diff', 'save_checkpoint', 'load_checkpoint', 'AdapterState', 'TrainHook', 'EMAHook', 'StepEndHook',
-           'NumpyRNGHook', 'TrainRun', 'loss_backbone', 'flow_matching_inputs', 'train_loop']
+           'NumpyRNGHook', 'TorchRNGHook', 'TrainRun', 'loss_backbone', 'flow_matching_inputs', 'train_loop']
 
 # %% ../nbs/04a_train.ipynb #3863d4e0
 # settings that may change between a run and its resume: train on for more steps, save or preview more or less often
@@ -209,6 +209,15 @@ class NumpyRNGHook(TrainHook):
     def __init__(self, rng: np.random.Generator): self.rng = rng
     def state_dict(self) -> dict: return {'bit_generator': self.rng.bit_generator.state}
     def load_state_dict(self, state: dict): self.rng.bit_generator.state = state['bit_generator']
+
+# %% ../nbs/04a_train.ipynb #da97e453
+class TorchRNGHook(TrainHook):
+    "Carry torch's global RNG through `train_loop` from the caller's state (made after the model's initialisation), and keep it in the checkpoint."
+    name = 'torch_rng'
+    def __init__(self): self.state = torch.get_rng_state()
+    def begin(self, run): torch.set_rng_state(self.state)
+    def state_dict(self) -> dict: return {'state': torch.get_rng_state()}
+    def load_state_dict(self, state: dict): torch.set_rng_state(state['state'])
 
 # %% ../nbs/04a_train.ipynb #fac44a8c
 class _Params:
