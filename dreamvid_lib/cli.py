@@ -209,9 +209,11 @@ def run_pretrain(out, subjects: int = 3000, steps: int = 10000, work=None, worke
     """Render rings for `subjects` training subjects and pre-train a toy model into `out` (resumable); `init_from` continues
     a saved model. `codec='vae'` first trains the toy AutoencoderKL in `pretrain.VAE_STAGES` and diffuses its latents."""
     from dreamvid_lib.pretrain import (PretrainConfig, pretrain, finalize_pretrained, VAEConfig, VAE_STAGES,
-                                       train_toy_vae, set_latent_normalisation, vae_heldout_psnr)
+                                       train_toy_vae, set_latent_normalisation, vae_heldout_psnr, refuse_former_vae_checkpoints)
     if codec not in ('vae', 'pixel'): raise ConfigError(f"unknown codec {codec!r}: use 'vae' or 'pixel'")
     out = Path(out); work = Path(work) if work else out.with_name(out.name + '.work')
+    vae_dirs = [work/f'vae_stage{k}' for k in range(len(VAE_STAGES))]      # each stage's checkpoint.pt (train.train_loop's)
+    if codec == 'vae' and not init_from: refuse_former_vae_checkpoints(*vae_dirs)   # before any rendering: name every old file
     rings_path = tw.build_ring_dataset(cache_dir()/'rings', subjects, res=32, workers=workers, seed=seed)
     rings = tw.load_ring_dataset(rings_path)
     cfg = PretrainConfig(steps=steps, seed=seed)
@@ -222,7 +224,7 @@ def run_pretrain(out, subjects: int = 3000, steps: int = 10000, work=None, worke
     elif codec == 'vae':
         vae, vsecs = None, 0.0
         for k, (n, lr) in enumerate(VAE_STAGES):                     # each stage resumes from its own checkpoints
-            r = train_toy_vae(rings, VAEConfig(steps=n, lr=lr, seed=seed), work/f'vae_stage{k}', init=vae)
+            r = train_toy_vae(rings, VAEConfig(steps=n, lr=lr, seed=seed), vae_dirs[k], init=vae)
             vae, vsecs = r['vae'], vsecs + r['seconds_this_call']
         set_latent_normalisation(vae, rings, seed=seed)
         prev['vae_seconds'] = prev.get('vae_seconds', 0.0) + vsecs

@@ -16,18 +16,18 @@ from torch import nn
 from tqdm.auto import tqdm
 from .core import (DreamvidError, ConfigError, AssetError, seed_everything, atomic_path, save_json,
                                 load_json, Timer, peak_memory_mb, cache_dir, assets_dir)
-from .backbones import Backbone, ToyBackbone, ToyModelConfig, VAECodec, load_backbone, default_toy_weights
+from .backbones import Backbone, ToyBackbone, ToyModelConfig, VAECodec, load_backbone, default_toy_weights, make_toy_vae
 from . import toyworld as tw
 from .evaluate import tracking_views, view_match, rotation_direction
 from .prompts import DIRECTIONS, EXTRA_WORDS, context_phrase, video_caption, caption_vocabulary   # the captions (re-exported)
-from .train import (TrainConfig, EMAHook, StepEndHook, train_loop, sample_sigmas, frame_token_sigmas,   # the engine
+from .train import (TrainConfig, EMAHook, StepEndHook, NumpyRNGHook, TorchRNGHook, train_loop, sample_sigmas, frame_token_sigmas,   # the engine
                                 FlowMatchingLoss, save_checkpoint, load_checkpoint, lr_lambda)   # (re-exported)
 
 # %% auto #0
-__all__ = ['VAE_STAGES', 'PretrainConfig', 'OrbitStream', 'VAEConfig', 'train_toy_vae', 'vae_heldout_psnr',
-           'set_latent_normalisation', 'pretrain', 'finalize_pretrained', 'smooth', 'plot_loss', 'write_model_card',
-           'rotation_after_partial_noise', 'check_first_frame_path', 'continuation_diagnostic', 'image_to_video',
-           'i2v_rotation', 'learnability_check', 'ladder_config']
+__all__ = ['VAE_STAGES', 'PretrainConfig', 'OrbitStream', 'VAEConfig', 'VAELoss', 'refuse_former_vae_checkpoints',
+           'train_toy_vae', 'vae_heldout_psnr', 'set_latent_normalisation', 'pretrain', 'finalize_pretrained', 'smooth',
+           'plot_loss', 'write_model_card', 'rotation_after_partial_noise', 'check_first_frame_path',
+           'continuation_diagnostic', 'image_to_video', 'i2v_rotation', 'learnability_check', 'ladder_config']
 
 # %% ../nbs/05_toy_pretrain.ipynb #8a34ada9
 @dataclass
@@ -99,17 +99,25 @@ class OrbitStream:
 
 # %% ../nbs/05_toy_pretrain.ipynb #ce184d29
 @dataclass
-class VAEConfig:
-    "Hyper-parameters of the toy autoencoder (stage 1)."
+class VAEConfig(TrainConfig):
+    "Hyper-parameters of the toy autoencoder (stage 1; defaults: the first stage of `assets/toy_t2v_latent`'s VAE)."
     steps: int = 1200
-    batch: int = 64
-    lr: float = 2e-3                  # peak of a one-cycle schedule (5% warm-up, cosine down)
-    kl_weight: float = 1e-6
-    context_prob: float = 0.3
+    lr: float = 2e-3                  # peak of the one-cycle schedule
+    warmup: int = 0                   # unused: the one-cycle warm-up is `pct_start`
+    pct_start: float = 0.05           # share of the steps spent warming up, then cosine down
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    checkpoint_every: int = 200
+    batch: int = 64                   # frames per step
+    kl_weight: float = 1e-6           # β of the KL term
+    context_prob: float = 0.3         # share of frames composited into a context backdrop
     latent_channels: int = 8
     block_out_channels: tuple = (16, 32, 64)
-    checkpoint_every: int = 200
-    seed: int = 0
+    resumable = ('checkpoint_every',)   # the one-cycle schedule is fixed by `steps`: no training on for more
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer):
+        "PyTorch's one-cycle schedule up to `lr`, `pct_start` of the steps warming up."
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, self.lr, total_steps=self.steps, pct_start=self.pct_start)
 
 def _frame_batch(rings: dict, n: int, rng: np.random.Generator, context_prob: float, backs: dict) -> torch.Tensor:
     "`n` random ring frames in [-1, 1] `[n, 3, H, W]`, a share composited into random contexts."
@@ -120,39 +128,40 @@ def _frame_batch(rings: dict, n: int, rng: np.random.Generator, context_prob: fl
         if rng.random() < context_prob: rgb[k] = tw.composite(rgb[k:k + 1], a[k:k + 1], backs[ctx[rng.integers(len(ctx))]])[0]
     return torch.from_numpy(rgb).permute(0, 3, 1, 2) * 2 - 1
 
+class VAELoss(nn.Module):
+    "Stage 1's loss on frames `[n,3,H,W]`: L1 reconstruction of a posterior sample plus `kl_weight` × KL; logs the L1 as 'l1'."
+    def __init__(self, vae, kl_weight: float = 1e-6): super().__init__(); self.vae, self.kl_weight = vae, kl_weight
+    def forward(self, x: torch.Tensor):
+        x = x.to(self.vae.device)
+        post = self.vae.encode(x).latent_dist
+        rec = (self.vae.decode(post.sample()).sample - x).abs().mean()
+        return rec + self.kl_weight * post.kl().mean(), {'l1': rec.detach()}
+
+def refuse_former_vae_checkpoints(*work_dirs):
+    """Refuse (ConfigError naming each file) work folders holding `vae_checkpoint.pt`, the checkpoint of `train_toy_vae`'s
+    loop before it ran on `train.train_loop`: it records no settings, so it cannot be resumed safely, and ignoring it would lose it."""
+    old = [str(Path(d)/'vae_checkpoint.pt') for d in work_dirs if (Path(d)/'vae_checkpoint.pt').exists()]
+    if old:
+        it = 'it' if len(old) == 1 else 'them'
+        raise ConfigError(f"{', '.join(old)}: written by the former toy-VAE loop, which does not record the settings it trained "
+                          f"with, so it is not resumed: delete {it} (or use a new work folder) to train again; with the same "
+                          "settings the weights come out as the former loop's, bit for bit")
+
 def train_toy_vae(rings: dict, cfg: VAEConfig, work_dir, init=None, progress: bool = True, stop_after: int | None = None) -> dict:
-    """Train a toy `AutoencoderKL` (fresh from `make_toy_vae`, or continuing the AutoencoderKL `init`) on ring frames;
-    checkpoints in `work_dir` and resumes from them. Returns {'vae', 'history', 'seconds_this_call', 'step'}."""
-    from dreamvid_lib.backbones import make_toy_vae
-    work_dir = Path(work_dir); work_dir.mkdir(parents=True, exist_ok=True); ckpt = work_dir/'vae_checkpoint.pt'
+    """Train a toy `AutoencoderKL` (fresh from `make_toy_vae`, or continuing the AutoencoderKL `init`) on ring frames with
+    `train.train_loop`; checkpoints in `work_dir/checkpoint.pt` and resumes from it, refusing other settings.
+    Returns the loop's log ('history' with each step's 'loss' and 'l1', 'seconds_this_call', 'step', ...) and the 'vae'."""
+    refuse_former_vae_checkpoints(work_dir)
     seed_everything(cfg.seed)
     vae = copy.deepcopy(init) if init is not None else make_toy_vae(cfg.latent_channels, cfg.block_out_channels, cfg.seed)
     vae.requires_grad_(True).train()
-    opt = torch.optim.AdamW(vae.parameters(), cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.05)
     rng = np.random.default_rng(cfg.seed)
     backs = {c: tw.backdrop(c, rings['rgba'].shape[2], seed=0) for c in tw.CONTEXTS if c != 'white'}
-    start, history = 0, []
-    if ckpt.exists():
-        st = load_checkpoint(ckpt)
-        vae.load_state_dict(st['model']); opt.load_state_dict(st['opt']); sched.load_state_dict(st['sched'])
-        rng.bit_generator.state = st['rng']; torch.set_rng_state(st['torch_rng']); start, history = st['step'], st['history']
-    t0, done = time.perf_counter(), 0
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc='vae')
-    for step in bar:
-        x = _frame_batch(rings, cfg.batch, rng, cfg.context_prob, backs)
-        post = vae.encode(x).latent_dist
-        rec = (vae.decode(post.sample()).sample - x).abs().mean()
-        loss = rec + cfg.kl_weight * post.kl().mean()
-        loss.backward(); torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0); opt.step(); opt.zero_grad(set_to_none=True); sched.step()
-        history.append({'step': step + 1, 'l1': rec.item()}); done += 1
-        if (step + 1) % 20 == 0: bar.set_postfix(l1=np.mean([h['l1'] for h in history[-20:]]))
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            with atomic_path(ckpt) as tmp:
-                torch.save({'step': step + 1, 'model': vae.state_dict(), 'opt': opt.state_dict(), 'sched': sched.state_dict(),
-                            'rng': rng.bit_generator.state, 'torch_rng': torch.get_rng_state(), 'history': history}, tmp)
-        if stop_after is not None and done >= stop_after: break
-    return {'vae': vae.eval().requires_grad_(False), 'history': history, 'seconds_this_call': time.perf_counter() - t0, 'step': start + done}
+    batches = lambda step, gen: (_frame_batch(rings, cfg.batch, rng, cfg.context_prob, backs),)
+    hooks = [NumpyRNGHook(rng), TorchRNGHook()]     # frame draws and posterior samples: a resumed run draws what an unbroken one would
+    log = train_loop(list(vae.parameters()), batches, VAELoss(vae, cfg.kl_weight), cfg, work_dir, hooks, state=vae,
+                     progress=progress, stop_after=stop_after, desc='vae')
+    return {**log, 'vae': vae.eval().requires_grad_(False)}
 
 VAE_STAGES = ((1200, 2e-3), (1500, 1e-3))   # (steps, peak lr) of assets/toy_t2v_latent's VAE, the second stage continuing the first
 
@@ -161,7 +170,7 @@ def vae_heldout_psnr(vae, n_subjects: int = 8, seed: int = 0) -> float:
     "Mean reconstruction PSNR (dB) of the VAE on 8 views each of `n_subjects` held-out subjects (white background)."
     subs = tw.heldout_subjects(n_subjects, seed=seed)
     x = np.concatenate([tw.render_views(s, np.arange(0, 360, 45), np.full(8, 15.0), res=32, with_depth=False).rgb for s in subs])
-    x = torch.from_numpy(x.astype(np.float32)).permute(0, 3, 1, 2) * 2 - 1
+    x = (torch.from_numpy(x.astype(np.float32)).permute(0, 3, 1, 2) * 2 - 1).to(vae.device)
     y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
     return float((10 * torch.log10(1 / (((y - x) / 2) ** 2).mean((1, 2, 3)))).mean())
 
@@ -170,7 +179,7 @@ def set_latent_normalisation(vae, rings: dict, n: int = 1280, seed: int = 0):
     "Write the latents' mean and 1/std over `n` random frames into the VAE config (`shift_factor`, `scaling_factor`)."
     rng = np.random.default_rng(seed)
     backs = {c: tw.backdrop(c, rings['rgba'].shape[2], seed=0) for c in tw.CONTEXTS if c != 'white'}
-    z = torch.cat([vae.encode(_frame_batch(rings, 64, rng, 0.3, backs)).latent_dist.mode() for _ in range(max(1, n // 64))])
+    z = torch.cat([vae.encode(_frame_batch(rings, 64, rng, 0.3, backs).to(vae.device)).latent_dist.mode() for _ in range(max(1, n // 64))])
     vae.register_to_config(shift_factor=float(z.mean()), scaling_factor=float(1 / z.std()))
     return vae
 

@@ -1,5 +1,5 @@
 """Unit tests of the foundation: errors on bad input, save/load round trips, resumable pre-training, the CLI."""
-import json, shutil, subprocess, sys
+import dataclasses, json, re, shutil, subprocess, sys
 from pathlib import Path
 import numpy as np
 import pytest
@@ -8,6 +8,7 @@ import torch
 from dreamvid_lib.core import AssetError, ConfigError, PromptError, DreamvidError, save_json, load_json
 from dreamvid_lib.backbones import ToyBackbone, ToyModelConfig, load_backbone, default_toy_weights, IDENTIFIER_TOKENS
 from dreamvid_lib.pretrain import PretrainConfig, pretrain, caption_vocabulary, video_caption
+from dreamvid_lib.train import load_checkpoint
 from dreamvid_lib.generate import generate
 from dreamvid_lib import toyworld as tw
 
@@ -66,13 +67,13 @@ def test_pretrain_kill_and_resume_matches_uninterrupted(rings, tmp_path):
 
 
 def test_latent_route_trains_resumes_saves_and_generates(rings, tmp_path):
-    "Stage 1 (toy VAE) and stage 2 (transformer on its latents): kill/resume, save/load, generation through the VAE."
+    "Stage 1 (toy VAE, on train.train_loop) and stage 2 (transformer on its latents): save/load, generation through the VAE."
     from dreamvid_lib.pretrain import VAEConfig, train_toy_vae, set_latent_normalisation
     vcfg = VAEConfig(steps=4, batch=4, checkpoint_every=2)
     full = train_toy_vae(rings, vcfg, tmp_path/'v', progress=False)
-    train_toy_vae(rings, vcfg, tmp_path/'vk', progress=False, stop_after=3)
-    resumed = train_toy_vae(rings, vcfg, tmp_path/'vk', progress=False)
-    for x, y in zip(full['vae'].parameters(), resumed['vae'].parameters()): assert torch.allclose(x, y, atol=1e-6)
+    assert sorted(p.name for p in (tmp_path/'v').iterdir()) == ['checkpoint.pt']         # the engine's one checkpoint format
+    assert load_checkpoint(tmp_path/'v'/'checkpoint.pt', dataclasses.asdict(vcfg), vcfg.resumable)['step'] == 4
+    assert [h['step'] for h in full['history']] == [1, 2, 3, 4] and all(h['l1'] > 0 for h in full['history'])
     vae = set_latent_normalisation(full['vae'], rings, n=64)
     assert vae.config.scaling_factor > 0 and all(not p.requires_grad for p in vae.parameters())
     bb = ToyBackbone.create(caption_vocabulary(), ToyModelConfig(num_layers=1, patch=1, codec='vae'), seed=0, vae=vae)
@@ -86,6 +87,71 @@ def test_latent_route_trains_resumes_saves_and_generates(rings, tmp_path):
     p = video_caption(tw.heldout_subjects(1)[0], 1)
     a, b = generate(bb, p, seeds=0, steps=2), generate(bb2, p, seeds=0, steps=2)
     assert a.shape == (1, 8, 32, 32, 3) and torch.allclose(a, b, atol=1e-5) and 0 <= a.min() and a.max() <= 1
+
+
+def test_vae_kill_and_resume_is_bit_identical(rings, tmp_path):
+    "A toy-VAE run killed after 3 steps (last checkpoint at 2) and started again ends with the unbroken run's weights, bit for bit."
+    from dreamvid_lib.pretrain import VAEConfig, train_toy_vae
+    vcfg = VAEConfig(steps=5, batch=4, checkpoint_every=2)
+    full = train_toy_vae(rings, vcfg, tmp_path/'v', progress=False)
+    killed = train_toy_vae(rings, vcfg, tmp_path/'vk', progress=False, stop_after=3)
+    assert killed['step'] == 3 and load_checkpoint(tmp_path/'vk'/'checkpoint.pt')['step'] == 2
+    resumed = train_toy_vae(rings, vcfg, tmp_path/'vk', progress=False)
+    assert resumed['resumed_from'] == 2 and resumed['steps_this_call'] == 3 and resumed['step'] == 5
+    assert [h['l1'] for h in resumed['history']] == [h['l1'] for h in full['history']]
+    for (k, x), (_, y) in zip(full['vae'].state_dict().items(), resumed['vae'].state_dict().items()): assert torch.equal(x, y), k
+    # stage 2 continues stage 1's VAE (init=): killed and resumed, it matches its unbroken run too
+    s2 = VAEConfig(steps=3, batch=4, checkpoint_every=1, lr=1e-3)
+    a = train_toy_vae(rings, s2, tmp_path/'s2', init=full['vae'], progress=False)
+    train_toy_vae(rings, s2, tmp_path/'s2k', init=full['vae'], progress=False, stop_after=2)
+    b = train_toy_vae(rings, s2, tmp_path/'s2k', init=full['vae'], progress=False)
+    assert b['resumed_from'] == 2 and all(torch.equal(x, y) for x, y in zip(a['vae'].state_dict().values(), b['vae'].state_dict().values()))
+    assert not all(torch.equal(x, y) for x, y in zip(a['vae'].state_dict().values(), full['vae'].state_dict().values()))
+
+
+def test_vae_other_settings_refused_by_name(rings, tmp_path):
+    from dreamvid_lib.pretrain import VAEConfig, train_toy_vae
+    vcfg = VAEConfig(steps=4, batch=4, checkpoint_every=2)
+    train_toy_vae(rings, vcfg, tmp_path/'v', progress=False, stop_after=2)
+    for change, named in (({'kl_weight': 1e-5}, 'kl_weight: 1e-06 -> 1e-05'), ({'lr': 1e-3}, 'lr: 0.002 -> 0.001'),
+                          ({'steps': 8}, 'steps: 4 -> 8'), ({'batch': 8}, 'batch: 4 -> 8')):
+        with pytest.raises(ConfigError, match=re.escape(named)):
+            train_toy_vae(rings, dataclasses.replace(vcfg, **change), tmp_path/'v', progress=False)
+    log = train_toy_vae(rings, dataclasses.replace(vcfg, checkpoint_every=1), tmp_path/'v', progress=False)   # may change
+    assert log['resumed_from'] == 2 and log['step'] == 4
+
+
+def _former_vae_checkpoint(path):
+    "What train_toy_vae's loop wrote before it ran on train_loop: no format, no settings."
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({'step': 2, 'model': {}, 'opt': {}, 'sched': {}, 'rng': np.random.default_rng(0).bit_generator.state,
+                'torch_rng': torch.get_rng_state(), 'history': [{'step': 1, 'l1': 0.8}, {'step': 2, 'l1': 0.7}]}, path)
+    return path
+
+
+def test_vae_former_checkpoint_is_refused_not_ignored(rings, tmp_path):
+    from dreamvid_lib.pretrain import VAEConfig, train_toy_vae
+    old = _former_vae_checkpoint(tmp_path/'v'/'vae_checkpoint.pt'); before = old.read_bytes()
+    with pytest.raises(ConfigError, match=re.escape(str(old))) as e:
+        train_toy_vae(rings, VAEConfig(steps=2, batch=4), tmp_path/'v', progress=False)
+    assert 'delete it' in str(e.value) and 'new work folder' in str(e.value)
+    assert old.read_bytes() == before and sorted(p.name for p in old.parent.iterdir()) == ['vae_checkpoint.pt']   # nothing trained over it
+    old.unlink()                                                                     # the fix the message names
+    assert train_toy_vae(rings, VAEConfig(steps=2, batch=4), tmp_path/'v', progress=False)['step'] == 2
+
+
+def test_cli_pretrain_vae_refuses_former_checkpoints_before_work(tmp_path, monkeypatch, capsys):
+    "`dreamvid pretrain --codec vae` names every stage's former checkpoint before rendering or training anything."
+    from dreamvid_lib.cli import main
+    monkeypatch.setenv('DREAMVID_CACHE', str(tmp_path/'cache'))
+    work = tmp_path/'w'
+    old = [_former_vae_checkpoint(work/f'vae_stage{k}'/'vae_checkpoint.pt') for k in (0, 1)]
+    rc = main(['pretrain', '--out', str(tmp_path/'m'), '--work', str(work), '--subjects', '2', '--steps', '2',
+               '--workers', '1', '--codec', 'vae'])
+    err = capsys.readouterr().err
+    assert rc == 2 and all(str(p) in err for p in old) and 'delete them' in err, err
+    assert all(p.exists() for p in old) and not (tmp_path/'m').exists() and not (tmp_path/'cache'/'rings').exists()
+    assert sorted(p.name for p in work.rglob('*') if p.is_file()) == ['vae_checkpoint.pt'] * 2
 
 
 def test_shipped_latent_model_loads():
