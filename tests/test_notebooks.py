@@ -24,6 +24,7 @@ CI_PARAMS = {
     '12a_personalize.ipynb': {'steps': 6},
     '15_hunyuan.ipynb': {'demo_steps': 2},
     '12b_lrm.ipynb': {'demo_subjects': 4, 'demo_steps': 6, 'n_heldout': 2, 'mesh_resolution': 24, 'cli_res': 16},
+    '12d_vfusion3d.ipynb': {'n_train_subjects': 4, 'n_heldout_subjects': 2, 'engine_steps': 2, 'elevation_orbits': 2, 'gen_subjects': 2, 'shard_size': 1},
 }
 
 def _parameters_cell(nb):
