@@ -3,7 +3,12 @@
     python research/orbit_prior/ar_rollout.py w2.pt 4 rollout.png
     RING=1 python research/orbit_prior/ar_rollout.py w2.pt 4 rollout_ring.png   # frame 0 from the training views
 
-Prints the image-to-video rotation scores (monotone rate, direction agreement, view error, the ground truth's rate)
+Environment: STEPS (Euler steps per frame, 20), CSIG (noise level σ_c at which each generated frame is shown to the next
+hop, 0), WINDOW=full (denoise all 8 frames jointly from frame 0 instead of rolling out), PARAM=x (x-prediction model),
+INIT=shipped (the weights were trained from the shipped model and use its text encoder; default: a fresh model's).
+
+Prints the image-to-video rotation scores (monotone rate, direction agreement, view error, frames whose view-matched
+azimuth is within 15° of the truth's, overall and by frame index, the ground truth's rate)
 on the first N training subjects from a rendered first view at azimuths 20° and 200°, both directions; saves a grid.
 """
 import sys, os, json, torch, numpy as np
@@ -12,7 +17,7 @@ from dreamvid_lib.prompts import video_caption
 from dreamvid_lib.backbones import load_backbone, ToyBackbone
 from dreamvid_lib import toyworld as tw
 from dreamvid_lib.core import cache_dir
-from dreamvid_lib.evaluate import tracking_views, view_match, rotation_direction
+from dreamvid_lib.evaluate import tracking_views, view_match, rotation_direction, wrap_deg
 torch.set_num_threads(int(os.environ.get('NT', 1)))
 
 from dreamvid_lib.train import frame_token_sigmas
@@ -36,6 +41,8 @@ def hop(bb, first, prompt, seed, steps=20, cond_sigma=0.0):
 @torch.no_grad()
 def ar_video(bb, first, prompt, seed, steps=20, n=8):
     cs = float(os.environ.get('CSIG', 0))                # CSIG: noise level of the conditioning frame (noise augmentation)
+    if os.environ.get('WINDOW') == 'full':               # WINDOW=full: all n frames denoised jointly from frame 0 (no rollout)
+        return image_to_video(bb, first[None], [prompt], [seed], steps, num_frames=n)[0].clamp(0, 1)
     frames = [first]
     for k in range(1, n): frames.append(hop(bb, frames[-1], prompt, seed * 100 + k, steps, cs if k > 1 else 0.0))
     return torch.stack(frames)
@@ -54,10 +61,15 @@ def ar_rotation(bb, subjects, azimuths=(20.0, 200.0), elevation=15.0, steps=20, 
                 gt_ok.append(rotation_direction(view_match(gt, grid)[1]) == d)
                 v = ar_video(bb, torch.from_numpy(gt[0]).float(), video_caption(s, d), seed + len(rows), steps)
                 _, az, err = view_match(v.numpy(), grid)
+                _, az_gt, _ = view_match(gt, grid)
                 r = rotation_direction(az)
-                rows.append({'monotone': r != 0, 'right_direction': r == d, 'view_error': float(err[1:].mean())}); vids.append((gt, v.numpy()))
+                off = np.abs(wrap_deg(az - az_gt))[1:]             # frames 1..: azimuth off the truth's matched azimuth
+                rows.append({'monotone': r != 0, 'right_direction': r == d, 'view_error': float(err[1:].mean()),
+                             'az_off': float(off.mean()), 'on_track': float((off <= 15).mean()), 'per_frame': (off <= 15).tolist()}); vids.append((gt, v.numpy()))
     return {'rotation_monotone_rate': float(np.mean([r['monotone'] for r in rows])), 'direction_agreement': float(np.mean([r['right_direction'] for r in rows])),
-            'view_error': float(np.mean([r['view_error'] for r in rows])), 'ground_truth_rate': float(np.mean(gt_ok)), 'n': len(rows)}, vids
+            'view_error': float(np.mean([r['view_error'] for r in rows])), 'azimuth_off_deg': float(np.mean([r['az_off'] for r in rows])),
+            'frames_on_track': float(np.mean([r['on_track'] for r in rows])),
+            'on_track_by_frame': np.mean([r['per_frame'] for r in rows], 0).round(2).tolist(), 'ground_truth_rate': float(np.mean(gt_ok)), 'n': len(rows)}, vids
 
 if __name__ == '__main__':
     bb = load_backbone('toy')

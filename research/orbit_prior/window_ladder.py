@@ -7,6 +7,14 @@ mirrored continuation, with the mean-view and direction-blind baselines) every `
     python research/orbit_prior/window_ladder.py --frames 2 --sigma one --subjects 16 --steps 2000 --save w2.pt
     python research/orbit_prior/window_ladder.py --frames 2 --sigma one --subjects 16 --steps 2000 --init w2.pt --save w2b.pt
 
+    # noise-augmented frame 0, EMA, and self-forcing (half the steps continue the model's own 4-step frame 1):
+    python research/orbit_prior/window_ladder.py --frames 2 --sigma uniform --steps 1500 --lr 5e-4 --batch 16 --init w2b.pt \
+        --cond-sigma 0.3 --ema 0.999 --self-forcing 0.5 --save wsf.pt
+    # grow the window: 2 -> 3 -> 8 frames
+    python research/orbit_prior/window_ladder.py --frames 3 --sigma mix --steps 1000 --lr 5e-4 --init wsf.pt --save w3.pt
+
+Models trained from 'fresh' own the text encoder of `ToyBackbone.create(caption_vocabulary(), seed=0)`; `--save` writes
+the transformer only, so load it into such a backbone (as `ar_rollout.py` does), not into the shipped one.
 Results of the runs are recorded in `nbs/05_toy_pretrain.ipynb` (table "Every recipe tried").
 """
 import argparse, json, os, time
@@ -52,6 +60,17 @@ def noisy_first_velocity(bb, xs, x0, sigmas, text, cond):
     keep = torch.ones_like(x0); keep[cf, :, 0] = 0
     return bb.predict_velocity(xs, ts, text), keep
 
+@torch.no_grad()
+def own_hop(bb, first, caps, steps, g):
+    "The model's own frame 1 `[B,H,W,3]` from frames 0 `first` (`steps` Euler steps): the input of a self-forced step."
+    text = bb.encode_prompt(caps); f = bb.encode_video(first[:, None].float())[:, :, 0]
+    lat = torch.randn((len(caps), f.shape[1], 2, *f.shape[2:]), generator=g)
+    sig, cf = torch.linspace(1, 0, steps + 1), torch.ones(len(caps), dtype=torch.bool)
+    for i in range(steps):
+        lat[:, :, 0] = f
+        lat = lat + (sig[i + 1] - sig[i]) * bb.predict_velocity(lat, frame_token_sigmas(bb, lat, sig[i].expand(len(caps)), cf), text)
+    return bb.decode_latents(lat)[:, 1].float().clamp(0, 1)
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--frames', type=int, default=2); p.add_argument('--stride', type=int, default=2)
@@ -62,6 +81,9 @@ def main(argv=None):
     p.add_argument('--param', choices=('v', 'x'), default='v', help="the network's output: velocity (Wan) or x̂0 (JiT)")
     p.add_argument('--cond-sigma', type=float, default=0.0, help='noise augmentation of frame 0: σ_c ~ U(0, this) per sample')
     p.add_argument('--ema', type=float, default=0.0, help='EMA decay of the weights (evaluated and saved when > 0)')
+    p.add_argument('--self-forcing', type=float, default=0.0,
+                   help="share of steps (2-frame window) whose frame 0 is the model's own prediction of the previous view, the target the true next view")
+    p.add_argument('--sf-steps', type=int, default=4, help='Euler steps of that prediction')
     p.add_argument('--save', default=None); p.add_argument('--eval-every', type=int, default=100)
     p.add_argument('--threads', type=int, default=int(os.environ.get('OMP_NUM_THREADS', 1)))
     a = p.parse_args(argv)
@@ -75,13 +97,19 @@ def main(argv=None):
     cfg = ladder_config(a.steps, lr=a.lr, stride=a.stride, frames=a.frames, batch_videos=a.batch)
     g = torch.Generator().manual_seed(0)
     stream = OrbitStream(rings, cfg, g, subjects=range(a.subjects))
+    stream3 = OrbitStream(rings, ladder_config(a.steps, lr=a.lr, stride=a.stride, frames=3, batch_videos=a.batch), g,
+                          subjects=range(a.subjects)) if a.self_forcing > 0 else None
     loss_fn = FlowMatchingLoss(bb, noisy_first_velocity if a.cond_sigma > 0 else None)
     ema = {k: v.detach().clone() for k, v in bb.transformer.state_dict().items()} if a.ema > 0 else None
     params = [q for q in bb.transformer.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
     t0, hist = time.time(), []
     for step in range(1, a.steps + 1):
-        video, caps, cf = stream.batch(step, flags=True)
+        if stream3 is not None and float(torch.rand(1, generator=g)) < a.self_forcing:
+            v3, caps, cf = stream3.batch(step, flags=True)
+            bb.transformer.eval()
+            video = torch.stack([own_hop(bb, v3[:, 0], caps, a.sf_steps, g), v3[:, 2]], 1)
+        else: video, caps, cf = stream.batch(step, flags=True)
         sig = sigmas_for(a.sigma, bb, len(caps), g)
         noise = torch.randn(bb.encode_video(video).shape, generator=g)
         bb.transformer.train()
