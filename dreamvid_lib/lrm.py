@@ -23,12 +23,12 @@ from .evaluate import masked_psnr, masked_ssim
 
 # %% auto #0
 __all__ = ['LRM_WEIGHTS', 'LRM_CONFIG', 'TOY_LRM_RECIPE', 'LRMError', 'LRMConfig', 'canonical_c2w', 'camera_features', 'rotate_y',
-           'camera_rays', 'ray_box', 'stratified_samples', 'volume_render', 'render_rays', 'sample_triplane',
-           'TriplaneNeRF', 'ImageEncoder', 'ModLN', 'TriplaneBlock', 'TinyLRM', 'build_lrm', 'LRMTrainConfig',
-           'lrm_lr_factor', 'ring_batch', 'ToyPerceptual', 'lrm_losses', 'train_lrm', 'save_lrm', 'load_lrm',
-           'as_image', 'reconstruct', 'render_orbit', 'density_grid', 'density_level', 'extract_mesh', 'write_ply',
-           'heldout_rings', 'evaluate_lrm', 'compare_to_subject', 'image_to_3d', 'image_to_3d_cli', 'build_toy_lrm',
-           'write_lrm_card']
+           'camera_rays', 'window_rays', 'ray_box', 'stratified_samples', 'volume_render', 'render_rays',
+           'sample_triplane', 'TriplaneNeRF', 'ImageEncoder', 'ModLN', 'TriplaneBlock', 'TinyLRM', 'build_lrm',
+           'LRMTrainConfig', 'lrm_lr_factor', 'ring_batch', 'ToyPerceptual', 'lrm_losses', 'train_lrm', 'save_lrm',
+           'load_lrm', 'as_image', 'reconstruct', 'render_orbit', 'density_grid', 'density_level', 'extract_mesh',
+           'write_ply', 'heldout_rings', 'evaluate_lrm', 'compare_to_subject', 'image_to_3d', 'image_to_3d_cli',
+           'build_toy_lrm', 'write_lrm_card']
 
 # %% ../nbs/12b_lrm.ipynb #5ebdf214
 class LRMError(DreamvidError, ValueError):
@@ -103,6 +103,16 @@ def camera_rays(c2w: torch.Tensor, res: int, K=None) -> tuple[torch.Tensor, torc
     d = torch.stack([(k - K[0, 2]) / K[0, 0], -(j - K[1, 2]) / K[1, 1], -torch.ones_like(j)], -1).reshape(-1, 3)
     d = d @ c2w[:, :3, :3].transpose(1, 2)
     return c2w[:, None, :3, 3].expand_as(d), F.normalize(d, dim=-1)
+
+def window_rays(origins: torch.Tensor, dirs: torch.Tensor, res: int, window=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The rays `[N,res*res,3]` of a p x p patch of each view when `window` = (top-left corners `[..., 2]` of N views, p)
+    (LRM's patch rendering), else all of them; returns (origins, dirs, side of the rendered square)."""
+    if window is None: return origins, dirs, res
+    corner, p = window
+    corner, r = corner.reshape(-1, 1, 1, 2), torch.arange(p)
+    pix = ((corner[..., 0] + r[:, None]) * res + corner[..., 1] + r[None]).reshape(len(corner), -1)
+    take = lambda x: x.gather(1, pix[..., None].expand(-1, -1, 3))
+    return take(origins), take(dirs), p
 
 def ray_box(origins: torch.Tensor, dirs: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor]:
     "Entry and exit distances of rays through the cube [-bound, bound]^3 (slab method); a miss gives near == far."
@@ -265,12 +275,7 @@ class TinyLRM(nn.Module):
         (LRM's patch rendering); `chunk`: rays per pass (inference at large sizes)."""
         B, V = c2w.shape[:2]
         o, d = camera_rays(c2w.reshape(B * V, 4, 4).float(), res)
-        h = w = res
-        if window is not None:
-            corner, p = window
-            r = torch.arange(p)
-            pix = ((corner.reshape(B * V, 1, 1, 2)[..., 0] + r[:, None]) * res + corner.reshape(B * V, 1, 1, 2)[..., 1] + r[None]).reshape(B * V, -1)
-            o, d = o.gather(1, pix[..., None].expand(-1, -1, 3)), d.gather(1, pix[..., None].expand(-1, -1, 3)); h = w = p
+        o, d, h = window_rays(o, d, res, window); w = h
         o, d = o.reshape(B, V * h * w, 3), d.reshape(B, V * h * w, 3)
         fn = lambda p: self.field(planes, p)
         n, step = o.shape[1], chunk or o.shape[1]

@@ -15,7 +15,7 @@ from torch import nn
 import torch.nn.functional as F
 from .core import ConfigError, AssetError, atomic_path, save_json, check_safetensors
 from . import toyworld as tw
-from .lrm import LRMError, load_lrm, LRM_CONFIG, LRM_WEIGHTS
+from .lrm import LRMError, load_lrm, LRM_CONFIG, LRM_WEIGHTS, window_rays
 
 # %% auto #0
 __all__ = ['OPENLRM_REPOS', 'OPENLRM_SOURCE_SIZE', 'DINOV2_ARCHS', 'YUP_TO_ZUP', 'OpenLRMError', 'openlrm_download_hint',
@@ -416,12 +416,7 @@ class OpenLRM(nn.Module):
         B, V = c2w.shape[:2]
         A = torch.eye(4, device=c2w.device); A[:3, :3] = YUP_TO_ZUP.to(c2w.device)
         o, d = openlrm_rays(A @ c2w.reshape(B * V, 4, 4).float(), res)          # OpenLRM's frame from here on
-        h = w = res
-        if window is not None:
-            corner, p = window
-            r = torch.arange(p)
-            pix = ((corner.reshape(B * V, 1, 1, 2)[..., 0] + r[:, None]) * res + corner.reshape(B * V, 1, 1, 2)[..., 1] + r[None]).reshape(B * V, -1)
-            o, d = o.gather(1, pix[..., None].expand(-1, -1, 3)), d.gather(1, pix[..., None].expand(-1, -1, 3)); h = w = p
+        o, d, h = window_rays(o, d, res, window); w = h
         o, d = o.reshape(B, V * h * w, 3).to(planes), d.reshape(B, V * h * w, 3).to(planes)
         S = samples or self.cfg.samples
         if S < 4 or S % 2: raise LRMError(f"samples must be even and ≥ 4, got {S}")

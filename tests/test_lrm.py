@@ -167,3 +167,16 @@ def test_dreamvid_cli_dispatches_image_to_3d(tmp_path, capsys):
     assert main(['image-to-3d', str(tmp_path/'in.png'), '--out', str(tmp_path/'x'), '--model', str(tmp_path/'missing')]) == 2
     assert '--model' in capsys.readouterr().err
     assert 'image-to-3d' in build_parser().format_help()
+
+def test_window_rays_are_the_patch_of_the_full_rays():
+    import torch
+    from dreamvid_lib.lrm import window_rays
+    res, p = 8, 3
+    o, d = torch.randn(2, res * res, 3), torch.randn(2, res * res, 3)
+    corner = torch.tensor([[1, 4], [5, 0]])
+    wo, wd, side = window_rays(o, d, res, (corner, p))
+    assert side == p and wo.shape == (2, p * p, 3)
+    for n, (y, x) in enumerate(corner.tolist()):
+        assert torch.equal(wo[n].reshape(p, p, 3), o[n].reshape(res, res, 3)[y:y + p, x:x + p])
+        assert torch.equal(wd[n].reshape(p, p, 3), d[n].reshape(res, res, 3)[y:y + p, x:x + p])
+    assert window_rays(o, d, res)[2] == res
