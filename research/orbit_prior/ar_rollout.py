@@ -5,7 +5,7 @@
 
 Environment: STEPS (Euler steps per frame, 20), CSIG (noise level σ_c at which each generated frame is shown to the next
 hop, 0), WINDOW=full (denoise all 8 frames jointly from frame 0 instead of rolling out), PARAM=x (x-prediction model),
-INIT=shipped (the weights were trained from the shipped model and use its text encoder; default: a fresh model's).
+HELDOUT=1 (held-out subjects, rendered at 20° and 200°, elevation 15°), INIT=shipped (the weights were trained from the shipped model and use its text encoder; default: a fresh model's).
 
 Prints the image-to-video rotation scores (monotone rate, direction agreement, view error, frames whose view-matched
 azimuth is within 15° of the truth's, overall and by frame index, the ground truth's rate)
@@ -81,7 +81,8 @@ if __name__ == '__main__':
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__))); from window_ladder import use_x_prediction; use_x_prediction(bb)
     rings = tw.load_ring_dataset(tw.build_ring_dataset(cache_dir(), 16, workers=1))
     on_ring = os.environ.get('RING') == '1'      # RING=1: frame 0 from the training ring views (15° and 195°)
-    subs = list(range(int(sys.argv[2]))) if on_ring else [rings['subjects'][i] for i in range(int(sys.argv[2]))]
+    held = os.environ.get('HELDOUT') == '1'      # HELDOUT=1: held-out subjects (attribute combinations never trained on), fresh renders
+    subs = list(range(int(sys.argv[2]))) if on_ring else tw.heldout_subjects(int(sys.argv[2])) if held else [rings['subjects'][i] for i in range(int(sys.argv[2]))]
     res, vids = ar_rotation(bb, subs, azimuths=(15.0, 195.0) if on_ring else (20.0, 200.0), steps=int(os.environ.get('STEPS', 20)),
                             rings=rings if on_ring else None)
     print(json.dumps(res), flush=True)
