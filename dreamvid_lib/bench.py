@@ -15,45 +15,21 @@ import torch
 from .core import ConfigError, save_json, load_json, atomic_write_text, Timer, seed_everything
 from .backbones import load_backbone
 from . import toyworld as tw
-from .multiview import from_views
 from .prompts import orbit_prompts
-from .generate import generate, save_video
-from .metrics import tracking_views, view_matched_fidelity, rotation_direction
+from .generate import save_video
 from .core import cache_dir
 from .backbones import default_toy_weights
-from .adapters import activate_branches
-from .dreambooth import DreamBoothConfig, train_3dreambooth
-from .dapter import JointConfig, train_joint, load_pretrained_3dapter, default_dapter_weights, conditioning_views
-from .metrics import video_metrics, geometric_fidelity, load_encoders
+from .dapter import default_dapter_weights
+from .metrics import load_encoders
+from .experiments import Method, METHODS, SubjectTruth, score_video, add_method_adapters, run_method
 
 # %% auto #0
-__all__ = ['METHODS', 'TABLES', 'LOWER_IS_BETTER', 'Method', 'BenchConfig', 'weights_fingerprint', 'default_run_dir',
-           'SubjectTruth', 'score_video', 'run_cell', 'cell_path', 'run_subject', 'run_bench', 'collect',
-           'metric_columns', 'summarize', 'markdown_tables', 'plot_summary', 'write_reports']
+__all__ = ['TABLES', 'LOWER_IS_BETTER', 'BenchConfig', 'weights_fingerprint', 'default_run_dir', 'run_cell', 'cell_path',
+           'run_subject', 'run_bench', 'collect', 'metric_columns', 'summarize', 'markdown_tables', 'plot_summary',
+           'write_reports', 'Method', 'METHODS', 'SubjectTruth', 'score_video']
 
-# %% ../nbs/11_bench.ipynb #310ff6b7
-@dataclass(frozen=True)
-class Method:
-    "One row of the benchmark tables."
-    key: str
-    label: str
-    views: str                # the paper's 'Views' column: '-', 'S' or 'M'
-    adapter: str | None       # None, '3dapter' (pre-trained, zero-shot), '3db', 'joint'
-    n_refs: int = 0           # reference views at inference (-1: the K conditioning views)
-    identifier: bool = False  # prompt with the learned identifier
-    tab: bool = False
-    erae: bool = False
-
-METHODS = {m.key: m for m in (
-    Method('base', 'Base (class prompt)', '-', None),
-    Method('3dapter', '3Dapter', 'S', '3dapter', n_refs=1),
-    Method('3db', '3DreamBooth', 'M', '3db', identifier=True),
-    Method('joint', '3Dapter+3DB', 'M', 'joint', n_refs=-1, identifier=True),
-    Method('joint_tab', '3Dapter+3DB +TAB', 'M', 'joint', n_refs=-1, identifier=True, tab=True),
-    Method('joint_erae', '3Dapter+3DB +ERAE', 'M', 'joint', n_refs=-1, identifier=True, erae=True),
-    Method('joint_tab_erae', '3Dapter+3DB +TAB+ERAE', 'M', 'joint', n_refs=-1, identifier=True, tab=True, erae=True),
-)}
-
+# %% ../nbs/11_bench.ipynb #b3a1e5c7
+_all_ = ['Method', 'METHODS', 'SubjectTruth', 'score_video']   # re-exported: they live in experiments (10a_experiments)
 
 # %% ../nbs/11_bench.ipynb #61fe3b17
 @dataclass
@@ -121,66 +97,37 @@ def _check_config(out: Path, cfg: BenchConfig) -> None:
                               "use another --out folder, or delete it to start over")
     else: save_json(p, want)
 
-# %% ../nbs/11_bench.ipynb #ac154014
-class SubjectTruth:
-    "Ground truth of one toy subject at the model's resolution: multi-view set, K condition views, dense view grid."
-    def __init__(self, subject, res: int, k: int = 4):
-        self.subject, self.res = subject, res
-        self.mv = from_views(tw.multiview_set(subject, n_views=30, res=res, seed=0), identifier='sks')
-        self.cond_idx, self.cond_views = conditioning_views(self.mv, k)
-        self.cond_masks = self.mv.masks[self.cond_idx]
-        self.grid = tracking_views(subject, res)
-
-def score_video(video, truth: SubjectTruth, prompt: str, encoders=None, geometry: bool = True) -> dict:
-    "All metrics of one generated video `[F,H,W,3]` against `truth`."
-    v = torch.as_tensor(video).float()
-    fid = view_matched_fidelity(v, truth.grid)
-    row = {'psnr': fid['psnr'], 'ssim': fid['ssim'], 'rotates': float(rotation_direction(fid['matched_azimuths']) != 0)}
-    row.update(video_metrics(v.numpy(), truth.cond_views, truth.cond_masks, prompt=prompt, encoders=encoders))
-    if geometry: row.update(geometric_fidelity(v.numpy(), truth.subject))
-    return row
-
 # %% ../nbs/11_bench.ipynb #ee34767c
 def _subject_backbone(cfg: BenchConfig, method: Method, truth: SubjectTruth, work: Path, progress: bool):
     "A fresh backbone with the adapters `method` needs (training them, resumably, when needed)."
     from accelerate import PartialState
     local = PartialState(cpu=not torch.cuda.is_available()).num_processes > 1                       # processes take different subjects: no gradient sharing
     bb = load_backbone(cfg.backbone, cfg.weights)
-    if method.adapter == '3dapter':
-        load_pretrained_3dapter(bb, cfg.dapter); activate_branches(bb.transformer, ['3dapter'])
-    elif method.adapter == '3db':
-        train_3dreambooth(bb, truth.mv, DreamBoothConfig(steps=cfg.train_steps, preview_every=0), work_dir=work/'3db', progress=progress,
-                          local=local)
-    elif method.adapter == 'joint':
-        train_joint(bb, truth.mv, JointConfig(steps=cfg.train_steps, k=cfg.k, preview_every=0), dapter=cfg.dapter,
-                    work_dir=work/'joint', progress=progress, local=local)
+    add_method_adapters(bb, truth, method, steps=cfg.train_steps, k=cfg.k, dapter=cfg.dapter,
+                        work_dir=work/method.adapter if method.adapter in ('3db', 'joint') else None, progress=progress, local=local)
     return bb
 
 def run_cell(cfg: BenchConfig, method_key: str, subject_index: int, subject, out: Path, truth: SubjectTruth | None = None,
              encoders=None, bb=None, train_seconds: float | None = None, progress: bool = False) -> list[dict]:
-    """Generate and score the videos of one (subject, method) cell; returns one row per video and writes the cell file.
-    `bb`: a backbone already holding the method's adapters (then `train_seconds` says what training them cost)."""
+    """Generate and score the videos of one (subject, method) cell with `experiments.run_method`; returns one row per video
+    and writes the cell file. `bb`: a backbone already holding the method's adapters (then `train_seconds` says what
+    training them cost)."""
     m = METHODS[method_key]
     work = out/'work'/f's{subject_index:02d}'
     truth = truth or SubjectTruth(subject, getattr(load_backbone(cfg.backbone, cfg.weights).config, 'resolution', 32), cfg.k)
     if bb is None:
         with Timer() as t_train: bb = _subject_backbone(cfg, m, truth, work, progress)
         train_seconds = t_train.seconds
-    prompts = orbit_prompts(subject, cfg.n_videos, truth.mv.identifier if m.identifier else None)
-    refs = None if m.n_refs == 0 else (truth.cond_views[:m.n_refs] if m.n_refs > 0 else truth.cond_views)
-    seeds = list(range(cfg.n_videos))
-    with Timer() as t_gen:
-        frames = {} if cfg.num_frames is None else {'num_frames': cfg.num_frames}
-        vids = generate(bb, prompts, seeds, steps=cfg.gen_steps, guidance=cfg.guidance, references=refs, tab=m.tab, erae=m.erae, **frames)
+    r = run_method(subject, m, bb=bb, truth=truth, train=False, seeds=range(cfg.n_videos), gen_steps=cfg.gen_steps,
+                   guidance=cfg.guidance, num_frames=cfg.num_frames, features=True, encoders=encoders, geometry=cfg.geometry)
     rows = []
     (out/'videos').mkdir(parents=True, exist_ok=True)
-    for seed, p, v in zip(seeds, prompts, vids):
+    for seed, p, v, score in zip(r.seeds, r.prompts, r.videos, r.scores):
         name = f's{subject_index:02d}_{m.key}_{seed}.gif'
         save_video(v, out/'videos'/name)
         rows.append({'subject_index': subject_index, 'subject': subject.description(), 'class': subject.cls,
-                     'method': m.key, 'seed': seed, 'prompt': p, 'video': f'videos/{name}',
-                     **score_video(v, truth, p, encoders, cfg.geometry)})
-    for r in rows: r.update(train_seconds=round(train_seconds or 0.0, 2), gen_seconds=round(t_gen.seconds / len(rows), 2))
+                     'method': m.key, 'seed': seed, 'prompt': p, 'video': f'videos/{name}', **score})
+    for r_ in rows: r_.update(train_seconds=round(train_seconds or 0.0, 2), gen_seconds=round(r.gen_seconds / len(rows), 2))
     save_json(cell_path(out, subject_index, m.key), rows)
     return rows
 

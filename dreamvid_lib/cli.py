@@ -57,52 +57,52 @@ def evaluate_base(backbone, subjects, out_dir, seeds_per_subject: int = 2, steps
 def demo_dreambooth(backbone_name: str, weights, subject, out_dir, steps: int = 400, seeds=(0, 1, 2, 3),
                     gen_steps: int = 30, progress: bool = True) -> dict:
     """Prep → 3DreamBooth → generation → figures for one toy subject; fidelity against the base model
-    prompted with the class noun (same seeds)."""
+    prompted with the class noun (same seeds). Both are `experiments.run_method` calls on one backbone."""
     import matplotlib.pyplot as plt
-    from dreamvid_lib.multiview import from_views, select_conditioning_views, contact_sheet
-    from dreamvid_lib.dreambooth import DreamBoothConfig, train_3dreambooth, evaluate_videos
+    from dreamvid_lib.multiview import select_conditioning_views, contact_sheet
+    from dreamvid_lib.dreambooth import DreamBoothConfig, mean_fidelity
+    from dreamvid_lib.experiments import run_method
     out_dir = Path(out_dir); (out_dir/'videos').mkdir(parents=True, exist_ok=True)
-    bb = load_backbone(backbone_name, weights); res = bb.config.resolution
-    mv = from_views(tw.multiview_set(subject, n_views=30, res=res, seed=0))
+    bb = load_backbone(backbone_name, weights)
+    base = run_method(subject, 'base', bb=bb, prompts='class', seeds=seeds, gen_steps=gen_steps)
+    mv = base.truth.mv
     chosen = select_conditioning_views(mv, k=4)
     fig = contact_sheet(mv, chosen); fig.savefig(out_dir/'prep_contact_sheet.png', dpi=100, bbox_inches='tight'); plt.close(fig)
     dirs = alternating_directions(len(seeds))
-    base = generate(bb, [class_caption(subject.cls, d) for d in dirs], list(seeds), steps=gen_steps)
-    with Timer() as t:
-        log = train_3dreambooth(bb, mv, DreamBoothConfig(steps=steps), work_dir=out_dir/'3db_work', out_dir=out_dir/'adapter_3db', progress=progress)
     orbit_prompts = [orbit_prompt(mv.prompt(), d) for d in dirs]
     scene_prompts = [orbit_prompt(mv.prompt(), 1, 'wooden table'), orbit_prompt(mv.prompt(), -1, 'space')]
-    vids = generate(bb, orbit_prompts + scene_prompts, list(seeds) + [100, 101], steps=gen_steps)
+    db = run_method(subject, '3db', bb=bb, truth=base.truth, cfg=DreamBoothConfig(steps=steps), work_dir=out_dir/'3db_work',
+                    out_dir=out_dir/'adapter_3db', progress=progress, prompts=orbit_prompts + scene_prompts,
+                    seeds=list(seeds) + [100, 101], gen_steps=gen_steps)
+    log, vids = db.log, db.videos
     for j, v in enumerate(vids):
         for ext in ('mp4', 'gif'): save_video(v, out_dir/'videos'/f'dreambooth_{j:02d}.{ext}')
-    labels = ['base: ' + class_caption(subject.cls, dirs[0])] + orbit_prompts + scene_prompts
-    fig = frames_grid([base[0]] + list(vids), labels); fig.savefig(out_dir/'dreambooth_grid.png', dpi=110, bbox_inches='tight'); plt.close(fig)
+    labels = ['base: ' + base.prompts[0]] + orbit_prompts + scene_prompts
+    fig = frames_grid([base.videos[0]] + list(vids), labels); fig.savefig(out_dir/'dreambooth_grid.png', dpi=110, bbox_inches='tight'); plt.close(fig)
     loss = [h['loss'] for h in log['history']]
     return {'subject': subject.description(), 'prompt': mv.prompt(), 'steps': steps, 'train_seconds': round(log['seconds_total'], 1),
             'step_ms': round(1000 * log['step_seconds'], 1), 'loss_first_last': [float(np.mean(loss[:20])), float(np.mean(loss[-20:]))],
-            'dreambooth': evaluate_videos(vids[:len(seeds)], subject, res),
-            'base_class_prompt': {k: v for k, v in evaluate_videos(base, subject, res).items() if k != 'rotation_monotone_rate'},
+            'dreambooth': mean_fidelity(db.scores[:len(seeds)]),
+            'base_class_prompt': {k: v for k, v in base.fidelity.items() if k != 'rotation_monotone_rate'},
             'conditioning_views': [int(i) for i in chosen]}
 
 def demo_joint(backbone_name: str, weights, subject, out_dir, steps: int = 400, seeds=(0, 1, 2, 3), gen_steps: int = 30,
                k: int = 4, progress: bool = True, dapter=None) -> dict:
-    """Joint 3Dapter + 3DreamBooth (Eq. 4) on the same subject with K conditioning views; generation with the references
-    and router capture; fidelity and routing accuracy (most-attended reference = the one nearest each frame's azimuth)."""
+    """Joint 3Dapter + 3DreamBooth (Eq. 4) on the same subject with K conditioning views (`experiments.run_method`); generation
+    with the references and router capture; fidelity and routing accuracy (most-attended reference = the one nearest each
+    frame's azimuth)."""
     import matplotlib.pyplot as plt
-    from dreamvid_lib.multiview import from_views
-    from dreamvid_lib.dapter import train_joint, JointConfig
-    from dreamvid_lib.dreambooth import evaluate_videos
+    from dreamvid_lib.dapter import JointConfig
+    from dreamvid_lib.experiments import run_method
     from dreamvid_lib.router import probe_of, mass_array, routing_accuracy, routing_by_layer
     out_dir = Path(out_dir); (out_dir/'videos').mkdir(parents=True, exist_ok=True)
-    bb = load_backbone(backbone_name, weights); res = bb.config.resolution
-    mv = from_views(tw.multiview_set(subject, n_views=30, res=res, seed=0))
-    with Timer() as t:
-        log = train_joint(bb, mv, JointConfig(steps=steps, k=k), dapter=dapter, work_dir=out_dir/'joint_work', out_dir=out_dir/'adapter_joint', progress=progress)
-    ci = log['conditioning_views']; refs = mv.images[ci]; ref_az = mv.azimuth[ci]
-    prompts = [orbit_prompt(mv.prompt(), d) for d in alternating_directions(len(seeds))]
-    vids = generate(bb, prompts, list(seeds), steps=gen_steps, references=refs, capture=True)
+    jt = run_method(subject, 'joint', backbone_name, weights, cfg=JointConfig(steps=steps, k=k), dapter=dapter,
+                    work_dir=out_dir/'joint_work', out_dir=out_dir/'adapter_joint', progress=progress, seeds=seeds,
+                    gen_steps=gen_steps, capture=True)
+    bb, log, vids, prompts, mv = jt.backbone, jt.log, jt.videos, jt.prompts, jt.truth.mv
+    ci = log['conditioning_views']; ref_az = mv.azimuth[ci]
     mass = mass_array(probe_of(bb).records)
-    grid = tracking_views(subject, res, verbose=progress)
+    grid = tracking_views(subject, jt.truth.res, verbose=progress)
     frame_az = np.stack([view_match(v, grid)[1] for v in vids])
     tf = getattr(bb.codec, 'temporal_factor', 1)                       # the router sees latent frames: Wan packs 4 frames in one
     frame_az = frame_az[:, [min(j * tf, vids.shape[1] - 1) for j in range(mass.shape[-2])]]
@@ -111,7 +111,7 @@ def demo_joint(backbone_name: str, weights, subject, out_dir, steps: int = 400, 
     fig = frames_grid(list(vids), prompts); fig.savefig(out_dir/'joint_grid.png', dpi=110, bbox_inches='tight'); plt.close(fig)
     per_layer = routing_by_layer(mass, frame_az, ref_az)
     loss = [h['loss'] for h in log['history']]
-    return {'joint': {**evaluate_videos(vids, subject, res), 'steps': steps, 'k': k, 'train_seconds': round(log['seconds_total'], 1),
+    return {'joint': {**jt.fidelity, 'steps': steps, 'k': k, 'train_seconds': round(log['seconds_total'], 1),
                       'dapter': str(dapter) if dapter else 'shipped (assets/toy_3dapter)',
                       'step_ms': round(1000 * log['step_seconds'], 1), 'loss_first_last': [float(np.mean(loss[:20])), float(np.mean(loss[-20:]))],
                       'conditioning_views': ci, 'reference_azimuths': np.round(ref_az, 1).tolist()},

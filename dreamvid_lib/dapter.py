@@ -30,8 +30,7 @@ from .dreambooth import train_3dreambooth
 # %% auto #0
 __all__ = ['JointFlowLoss', 'build_pair_dataset', 'load_pair_dataset', 'PairBatches', 'DapterConfig', 'default_dapter_weights',
            'pretrain_3dapter', 'write_dapter_card', 'load_pretrained_3dapter', 'check_dapter', 'zero_shot_check',
-           'ConditionedViewBatches', 'JointConfig', 'conditioning_views', 'train_joint', 'convergence_study',
-           'iterations_to_match']
+           'ConditionedViewBatches', 'JointConfig', 'conditioning_views', 'train_joint', 'iterations_to_match']
 
 # %% ../nbs/07_3dapter.ipynb #56b1844f
 def JointFlowLoss(backbone: Backbone, mode: str = 'sequential') -> FlowMatchingLoss:
@@ -245,34 +244,6 @@ def train_joint(backbone: Backbone, mv: MultiViewSet, cfg: JointConfig | None = 
         save_adapter(backbone, '3db', Path(out_dir)/'3db', meta); save_adapter(backbone, '3dapter', Path(out_dir)/'3dapter', meta)
         np.save(Path(out_dir)/'conditioning_views.npy', refs)
     return log
-
-# %% ../nbs/07_3dapter.ipynb #37646a3d
-def convergence_study(backbone_name: str, weights, subjects, max_steps: int = 1600, eval_every: int = 100,
-                      methods: Sequence[str] = ('3db', 'joint', 'joint_random'), seeds=(0, 1), gen_steps: int = 20,
-                      k: int = 4, work_root=None, progress: bool = True) -> pd.DataFrame:
-    "Rows (method, subject, step, loss, psnr, ssim, rotation_monotone_rate) every `eval_every` iterations up to `max_steps`."
-    import pandas as pd
-    work_root = Path(work_root) if work_root else Path(tempfile.mkdtemp(prefix='convergence_'))
-    rows = []
-    for s in subjects:
-        mv = None
-        for m in methods:
-            bb = load_backbone(backbone_name, weights); res = bb.config.resolution
-            mv = mv or from_views(tw.multiview_set(s, n_views=30, res=res, seed=0), identifier='sks')
-            cfg = (DreamBoothConfig(steps=max_steps, checkpoint_every=eval_every, preview_every=0) if m == '3db' else
-                   JointConfig(steps=max_steps, checkpoint_every=eval_every, preview_every=0, k=k))
-            wd = work_root/f'{m}_{s.seed}_{s.cls}'
-            prompts = orbit_prompts(mv.prompt(), len(seeds))
-            for step in tqdm(range(eval_every, max_steps + 1, eval_every), desc=f'{m} {s.cls}', disable=not progress):
-                if m == '3db': log = train_3dreambooth(bb, mv, cfg, work_dir=wd, progress=False, stop_after=eval_every)
-                else: log = train_joint(bb, mv, cfg, dapter='random' if m == 'joint_random' else None, work_dir=wd,
-                                        progress=False, stop_after=eval_every)
-                refs = None if m == '3db' else conditioning_views(mv, k, cfg.seed)[1]
-                vids = generate(bb, prompts, list(seeds), steps=gen_steps, references=refs)
-                ev = evaluate_videos(vids, s, res)
-                rows.append({'method': m, 'subject': s.description(), 'step': step,
-                             'loss': float(np.mean([h['loss'] for h in log['history'][-eval_every:]])), **ev})
-    return pd.DataFrame(rows)
 
 # %% ../nbs/07_3dapter.ipynb #efc49660
 def iterations_to_match(conv, reference: str = '3db', metric: str = 'psnr') -> pd.DataFrame:

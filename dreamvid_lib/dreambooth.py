@@ -29,7 +29,7 @@ from .evaluate import tracking_views, view_matched_fidelity, rotation_direction,
 # %% auto #0
 __all__ = ['RESUMABLE_KEYS', 'ViewBatches', 'VideoBatches', 'DreamBoothConfig', 'backbone_fingerprint', 'views_fingerprint',
            'seeded_lora', 'adapter_init_fingerprint', 'PreviewHook', 'train_lora', 'train_3dreambooth',
-           'evaluate_videos', 'compare_on_subject', 'replays_orbit']
+           'video_fidelity', 'mean_fidelity', 'evaluate_videos', 'replays_orbit']
 
 # %% ../nbs/06_3dreambooth.ipynb #85f758e4
 class ViewBatches:
@@ -162,26 +162,21 @@ def train_3dreambooth(backbone: Backbone, mv, cfg: DreamBoothConfig | None = Non
     return log
 
 # %% ../nbs/06_3dreambooth.ipynb #a3e85e57
+def video_fidelity(video, grid) -> dict:
+    """One generated video `[F,H,W,3]` against a subject's dense ground-truth `grid` (`evaluate.tracking_views`): mean
+    view-matched PSNR and SSIM, and `rotates` (1.0 when its matched azimuths turn monotonically in one direction)."""
+    f = view_matched_fidelity(video, grid)
+    return {'psnr': f['psnr'], 'ssim': f['ssim'], 'rotates': float(rotation_direction(f['matched_azimuths']) != 0)}
+
+def mean_fidelity(rows) -> dict:
+    "Means over videos of `video_fidelity` rows (or any score rows holding those keys): PSNR, SSIM and the monotone-rotation rate."
+    return {'psnr': float(np.mean([r['psnr'] for r in rows])), 'ssim': float(np.mean([r['ssim'] for r in rows])),
+            'rotation_monotone_rate': float(np.mean([r['rotates'] for r in rows]))}
+
 def evaluate_videos(videos, subject, res: int) -> dict:
     "Mean view-matched PSNR/SSIM and the monotone-rotation rate of `videos` against `subject`'s ground truth."
     grid = tracking_views(subject, res)
-    fs = [view_matched_fidelity(v, grid) for v in videos]
-    return {'psnr': float(np.mean([f['psnr'] for f in fs])), 'ssim': float(np.mean([f['ssim'] for f in fs])),
-            'rotation_monotone_rate': float(np.mean([rotation_direction(f['matched_azimuths']) != 0 for f in fs]))}
-
-def compare_on_subject(backbone_name: str, weights, subject, cfg: DreamBoothConfig, seeds=(0, 1), gen_steps: int = 30,
-                       identifier: str = 'sks', progress: bool = False) -> dict:
-    "3DreamBooth vs the base model (class-noun and full-description prompts) on one toy subject."
-    bb = load_backbone(backbone_name, weights); res = bb.config.resolution
-    dirs = alternating_directions(len(seeds))
-    base_cls = generate(bb, [class_caption(subject.cls, d) for d in dirs], list(seeds), steps=gen_steps)
-    base_desc = generate(bb, [video_caption(subject, d) for d in dirs], list(seeds), steps=gen_steps)
-    mv = from_views(tw.multiview_set(subject, n_views=30, res=res, seed=0), identifier=identifier)
-    with Timer() as t: train_3dreambooth(bb, mv, cfg, progress=progress)
-    db = generate(bb, [orbit_prompt(mv.prompt(), d) for d in dirs], list(seeds), steps=gen_steps)
-    return {'subject': subject.description(), 'train_seconds': t.seconds,
-            'dreambooth': evaluate_videos(db, subject, res), 'base_class_prompt': evaluate_videos(base_cls, subject, res),
-            'base_description_prompt': evaluate_videos(base_desc, subject, res), 'videos': {'dreambooth': db, 'base_class_prompt': base_cls}}
+    return mean_fidelity([video_fidelity(v, grid) for v in videos])
 
 # %% ../nbs/06_3dreambooth.ipynb #c39dc7a9
 def replays_orbit(matched_azimuths, train_azimuths, tol: float = 30.0) -> bool:

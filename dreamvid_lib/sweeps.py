@@ -15,11 +15,9 @@ import torch
 from .core import ConfigError, save_json, load_json, Timer, assets_dir, seed_everything
 from .backbones import load_backbone
 from . import toyworld as tw
-from .generate import generate
-from .bench import SubjectTruth, score_video
-from .prompts import orbit_prompts
-from .dreambooth import DreamBoothConfig, train_3dreambooth
-from .dapter import JointConfig, train_joint
+from .dreambooth import DreamBoothConfig
+from .dapter import JointConfig
+from .experiments import run_method
 
 # %% auto #0
 __all__ = ['Experiment', 'run_experiment', 'replace_exp', 'plot_runs', 'SweepPanel', 'sweep_panel', 'grid_points', 'point_name',
@@ -48,23 +46,16 @@ class Experiment:
         return self
 
 def run_experiment(exp: Experiment | None = None, backbone: str = 'toy', weights=None, progress: bool = False, **knobs) -> dict:
-    "Train, generate and score one experiment; returns the knobs, the metrics, timings and the videos (`_videos`)."
+    "Train, generate and score one experiment (`experiments.run_method`); returns the knobs, the metrics, timings and the videos (`_videos`)."
     exp = replace_exp(exp or Experiment(), **knobs).validate()
-    bb = load_backbone(backbone, weights)
     subject = tw.heldout_subjects(exp.subject_index + 1, seed=0)[exp.subject_index]
-    truth = SubjectTruth(subject, getattr(bb.config, 'resolution', 32), exp.k)
     common = dict(steps=exp.steps, rank=exp.rank, alpha=2 * exp.rank, lr=exp.lr, preview_every=0, checkpoint_every=10 ** 9)
-    with Timer() as t_train:
-        if exp.method == '3db': log = train_3dreambooth(bb, truth.mv, DreamBoothConfig(**common), progress=progress)
-        else: log = train_joint(bb, truth.mv, JointConfig(k=exp.k, **common), progress=progress)
-    prompts = orbit_prompts(subject, exp.n_videos, truth.mv.identifier)
-    refs = truth.cond_views if exp.method == 'joint' else None
-    with Timer() as t_gen:
-        vids = generate(bb, prompts, list(range(exp.n_videos)), steps=exp.gen_steps, references=refs, tab=exp.tab, erae=exp.erae)
-    rows = [score_video(v, truth, p, geometry=exp.geometry) for v, p in zip(vids, prompts)]
-    metrics = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-    return {**asdict(exp), 'subject': subject.description(), **metrics, 'final_loss': float(np.mean([h['loss'] for h in log['history'][-10:]])),
-            'train_seconds': round(t_train.seconds, 1), 'gen_seconds': round(t_gen.seconds, 1), '_videos': vids}
+    cfg = DreamBoothConfig(**common) if exp.method == '3db' else JointConfig(k=exp.k, **common)
+    method = exp.method + ('_tab' if exp.tab else '') + ('_erae' if exp.erae else '')      # 'joint_tab_erae': a row of the benchmark
+    r = run_method(subject, method, backbone, weights, cfg=cfg, k=exp.k, seeds=range(exp.n_videos), gen_steps=exp.gen_steps,
+                   features=True, geometry=exp.geometry, progress=progress)
+    return {**asdict(exp), 'subject': subject.description(), **r.mean_scores(), 'final_loss': r.final_loss,
+            'train_seconds': round(r.train_seconds, 1), 'gen_seconds': round(r.gen_seconds, 1), '_videos': r.videos}
 
 def replace_exp(exp: Experiment, **knobs) -> Experiment:
     "A copy of `exp` with `knobs` changed; unknown knob names are an error naming the valid ones."

@@ -20,6 +20,7 @@ CI_PARAMS = {
     '09a_features.ipynb': {'smoke_steps': 20, 'n_eval_subjects': 3},
     '09c_geometry.ipynb': {'n_eval_subjects': 3},
     '10_metrics.ipynb': {'n_eval_subjects': 3},
+    '10a_experiments.ipynb': {'steps': 4, 'gen_steps': 3},
     '13_cli.ipynb': {'fast': True},
     '12a_personalize.ipynb': {'steps': 6},
     '15_hunyuan.ipynb': {'demo_steps': 2},

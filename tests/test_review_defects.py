@@ -14,13 +14,13 @@ def test_plot_token_maps_imports_matplotlib():
 
 
 def test_convergence_study_trains_with_the_asked_k(monkeypatch):
-    "dapter.convergence_study(k=...) trained the joint method with K = 4 whatever k was."
-    from dreamvid_lib import dapter, toyworld as tw
+    "convergence_study(k=...) trained the joint method with K = 4 whatever k was (then in dapter, now in experiments)."
+    from dreamvid_lib import experiments, toyworld as tw
     seen = {}
     class Stop(Exception): pass
     def fake_train_joint(bb, mv, cfg, **kw):
         seen['k'] = cfg.k; raise Stop
-    monkeypatch.setattr(dapter, 'train_joint', fake_train_joint)
+    monkeypatch.setattr(experiments, 'train_joint', fake_train_joint)
     with pytest.raises(Stop):
-        dapter.convergence_study('toy', None, tw.heldout_subjects(1), max_steps=2, eval_every=1, methods=('joint',), k=2, progress=False)
+        experiments.convergence_study('toy', None, tw.heldout_subjects(1), max_steps=2, eval_every=1, methods=('joint',), k=2, progress=False)
     assert seen['k'] == 2
