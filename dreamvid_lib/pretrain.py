@@ -341,7 +341,7 @@ def continuation_diagnostic(backbone: Backbone, rings: dict, subjects=None, star
         x0 = torch.stack([_orbit_latents(backbone, rings, s, st, d, frames, stride) for st in starts for d in directions])
         xm = torch.stack([_orbit_latents(backbone, rings, s, st, -d, frames, stride) for st in starts for d in directions])
         caps = [video_caption(rings['subjects'][s], d) for _ in starts for d in directions]
-        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + int(s)))
+        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + int(s))).to(x0.device)
         xs = eps.clone(); xs[:, :, 0] = x0[:, :, 0]
         cf = torch.ones(len(caps), dtype=torch.bool)
         v = backbone.predict_velocity(xs, frame_token_sigmas(backbone, x0, torch.ones(len(caps)), cf), backbone.encode_prompt(caps))

@@ -51,7 +51,7 @@ def use_x_prediction(bb, min_sigma: float = 0.05):
 def noisy_first_velocity(bb, xs, x0, sigmas, text, cond):
     """Frame 0 as the condition, noised to its own level σ_c (noise augmentation, so that a rollout can consume its own
     slightly wrong frames): frame 0 = (1 − σ_c)·x0 + σ_c·ε0 with its tokens at σ_c, and out of the loss."""
-    cf, sc, eps0 = cond
+    cf, sc, eps0 = (c.to(x0.device) for c in cond)
     s = sc.view(-1, 1, 1, 1)
     xs[cf, :, 0] = ((1 - s) * x0[:, :, 0] + s * eps0)[cf]
     ts = frame_token_sigmas(bb, x0, sigmas, cf)
@@ -64,12 +64,12 @@ def noisy_first_velocity(bb, xs, x0, sigmas, text, cond):
 def own_hop(bb, first, caps, steps, g):
     "The model's own frame 1 `[B,H,W,3]` from frames 0 `first` (`steps` Euler steps): the input of a self-forced step."
     text = bb.encode_prompt(caps); f = bb.encode_video(first[:, None].float())[:, :, 0]
-    lat = torch.randn((len(caps), f.shape[1], 2, *f.shape[2:]), generator=g)
+    lat = torch.randn((len(caps), f.shape[1], 2, *f.shape[2:]), generator=g).to(f.device)
     sig, cf = torch.linspace(1, 0, steps + 1), torch.ones(len(caps), dtype=torch.bool)
     for i in range(steps):
         lat[:, :, 0] = f
         lat = lat + (sig[i + 1] - sig[i]) * bb.predict_velocity(lat, frame_token_sigmas(bb, lat, sig[i].expand(len(caps)), cf), text)
-    return bb.decode_latents(lat)[:, 1].float().clamp(0, 1)
+    return bb.decode_latents(lat)[:, 1].float().clamp(0, 1).cpu()
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -84,16 +84,24 @@ def main(argv=None):
     p.add_argument('--self-forcing', type=float, default=0.0,
                    help="share of steps (2-frame window) whose frame 0 is the model's own prediction of the previous view, the target the true next view")
     p.add_argument('--sf-steps', type=int, default=4, help='Euler steps of that prediction')
-    p.add_argument('--save', default=None); p.add_argument('--eval-every', type=int, default=100)
+    p.add_argument('--save', default=None, help='EMA (or live) transformer state dict, rewritten atomically at every evaluation')
+    p.add_argument('--eval-every', type=int, default=100)
+    p.add_argument('--eval-subjects', type=int, default=16, help='training subjects (the first ones) in the diagnostic')
+    p.add_argument('--eval-heldout', type=int, default=0, help='also the diagnostic on this many held-out ring subjects (attribute combinations never trained on)')
     p.add_argument('--threads', type=int, default=int(os.environ.get('OMP_NUM_THREADS', 1)))
+    p.add_argument('--device', default='cpu', help="'cuda' on a GPU (the diagnostic runs there too)")
+    p.add_argument('--bf16', action='store_true', help='bf16 autocast of the forward pass (GPU; weights, optimizer and EMA stay float32)')
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     rings = tw.load_ring_dataset(tw.build_ring_dataset(cache_dir(), max(a.subjects, 16), workers=1))
+    held = tw.load_ring_dataset(tw.build_ring_dataset(cache_dir(), 16, split='heldout', workers=1)) if a.eval_heldout else None
     bb = load_backbone('toy')
     if a.init != 'shipped':
         bb = ToyBackbone.create(caption_vocabulary(), bb.config, seed=0)
         if a.init != 'fresh': bb.transformer.load_state_dict(torch.load(a.init))
     if a.param == 'x': use_x_prediction(bb)
+    bb.to(a.device)
+    autocast = torch.autocast(torch.device(a.device).type, dtype=torch.bfloat16, enabled=a.bf16)
     cfg = ladder_config(a.steps, lr=a.lr, stride=a.stride, frames=a.frames, batch_videos=a.batch)
     g = torch.Generator().manual_seed(0)
     stream = OrbitStream(rings, cfg, g, subjects=range(a.subjects))
@@ -113,11 +121,12 @@ def main(argv=None):
         sig = sigmas_for(a.sigma, bb, len(caps), g)
         noise = torch.randn(bb.encode_video(video).shape, generator=g)
         bb.transformer.train()
-        if a.cond_sigma > 0:
-            sc = a.cond_sigma * torch.rand(len(caps), generator=g)
-            eps0 = torch.randn(noise[:, :, 0].shape, generator=g)
-            loss = loss_fn(video, caps, sig, noise, (cf, sc, eps0))
-        else: loss = loss_fn(video, caps, sig, noise, clean_first=cf)
+        with autocast:
+            if a.cond_sigma > 0:
+                sc = a.cond_sigma * torch.rand(len(caps), generator=g)
+                eps0 = torch.randn(noise[:, :, 0].shape, generator=g)
+                loss = loss_fn(video, caps, sig, noise, (cf, sc, eps0))
+            else: loss = loss_fn(video, caps, sig, noise, clean_first=cf)
         opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
         if ema is not None:
             with torch.no_grad():
@@ -127,10 +136,16 @@ def main(argv=None):
         if step % a.eval_every == 0 or step == a.steps:
             bb.transformer.eval()
             if ema is not None: live = {k: v.clone() for k, v in bb.transformer.state_dict().items()}; bb.transformer.load_state_dict(ema)
-            d = continuation_diagnostic(bb, rings, range(a.subjects), starts=(0, 3, 6, 9, 12, 15, 18, 21), stride=a.stride, frames=a.frames)
+            starts = (0, 3, 6, 9, 12, 15, 18, 21)
+            d = continuation_diagnostic(bb, rings, range(min(a.subjects, a.eval_subjects)), starts=starts, stride=a.stride, frames=a.frames)
+            if held is not None:
+                h = continuation_diagnostic(bb, held, range(a.eval_heldout), starts=starts, stride=a.stride, frames=a.frames)
+                d.update({'heldout_correct': h['correct_vs_mirrored'], 'heldout_mse_true': h['mse_true'], 'heldout_mse_mirrored': h['mse_mirrored'],
+                          'heldout_mean_view': h['baseline_mean_view']})
             print(json.dumps({'step': step, 'loss': round(float(np.mean(hist[-a.eval_every:])), 4),
                               **{k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}, 'seconds': round(time.time() - t0)}), flush=True)
+            if a.save:
+                torch.save(ema if ema is not None else bb.transformer.state_dict(), a.save + '.tmp'); os.replace(a.save + '.tmp', a.save)
             if ema is not None: bb.transformer.load_state_dict(live)
-    if a.save: torch.save(ema if ema is not None else bb.transformer.state_dict(), a.save)
 
 if __name__ == '__main__': main()
