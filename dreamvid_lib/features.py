@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .core import AssetError, assets_dir, save_json, load_json
 from . import toyworld as tw
 from .evaluate import MetricError, _as_video, foreground
-from .train import TrainConfig, NumpyRNGHook, train_loop
+from .train import TrainConfig, OneCycleSchedule, NumpyRNGHook, train_loop
 
 # %% auto #0
 __all__ = ['HF_MODELS', 'TOY_WORDS', 'isolate_foreground', 'subject_similarity', 'text_similarity', 'temporal_consistency',
@@ -282,8 +282,8 @@ class ToyFeaturesConfig(TrainConfig):
     resumable = ('checkpoint_every',)   # the one-cycle schedule is fixed by `steps`: no training on for more
 
     def make_scheduler(self, optimizer: torch.optim.Optimizer):
-        "PyTorch's one-cycle schedule up to `lr`, `pct_start` of the steps warming up."
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, self.lr, total_steps=self.steps, pct_start=self.pct_start)
+        "PyTorch's one-cycle schedule up to `lr`, `pct_start` of the steps warming up (`train.OneCycleSchedule`: any `steps` ≥ 1)."
+        return OneCycleSchedule(optimizer, self.lr, total_steps=self.steps, pct_start=self.pct_start)
 
 # %% ../nbs/09a_features.ipynb #b870743a
 class ToyFeatureBatches:

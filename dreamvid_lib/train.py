@@ -23,10 +23,11 @@ from .backbones import Backbone
 from .adapters import joint_velocity, encode_references
 
 # %% auto #0
-__all__ = ['RESUMABLE_KEYS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'lr_lambda', 'sample_sigmas', 'config_sigmas',
-           'frame_token_sigmas', 'plain_velocity', 'reference_velocity', 'FlowMatchingLoss', 'step_generator',
-           'config_diff', 'save_checkpoint', 'load_checkpoint', 'AdapterState', 'TrainHook', 'EMAHook', 'StepEndHook',
-           'NumpyRNGHook', 'TorchRNGHook', 'TrainRun', 'loss_backbone', 'flow_matching_inputs', 'train_loop']
+__all__ = ['RESUMABLE_KEYS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'lr_lambda', 'OneCycleSchedule', 'sample_sigmas',
+           'config_sigmas', 'frame_token_sigmas', 'plain_velocity', 'reference_velocity', 'FlowMatchingLoss',
+           'step_generator', 'config_diff', 'save_checkpoint', 'load_checkpoint', 'AdapterState', 'TrainHook',
+           'EMAHook', 'StepEndHook', 'NumpyRNGHook', 'TorchRNGHook', 'TrainRun', 'loss_backbone',
+           'flow_matching_inputs', 'train_loop']
 
 # %% ../nbs/04a_train.ipynb #3863d4e0
 # settings that may change between a run and its resume: train on for more steps, save or preview more or less often
@@ -60,6 +61,28 @@ def lr_lambda(warmup: int, steps: int):
         p = (step - warmup) / max(1, steps - warmup)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
     return f
+
+# %% ../nbs/04a_train.ipynb #a7d15ee7
+class OneCycleSchedule(torch.optim.lr_scheduler.OneCycleLR):
+    """PyTorch's `OneCycleLR` for any `total_steps` ≥ 1: the same learning rates and momenta, except that a phase of no
+    length (`pct_start * total_steps` = 1, or `pct_start` = 1), where PyTorch divides by zero, is over at once."""
+    def get_lr(self) -> list[float]:
+        step, lrs = self.last_epoch, []
+        if step > self.total_steps: return super().get_lr()              # PyTorch's error for stepping past the end
+        for group in self.optimizer.param_groups:
+            start = 0.0
+            for i, phase in enumerate(self._schedule_phases):
+                end = phase['end_step']
+                if step <= end or i == len(self._schedule_phases) - 1:
+                    pct = 1.0 if end == start else (step - start) / (end - start)
+                    break
+                start = end
+            lrs.append(self._anneal_func(group[phase['start_lr']], group[phase['end_lr']], pct))
+            if self.cycle_momentum:
+                m = self._anneal_func(group[phase['start_momentum']], group[phase['end_momentum']], pct)
+                if self.use_beta1: group['betas'] = (m, *group['betas'][1:])
+                else: group['momentum'] = m
+        return lrs
 
 # %% ../nbs/04a_train.ipynb #1c73c3de
 def sample_sigmas(backbone: Backbone, n: int, generator: torch.Generator, logit_mean: float = 0.0,

@@ -72,3 +72,10 @@ def test_the_engine_reproduces_the_former_loop_bit_for_bit(rings):
     net, log = reexported(*rings, progress=False, **kw)                                       # through the metrics re-export
     assert list(zip(log['loss_image'], log['loss_text'])) == ref_losses
     assert _same(ref, net)
+
+
+def test_a_run_whose_warm_up_is_one_step_trains(rings, tmp_path):
+    "10 steps at pct_start 0.1 (and 20 at 0.05): PyTorch's OneCycleLR divided by zero; any step count trains now."
+    for steps, pct in ((10, 0.1), (20, 0.05), (1, 0.1), (2, 1.0)):
+        _, log = train_toy_features(*rings, steps=steps, pct_start=pct, batch=4, progress=False)
+        assert log['trained_steps'] == steps and all(np.isfinite(log['loss_image']))

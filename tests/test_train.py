@@ -87,3 +87,26 @@ def test_joint_reads_dapter_lr_scale(mv, tmp_path):
     assert all(torch.equal(frozen['3dapter'][k], d0[k]) for k in d0)              # lr × 0: the 3Dapter stays as drawn
     assert not all(torch.equal(moved['3dapter'][k], d0[k]) for k in d0)
     assert any(v.abs().sum() > 0 for k, v in frozen['3db'].items() if 'lora_B' in k)   # while 3db trains
+
+
+def _one_cycle_lrs(cls, steps, pct_start):
+    "Learning rate and Adam β1 of every step of a `steps`-step one-cycle run (and the value after it)."
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = cls(opt, 1e-3, total_steps=steps, pct_start=pct_start)
+    out = [(sched.get_last_lr()[0], opt.param_groups[0]['betas'][0])]
+    for _ in range(steps): opt.step(); sched.step(); out.append((sched.get_last_lr()[0], opt.param_groups[0]['betas'][0]))
+    return out
+
+def test_one_cycle_schedule_runs_any_step_count_and_equals_pytorch_where_pytorch_runs():
+    from dreamvid_lib.train import OneCycleSchedule
+    crashed = 0
+    for steps in range(1, 60):
+        for pct in (0.0, 0.05, 0.1, 0.25, 0.5, 1.0):
+            ours = _one_cycle_lrs(OneCycleSchedule, steps, pct)                       # never raises
+            try: ref = _one_cycle_lrs(torch.optim.lr_scheduler.OneCycleLR, steps, pct)
+            except ZeroDivisionError: crashed += 1; continue                          # pct * steps = 1, or pct = 1
+            assert ours == ref, (steps, pct)                                          # bit for bit, momentum included
+    assert crashed > 0
+    lrs = [lr for lr, _ in _one_cycle_lrs(OneCycleSchedule, 10, 0.1)]               # PyTorch: ZeroDivisionError
+    assert lrs[0] == pytest.approx(1e-3) and lrs[9] == pytest.approx(1e-3 / 25 / 1e4)  # warm-up over at step 0
+    assert all(a >= b for a, b in zip(lrs[:9], lrs[1:10]))
