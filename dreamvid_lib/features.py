@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .core import AssetError, assets_dir, save_json, load_json
 from . import toyworld as tw
 from .evaluate import MetricError, _as_video, foreground
-from .train import TrainConfig, OneCycleSchedule, NumpyRNGHook, train_loop
+from .train import TrainConfig, OneCycleConfig, NumpyRNGHook, train_loop
 
 # %% auto #0
 __all__ = ['HF_MODELS', 'TOY_WORDS', 'isolate_foreground', 'subject_similarity', 'text_similarity', 'temporal_consistency',
@@ -266,11 +266,10 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 # %% ../nbs/09a_features.ipynb #96c616e3
 @dataclass
-class ToyFeaturesConfig(TrainConfig):
+class ToyFeaturesConfig(OneCycleConfig):
     "The toy feature encoder's training (defaults: the shipped `assets/toy_features` run)."
     steps: int = 1200
     lr: float = 1e-3                 # peak of the one-cycle schedule
-    warmup: int = 0                  # unused: the one-cycle warm-up is `pct_start`
     pct_start: float = 0.1           # share of the steps spent warming up
     grad_clip: float = 0.0           # no clipping
     checkpoint_every: int = 200
@@ -279,11 +278,6 @@ class ToyFeaturesConfig(TrainConfig):
     dim: int = 64                    # embedding size
     temperature: float = 0.1         # of the image–image loss
     keep_word: float = 0.6           # chance a caption keeps each of its subject's four words (one always kept)
-    resumable = ('checkpoint_every',)   # the one-cycle schedule is fixed by `steps`: no training on for more
-
-    def make_scheduler(self, optimizer: torch.optim.Optimizer):
-        "PyTorch's one-cycle schedule up to `lr`, `pct_start` of the steps warming up (`train.OneCycleSchedule`: any `steps` ≥ 1)."
-        return OneCycleSchedule(optimizer, self.lr, total_steps=self.steps, pct_start=self.pct_start)
 
 # %% ../nbs/09a_features.ipynb #b870743a
 class ToyFeatureBatches:

@@ -23,10 +23,10 @@ from .backbones import Backbone
 from .adapters import joint_velocity, encode_references
 
 # %% auto #0
-__all__ = ['RESUMABLE_KEYS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'lr_lambda', 'OneCycleSchedule', 'sample_sigmas',
-           'config_sigmas', 'frame_token_sigmas', 'plain_velocity', 'reference_velocity', 'FlowMatchingLoss',
-           'step_generator', 'config_diff', 'save_checkpoint', 'load_checkpoint', 'AdapterState', 'TrainHook',
-           'EMAHook', 'StepEndHook', 'NumpyRNGHook', 'TorchRNGHook', 'TrainRun', 'loss_backbone',
+__all__ = ['RESUMABLE_KEYS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'lr_lambda', 'OneCycleSchedule', 'OneCycleConfig',
+           'sample_sigmas', 'config_sigmas', 'frame_token_sigmas', 'plain_velocity', 'reference_velocity',
+           'FlowMatchingLoss', 'step_generator', 'config_diff', 'save_checkpoint', 'load_checkpoint', 'AdapterState',
+           'TrainHook', 'EMAHook', 'StepEndHook', 'NumpyRNGHook', 'TorchRNGHook', 'TrainRun', 'loss_backbone',
            'flow_matching_inputs', 'train_loop']
 
 # %% ../nbs/04a_train.ipynb #3863d4e0
@@ -83,6 +83,18 @@ class OneCycleSchedule(torch.optim.lr_scheduler.OneCycleLR):
                 if self.use_beta1: group['betas'] = (m, *group['betas'][1:])
                 else: group['momentum'] = m
         return lrs
+
+# %% ../nbs/04a_train.ipynb #5f4c9c74
+@dataclass
+class OneCycleConfig(TrainConfig):
+    "Settings of a run on the one-cycle schedule (`OneCycleSchedule`): warm-up over `pct_start` of `steps` up to `lr`, then cosine down."
+    warmup: int = 0                  # unused: the one-cycle warm-up is `pct_start`
+    pct_start: float = 0.1           # share of the steps spent warming up
+    resumable = ('checkpoint_every',)   # the one-cycle schedule is fixed by `steps`: no training on for more
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer):
+        "PyTorch's one-cycle schedule up to `lr`, `pct_start` of the steps warming up (`OneCycleSchedule`: any `steps` ≥ 1)."
+        return OneCycleSchedule(optimizer, self.lr, total_steps=self.steps, pct_start=self.pct_start)
 
 # %% ../nbs/04a_train.ipynb #1c73c3de
 def sample_sigmas(backbone: Backbone, n: int, generator: torch.Generator, logit_mean: float = 0.0,

@@ -79,3 +79,15 @@ def test_a_run_whose_warm_up_is_one_step_trains(rings, tmp_path):
     for steps, pct in ((10, 0.1), (20, 0.05), (1, 0.1), (2, 1.0)):
         _, log = train_toy_features(*rings, steps=steps, pct_start=pct, batch=4, progress=False)
         assert log['trained_steps'] == steps and all(np.isfinite(log['loss_image']))
+
+def test_the_config_is_the_shared_one_cycle_config_with_the_former_settings():
+    "ToyFeaturesConfig extends train.OneCycleConfig; its stored settings (what a checkpoint is checked against) are the former ones."
+    from dataclasses import asdict
+    from dreamvid_lib.features import ToyFeaturesConfig
+    from dreamvid_lib.train import OneCycleConfig, OneCycleSchedule
+    assert asdict(ToyFeaturesConfig()) == {
+        'steps': 1200, 'lr': 1e-3, 'warmup': 0, 'weight_decay': 1e-4, 'grad_clip': 0.0, 'sigma_sampling': 'uniform',
+        'logit_mean': 0.0, 'logit_std': 1.0, 'checkpoint_every': 200, 'seed': 0, 'mixed_precision': 'no', 'pct_start': 0.1,
+        'batch': 128, 'width': 16, 'dim': 64, 'temperature': 0.1, 'keep_word': 0.6}
+    assert issubclass(ToyFeaturesConfig, OneCycleConfig) and ToyFeaturesConfig.resumable == ('checkpoint_every',)
+    assert isinstance(ToyFeaturesConfig().make_scheduler(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])), OneCycleSchedule)
