@@ -1,0 +1,27 @@
+"""scripts/notebook_stats.py: what counts as an exported cell, a definition and an assertion."""
+import json, subprocess, sys, pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT/'scripts'))
+import notebook_stats as ns
+
+def _nb(path, cells):
+    path.write_text(json.dumps({'cells': [{'cell_type': t, 'source': s, 'metadata': {}} for t, s in cells]}))
+
+def test_counts_of_a_small_notebook(tmp_path):
+    _nb(tmp_path/'a.ipynb', [
+        ('code', '#| default_exp a'),
+        ('markdown', '#| export\ndef not_code(): pass'),
+        ('code', '#| export\ndef f(x):\n    def inner(): pass\n    return x\n\nclass C: pass'),      # 2 definitions, 6 lines
+        ('code', '#| exports\nasync def g(): pass'),                                                 # 1 definition, 2 lines
+        ('code', '#| exporti\ndef h(): pass'),                                                      # not an exported cell
+        ('code', "%time f(1)\nf?\nassert f(1) == 1\ntest_eq(f(2), 2); fastcore.test.test_close(1, 1)\ntest_fail(lambda: 1/0)\nprint('test_eq')"),
+        ('code', '#| export\n' + 'x = 1\n' * 60)])                                                   # 61 lines, no definition
+    s = ns.stats(tmp_path)
+    assert (s['exported_cells'], s['median_lines_per_exported_cell'], s['exported_cells_50_plus_lines']) == (3, 6, 1)
+    assert (s['exported_definitions'], s['assertions'], s['assertions_per_definition']) == (3, 4, 1.333)
+
+def test_the_repository_runs_and_prints_json():
+    r = subprocess.run([sys.executable, str(ROOT/'scripts'/'notebook_stats.py'), '--json'], capture_output=True, text=True, check=True)
+    s = json.loads(r.stdout)
+    assert s['exported_cells'] > 0 and s['exported_definitions'] > 0 and '04a_train.ipynb' in s['per_notebook']
