@@ -22,6 +22,7 @@ from .evaluate import tracking_views, view_match, rotation_direction
 from .prompts import DIRECTIONS, EXTRA_WORDS, context_phrase, video_caption, caption_vocabulary   # the captions (re-exported)
 from .train import (TrainConfig, EMAHook, StepEndHook, NumpyRNGHook, TorchRNGHook, train_loop, sample_sigmas, frame_token_sigmas,   # the engine
                                 FlowMatchingLoss, save_checkpoint, load_checkpoint, lr_lambda)   # (re-exported)
+from .sample import denoise, prepare_latents, make_scheduler   # the sampler (04b_sample)
 
 # %% auto #0
 __all__ = ['VAE_STAGES', 'PretrainConfig', 'OrbitStream', 'VAEConfig', 'VAELoss', 'refuse_former_vae_checkpoints',
@@ -269,8 +270,6 @@ Rebuild: `dreamvid pretrain --out {data_info.get('out', 'assets/toy_t2v')} --sub
     (Path(out_dir)/'README.md').write_text(txt)
 
 # %% ../nbs/05_toy_pretrain.ipynb #b808994b
-from .sample import denoise, prepare_latents, make_scheduler   # the sampler (04b_sample)
-
 @torch.no_grad()
 def rotation_after_partial_noise(backbone: Backbone, subjects, sigma0s=(0.0, 0.4, 0.6, 0.8, 1.0), steps: int = 20,
                                  elevation: float = 15.0) -> list[dict]:
