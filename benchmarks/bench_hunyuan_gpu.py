@@ -23,7 +23,8 @@ import torch
 
 from dreamvid_lib.core import peak_memory_mb
 from dreamvid_lib.hunyuan import HunyuanBackbone, HunyuanSettings, tiny_hunyuan_parts
-from dreamvid_lib.adapters import add_lora, activate_branches, adapter_parameters, joint_velocity
+from dreamvid_lib.adapters import add_lora, adapter_parameters
+from dreamvid_lib.references import activate_branches, joint_velocity
 from diffusers import HunyuanVideo15Transformer3DModel
 
 HY15 = dict(in_channels=65, out_channels=32, num_attention_heads=16, attention_head_dim=128, num_layers=54, num_refiner_layers=2,

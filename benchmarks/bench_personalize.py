@@ -13,7 +13,8 @@ import torch
 
 from dreamvid_lib.core import Timer, peak_memory_mb
 from dreamvid_lib.backbones import load_backbone
-from dreamvid_lib.adapters import add_lora, activate_branches, adapter_parameters, joint_velocity, references, encode_references
+from dreamvid_lib.adapters import add_lora, adapter_parameters
+from dreamvid_lib.references import activate_branches, joint_velocity, references, encode_references
 from dreamvid_lib.pretrain import FlowMatchingLoss
 from dreamvid_lib.dapter import JointFlowLoss
 from dreamvid_lib.generate import generate

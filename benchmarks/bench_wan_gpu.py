@@ -22,7 +22,8 @@ import torch
 
 from dreamvid_lib.core import peak_memory_mb
 from dreamvid_lib.wan import WanBackbone, WanSettings, tiny_wan_parts
-from dreamvid_lib.adapters import add_lora, activate_branches, adapter_parameters, joint_velocity, references
+from dreamvid_lib.adapters import add_lora, adapter_parameters
+from dreamvid_lib.references import activate_branches, joint_velocity, references
 from diffusers import WanTransformer3DModel
 
 WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,

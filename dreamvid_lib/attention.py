@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from .core import DreamvidError, ConfigError
-from .adapters import ReferenceLayout
+from .references import ReferenceLayout
 from .prompts import entity_word
 from .sample import SamplerHook, DenoiseState
 

@@ -17,7 +17,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from .core import DreamvidError, ConfigError, AssetError, atomic_path, save_json, load_json, Timer, assets_dir, cache_dir, check_safetensors
 from .backbones import Backbone, load_backbone
-from .adapters import add_lora, adapter_parameters, save_adapter, load_adapter, activate_branches, LORA_RANK, LORA_ALPHA
+from .adapters import add_lora, adapter_parameters, save_adapter, load_adapter, LORA_RANK, LORA_ALPHA
+from .references import activate_branches
 from .prompts import video_caption, class_caption, orbit_prompt, orbit_prompts
 from .dreambooth import (DreamBoothConfig, train_lora, evaluate_videos, ViewBatches, seeded_lora, views_fingerprint,
                                      backbone_fingerprint)

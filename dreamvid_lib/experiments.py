@@ -19,7 +19,7 @@ from . import toyworld as tw
 from .multiview import from_views, MultiViewSet
 from .prompts import orbit_prompts, class_caption, video_caption, alternating_directions
 from .generate import generate
-from .adapters import activate_branches
+from .references import activate_branches
 from .dreambooth import DreamBoothConfig, train_3dreambooth, video_fidelity, mean_fidelity
 from .dapter import JointConfig, train_joint, load_pretrained_3dapter, conditioning_views
 from .metrics import tracking_views, video_metrics, geometric_fidelity

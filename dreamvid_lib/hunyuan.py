@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2_5_VLTextC
 from safetensors.torch import load_file, save_file
 from .core import DreamvidError, ConfigError, AssetError, PromptError, load_json, save_json
 from .backbones import Backbone, build_word_tokenizer
-from .adapters import FrameIndexRope, TokenRouter, REF_BRANCH
+from .references import FrameIndexRope, TokenRouter, REF_BRANCH
 from .attention import AttentionProbe
 from .wan import LRUCache, tensor_key
 from .adapters import lora_config, _backbone_signature
@@ -294,7 +294,7 @@ def token_timesteps(transformer, t_tok: torch.Tensor | None):
 
 # %% ../nbs/15_hunyuan.ipynb #96ed2658
 class HunyuanFrameIndexRope(FrameIndexRope):
-    "HunyuanVideo-1.5's 3D RoPE with explicit temporal indices (set by `adapters.references`); identical to the stock one otherwise."
+    "HunyuanVideo-1.5's 3D RoPE with explicit temporal indices (set by `references.references`); identical to the stock one otherwise."
     def forward(self, hidden_states: torch.Tensor):
         if self.temporal_index is None: return self.inner(hidden_states)
         r = self.inner

@@ -135,7 +135,8 @@ def run_generate(adapter, prompt: str, out, seeds=(0,), steps: int = 30, backbon
     `out/videos/`, `out/generate.json`. The adapter files are validated before the backbone is loaded; a rerun skips the
     videos already made for the same adapter and prompt."""
     from dreamvid_lib.backbones import load_backbone
-    from dreamvid_lib.adapters import load_adapter, activate_branches
+    from dreamvid_lib.adapters import load_adapter
+    from dreamvid_lib.references import activate_branches
     from dreamvid_lib.generate import generate, save_video
     adapter = Path(adapter)
     if not (adapter/'personalize.json').exists():

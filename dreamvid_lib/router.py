@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from .core import DreamvidError, ConfigError
-from .adapters import ReferenceLayout
+from .references import ReferenceLayout
 from .evaluate import wrap_deg
 from .attention import (AttentionProbe, JointAttnProcessor, EntityMapProcessor, install_probe, probe_of,   # re-exported
                                      entity_token_index, entity_region, rotary)

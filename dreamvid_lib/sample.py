@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from diffusers import FlowMatchEulerDiscreteScheduler
 from .core import ConfigError
 from .backbones import Backbone
-from .adapters import ReferenceLayout, encode_references, joint_velocity
+from .references import ReferenceLayout, encode_references, joint_velocity
 from .train import frame_token_sigmas
 
 # %% auto #0

@@ -20,7 +20,7 @@ from diffusers.training_utils import EMAModel, compute_density_for_timestep_samp
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from .core import DreamvidError, ConfigError, seed_everything, atomic_path
 from .backbones import Backbone
-from .adapters import joint_velocity, encode_references
+from .references import joint_velocity, encode_references
 
 # %% auto #0
 __all__ = ['RESUMABLE_KEYS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'lr_lambda', 'OneCycleSchedule', 'OneCycleConfig',

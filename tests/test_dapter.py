@@ -7,8 +7,8 @@ from peft.utils import get_peft_model_state_dict
 
 from dreamvid_lib.backbones import ToyBackbone, ToyModelConfig
 from dreamvid_lib.pretrain import caption_vocabulary
-from dreamvid_lib.adapters import (add_lora, activate_branches, adapter_parameters, joint_velocity, references,
-                                   ReferenceLayout, save_adapter, load_adapter)
+from dreamvid_lib.adapters import add_lora, adapter_parameters, save_adapter, load_adapter
+from dreamvid_lib.references import activate_branches, joint_velocity, references, ReferenceLayout
 from dreamvid_lib.dapter import (JointConfig, train_joint, conditioning_views, ConditionedViewBatches, JointFlowLoss,
                                  iterations_to_match)
 from dreamvid_lib.generate import generate, tab_bias
@@ -140,7 +140,7 @@ def test_router_mass_equals_dense_softmax_with_biases():
     import math
     import torch.nn.functional as F
     from dreamvid_lib.router import rotary
-    from dreamvid_lib.adapters import references
+    from dreamvid_lib.references import references
     bb = _two(); probe = install_probe(bb.transformer)
     blk = bb.transformer.blocks[1].attn1
     h, rot = torch.randn(1, 5 * 64, 128), bb.transformer.rope(torch.zeros(1, 3, 5, 32, 32))

@@ -13,7 +13,8 @@ from dreamvid_lib.backbones import load_backbone
 from dreamvid_lib.hunyuan import (HunyuanBackbone, make_tiny_hunyuan, resolve_hunyuan_weights, token_timesteps, HunyuanFrameIndexRope,
                                   export_comfy_hunyuan_lora, import_authors_lora, original_module_name, diffusers_module_name,
                                   PAPER_PRESET, HUNYUAN_MODEL_ID, full_size_lora_parameters)
-from dreamvid_lib.adapters import add_lora, save_adapter, load_adapter, activate_branches, joint_velocity, references, ReferenceLayout
+from dreamvid_lib.adapters import add_lora, save_adapter, load_adapter
+from dreamvid_lib.references import activate_branches, joint_velocity, references, ReferenceLayout
 from dreamvid_lib.generate import generate
 
 

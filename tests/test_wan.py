@@ -11,7 +11,8 @@ from dreamvid_lib.core import AssetError, ConfigError, PromptError
 from dreamvid_lib.backbones import load_backbone
 from dreamvid_lib.wan import (WanBackbone, make_tiny_wan, resolve_wan_weights, comfy_key, export_comfy_lora,
                               latent_frame_pixels, WAN_MODEL_ID)
-from dreamvid_lib.adapters import add_lora, save_adapter, load_adapter, activate_branches, joint_velocity
+from dreamvid_lib.adapters import add_lora, save_adapter, load_adapter
+from dreamvid_lib.references import activate_branches, joint_velocity
 from dreamvid_lib.generate import generate
 
 
