@@ -20,7 +20,7 @@ from .backbones import Backbone, ToyBackbone, ToyModelConfig, VAECodec, load_bac
 from . import toyworld as tw
 from .evaluate import tracking_views, view_match, rotation_direction
 from .prompts import DIRECTIONS, EXTRA_WORDS, context_phrase, video_caption, caption_vocabulary   # the captions (re-exported)
-from .train import (TrainConfig, EMAHook, StepEndHook, NumpyRNGHook, TorchRNGHook, train_loop, sample_sigmas, frame_token_sigmas,   # the engine
+from .train import (TrainConfig, OneCycleConfig, EMAHook, StepEndHook, NumpyRNGHook, TorchRNGHook, train_loop, sample_sigmas, frame_token_sigmas,   # the engine
                                 FlowMatchingLoss, save_checkpoint, load_checkpoint, lr_lambda)   # (re-exported)
 from .sample import denoise, prepare_latents, make_scheduler   # the sampler (04b_sample)
 
@@ -100,11 +100,10 @@ class OrbitStream:
 
 # %% ../nbs/05_toy_pretrain.ipynb #ce184d29
 @dataclass
-class VAEConfig(TrainConfig):
+class VAEConfig(OneCycleConfig):
     "Hyper-parameters of the toy autoencoder (stage 1; defaults: the first stage of `assets/toy_t2v_latent`'s VAE)."
     steps: int = 1200
     lr: float = 2e-3                  # peak of the one-cycle schedule
-    warmup: int = 0                   # unused: the one-cycle warm-up is `pct_start`
     pct_start: float = 0.05           # share of the steps spent warming up, then cosine down
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -114,11 +113,6 @@ class VAEConfig(TrainConfig):
     context_prob: float = 0.3         # share of frames composited into a context backdrop
     latent_channels: int = 8
     block_out_channels: tuple = (16, 32, 64)
-    resumable = ('checkpoint_every',)   # the one-cycle schedule is fixed by `steps`: no training on for more
-
-    def make_scheduler(self, optimizer: torch.optim.Optimizer):
-        "PyTorch's one-cycle schedule up to `lr`, `pct_start` of the steps warming up."
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, self.lr, total_steps=self.steps, pct_start=self.pct_start)
 
 def _frame_batch(rings: dict, n: int, rng: np.random.Generator, context_prob: float, backs: dict) -> torch.Tensor:
     "`n` random ring frames in [-1, 1] `[n, 3, H, W]`, a share composited into random contexts."
