@@ -182,3 +182,16 @@ def test_cli_reports_bad_weights(tmp_path):
     exe = Path(sys.executable).with_name('dreamvid')
     r = subprocess.run([str(exe), 'demo', '--out', str(tmp_path), '--weights', str(tmp_path/'missing')], capture_output=True, text=True)
     assert r.returncode == 2 and 'not found' in r.stderr
+
+def test_vae_config_schedules_a_twenty_step_run():
+    "VAEConfig's one-cycle warm-up of 5% is exactly one step at 20 steps: PyTorch's OneCycleLR divided by zero there."
+    import torch
+    from dreamvid_lib.pretrain import VAEConfig
+    from dreamvid_lib.train import OneCycleConfig
+    cfg = VAEConfig(steps=20)
+    assert isinstance(cfg, OneCycleConfig) and cfg.resumable == ('checkpoint_every',)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = cfg.make_scheduler(opt)
+    lrs = []
+    for _ in range(cfg.steps): opt.step(); sched.step(); lrs.append(opt.param_groups[0]['lr'])
+    assert max(lrs) <= cfg.lr + 1e-12 and lrs[-1] < cfg.lr / 100
