@@ -20,7 +20,7 @@ from .backbones import Backbone, ToyBackbone, ToyModelConfig, VAECodec, load_bac
 from . import toyworld as tw
 from .evaluate import tracking_views, view_match, rotation_direction
 from .prompts import DIRECTIONS, EXTRA_WORDS, context_phrase, video_caption, caption_vocabulary   # the captions (re-exported)
-from .train import (TrainConfig, OneCycleConfig, EMAHook, StepEndHook, NumpyRNGHook, TorchRNGHook, train_loop, sample_sigmas, frame_token_sigmas,   # the engine
+from .train import (TrainConfig, OneCycleConfig, FirstFrame, EMAHook, StepEndHook, NumpyRNGHook, TorchRNGHook, train_loop, sample_sigmas, frame_token_sigmas,   # the engine
                                 FlowMatchingLoss, save_checkpoint, load_checkpoint, lr_lambda)   # (re-exported)
 from .sample import denoise, prepare_latents, make_scheduler   # the sampler (04b_sample)
 
@@ -48,6 +48,7 @@ class PretrainConfig(TrainConfig):
     caption_dropout: float = 0.1     # probability of the empty prompt (for classifier-free guidance)
     ema_decay: float = 0.999
     first_frame_prob: float = 0.0    # share of orbit videos whose frame 0 is given clean (image-to-video training)
+    cond_sigma: float = 0.0          # frame 0 given noised to σ_c ~ U(0, cond_sigma) (noise augmentation; 0: clean)
 
 class OrbitStream:
     "Random orbit-video and single-image batches with captions from a ring dataset."
@@ -191,7 +192,11 @@ def pretrain(backbone: ToyBackbone, rings: dict, cfg: PretrainConfig, work_dir, 
     stream = OrbitStream(rings, cfg, gen, subjects, starts, directions)
     def batches(step, g):
         video, caps, first = stream.batch(step, flags=True)
-        return video, caps, (first if cfg.first_frame_prob > 0 else None)
+        if cfg.first_frame_prob <= 0: return video, caps, None
+        if cfg.cond_sigma <= 0: return video, caps, first
+        with torch.no_grad(): lat = backbone.encode_video(video[:, :1])          # frame 0's latent shape
+        return video, caps, FirstFrame(first, cfg.cond_sigma * torch.rand(len(caps), generator=g),
+                                       torch.randn((lat.shape[0], lat.shape[1], *lat.shape[3:]), generator=g))
     hooks = [EMAHook(cfg.ema_decay)]
     if callback is not None: hooks.append(StepEndHook(lambda run: callback(run.step, backbone, run.history)))
     return train_loop(params, batches, FlowMatchingLoss(backbone), cfg, work_dir, hooks, state=backbone, generator=gen,

@@ -23,11 +23,11 @@ from .backbones import Backbone
 from .references import joint_velocity, encode_references
 
 # %% auto #0
-__all__ = ['RESUMABLE_KEYS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'lr_lambda', 'OneCycleSchedule', 'OneCycleConfig',
-           'sample_sigmas', 'config_sigmas', 'frame_token_sigmas', 'plain_velocity', 'reference_velocity',
-           'FlowMatchingLoss', 'step_generator', 'config_diff', 'save_checkpoint', 'load_checkpoint', 'AdapterState',
-           'TrainHook', 'EMAHook', 'StepEndHook', 'NumpyRNGHook', 'TorchRNGHook', 'TrainRun', 'loss_backbone',
-           'flow_matching_inputs', 'train_loop']
+__all__ = ['RESUMABLE_KEYS', 'SIGMA_SCHEMES', 'CHECKPOINT_FORMAT', 'TrainConfig', 'lr_lambda', 'OneCycleSchedule',
+           'OneCycleConfig', 'sample_sigmas', 'config_sigmas', 'frame_token_sigmas', 'FirstFrame', 'plain_velocity',
+           'reference_velocity', 'FlowMatchingLoss', 'step_generator', 'config_diff', 'save_checkpoint',
+           'load_checkpoint', 'AdapterState', 'TrainHook', 'EMAHook', 'StepEndHook', 'NumpyRNGHook', 'TorchRNGHook',
+           'TrainRun', 'loss_backbone', 'flow_matching_inputs', 'train_loop']
 
 # %% ../nbs/04a_train.ipynb #3863d4e0
 # settings that may change between a run and its resume: train on for more steps, save or preview more or less often
@@ -41,7 +41,7 @@ class TrainConfig:
     warmup: int = 20                 # linear warm-up steps, then cosine decay to 10% of `lr`
     weight_decay: float = 1e-4
     grad_clip: float = 1.0           # max gradient norm; 0: no clipping
-    sigma_sampling: str = 'uniform'  # or 'logit_normal' (SD3; Wan and HunyuanVideo at high resolution)
+    sigma_sampling: str = 'uniform'  # or 'logit_normal' (SD3; Wan and HunyuanVideo at high resolution), 'one', 'high_mix'
     logit_mean: float = 0.0          # of the logit-normal σ density
     logit_std: float = 1.0
     checkpoint_every: int = 100
@@ -97,14 +97,22 @@ class OneCycleConfig(TrainConfig):
         return OneCycleSchedule(optimizer, self.lr, total_steps=self.steps, pct_start=self.pct_start)
 
 # %% ../nbs/04a_train.ipynb #1c73c3de
+SIGMA_SCHEMES = ('uniform', 'logit_normal', 'one', 'high_mix')
+
 def sample_sigmas(backbone: Backbone, n: int, generator: torch.Generator, logit_mean: float = 0.0,
                   logit_std: float = 1.0, scheme: str = 'uniform') -> torch.Tensor:
-    "σ for `n` samples: u drawn by `scheme` ('uniform' or 'logit_normal'), mapped through the scheduler's (shifted) σ schedule."
-    if scheme not in ('uniform', 'logit_normal'): raise ConfigError(f"unknown sigma sampling {scheme!r}: use 'uniform' or 'logit_normal'")
+    """σ for `n` samples by `scheme`: 'uniform' or 'logit_normal' u mapped through the scheduler's (shifted) σ table;
+    'one': σ = 1 only; 'high_mix': each sample with probability ½ in [0.9, 1], else as 'uniform'."""
+    if scheme not in SIGMA_SCHEMES: raise ConfigError(f"unknown sigma sampling {scheme!r}: use one of {', '.join(map(repr, SIGMA_SCHEMES))}")
+    if scheme == 'one': return torch.ones(n)
     u = compute_density_for_timestep_sampling(scheme if scheme == 'logit_normal' else 'none', n, logit_mean, logit_std, generator=generator)
     sch = backbone.scheduler
     idx = (u * sch.config.num_train_timesteps).long().clamp(0, sch.config.num_train_timesteps - 1)
-    return sch.sigmas[idx].float()
+    sig = sch.sigmas[idx].float()
+    if scheme == 'high_mix':
+        hi = torch.rand(n, generator=generator) < 0.5
+        sig = torch.where(hi, 1 - 0.1 * torch.rand(n, generator=generator), sig)
+    return sig
 
 def config_sigmas(backbone: Backbone, n: int, generator: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
     "`sample_sigmas` with the scheme and its parameters from `cfg`."
@@ -121,12 +129,30 @@ def frame_token_sigmas(backbone: Backbone, latents: torch.Tensor, sigmas: torch.
     return out
 
 # %% ../nbs/04a_train.ipynb #edc6fd61
+@dataclass
+class FirstFrame:
+    """Image-to-video conditioning of a batch: `flags` `[B]` mark the videos whose frame 0 is given. With `sigma` `[B]`
+    and `noise` (frame 0's latent shape `[B,C,h,w]`) it is shown noised to its own level σ_c, its tokens told σ_c (noise
+    augmentation, as in Cascaded Diffusion and SVD); without, clean at σ = 0."""
+    flags: torch.Tensor
+    sigma: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
+
 def plain_velocity(backbone: Backbone, xs, x0, sigmas, text, clean_first=None):
-    "The backbone's velocity; videos marked in `clean_first` `[B]` get frame 0 clean (σ = 0) and out of the loss."
-    if clean_first is None or not bool(clean_first.any()): return backbone.predict_velocity(xs, sigmas, text), None
-    cf = clean_first.to(x0.device).bool()
-    xs[cf, :, 0] = x0[cf, :, 0]
-    v = backbone.predict_velocity(xs, frame_token_sigmas(backbone, x0, sigmas, cf), text)
+    """The backbone's velocity; videos marked in `clean_first` (`[B]` flags or a `FirstFrame`) get frame 0 given (clean,
+    or noised to its σ_c) and out of the loss."""
+    ff = clean_first if isinstance(clean_first, FirstFrame) or clean_first is None else FirstFrame(clean_first)
+    if ff is None or not bool(ff.flags.any()): return backbone.predict_velocity(xs, sigmas, text), None
+    cf = ff.flags.to(x0.device).bool()
+    ts = frame_token_sigmas(backbone, x0, sigmas, cf)
+    if ff.sigma is None: xs[cf, :, 0] = x0[cf, :, 0]
+    else:
+        sc = ff.sigma.to(x0.device, x0.dtype)
+        s = sc.view(-1, *[1] * (x0.ndim - 2))                        # [B,1,1,1] on frame 0's [B,C,h,w]
+        xs[cf, :, 0] = ((1 - s) * x0[:, :, 0] + s * ff.noise.to(x0.device, x0.dtype))[cf]
+        B, _, T = x0.shape[:3]
+        ts.view(B, T, -1)[cf, 0] = sc.float()[cf, None]             # frame-major tokens: frame 0's block
+    v = backbone.predict_velocity(xs, ts, text)
     keep = torch.ones_like(x0); keep[cf, :, 0] = 0
     return v, keep
 
