@@ -202,21 +202,37 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--workers', type=int, default=2, help='render processes'); t.add_argument('--seed', type=int, default=0)
     t.add_argument('--init-from', default=None, help='continue from a saved toy model folder (e.g. assets/toy_t2v) instead of random weights')
     t.add_argument('--codec', default='pixel', choices=['pixel', 'vae'], help="'pixel': diffuse pixels (the shipped model); 'vae': train the toy AutoencoderKL first and diffuse its latents (see 05_toy_pretrain)")
+    t.add_argument('--recipe', default='plain', choices=['plain', 'orbit-prior'],
+                   help="'plain': one run of --steps text-to-video steps (the shipped model); 'orbit-prior': the staged image-to-video chain of "
+                        "05_toy_pretrain (pretrain.orbit_prior_recipe), --steps being its last, many-subject stage")
+    t.add_argument('--window', type=int, default=8, choices=[2, 8], help='orbit-prior: frames denoised together (2: sampled autoregressively)')
+    t.add_argument('--recipe-scale', type=float, default=1.0, help='orbit-prior: multiply the step counts of the 16-subject stages')
+    t.add_argument('--recipe-batch', type=int, default=1, help='orbit-prior: multiply the batch sizes (e.g. 16 on a GPU)')
+    t.add_argument('--mixed-precision', default='no', choices=['no', 'bf16', 'fp16'], help="'bf16' on a GPU")
     return p
 
 def run_pretrain(out, subjects: int = 3000, steps: int = 10000, work=None, workers: int = 2, seed: int = 0,
-                 init_from=None, codec: str = 'pixel') -> Path:
+                 init_from=None, codec: str = 'pixel', recipe: str = 'plain', window: int = 8, recipe_scale: float = 1.0,
+                 recipe_batch: int = 1, mixed_precision: str = 'no') -> Path:
     """Render rings for `subjects` training subjects and pre-train a toy model into `out` (resumable); `init_from` continues
-    a saved model. `codec='vae'` first trains the toy AutoencoderKL in `pretrain.VAE_STAGES` and diffuses its latents."""
-    from dreamvid_lib.pretrain import (PretrainConfig, pretrain, finalize_pretrained, VAEConfig, VAE_STAGES,
-                                       train_toy_vae, set_latent_normalisation, vae_heldout_psnr, refuse_former_vae_checkpoints)
+    a saved model. `codec='vae'` first trains the toy AutoencoderKL in `pretrain.VAE_STAGES` and diffuses its latents.
+    `recipe='orbit-prior'` runs `pretrain.orbit_prior_recipe` (from random weights, `steps` in its many-subject stage)."""
+    from dreamvid_lib.pretrain import (PretrainConfig, pretrain, finalize_pretrained, VAEConfig, VAE_STAGES, orbit_prior_recipe,
+                                       pretrain_stages, train_toy_vae, set_latent_normalisation, vae_heldout_psnr, refuse_former_vae_checkpoints)
     if codec not in ('vae', 'pixel'): raise ConfigError(f"unknown codec {codec!r}: use 'vae' or 'pixel'")
+    if recipe not in ('plain', 'orbit-prior'): raise ConfigError(f"unknown recipe {recipe!r}: use 'plain' or 'orbit-prior'")
+    if recipe == 'orbit-prior' and (init_from or codec != 'pixel'):
+        raise ConfigError("--recipe orbit-prior starts from random weights in pixel space: drop --init-from and --codec vae")
+    stages = orbit_prior_recipe(window, subjects, steps, recipe_scale, recipe_batch, seed=seed, mixed_precision=mixed_precision) \
+             if recipe == 'orbit-prior' else None
+    need = max([st.subjects or 0 for st in stages or []], default=0)
+    if need > subjects: raise ConfigError(f"--recipe orbit-prior trains its first stages on {need} subjects: pass --subjects {need} or more")
     out = Path(out); work = Path(work) if work else out.with_name(out.name + '.work')
     vae_dirs = [work/f'vae_stage{k}' for k in range(len(VAE_STAGES))]      # each stage's checkpoint.pt (train.train_loop's)
     if codec == 'vae' and not init_from: refuse_former_vae_checkpoints(*vae_dirs)   # before any rendering: name every old file
     rings_path = tw.build_ring_dataset(cache_dir()/'rings', subjects, res=32, workers=workers, seed=seed)
     rings = tw.load_ring_dataset(rings_path)
-    cfg = PretrainConfig(steps=steps, seed=seed)
+    cfg = PretrainConfig(steps=steps, seed=seed, mixed_precision=mixed_precision)
     log_path = work/'timing.json'
     prev = json.loads(log_path.read_text()) if log_path.exists() else {'train_seconds': 0.0, 'vae_seconds': 0.0}
     vae_note = None
@@ -232,11 +248,18 @@ def run_pretrain(out, subjects: int = 3000, steps: int = 10000, work=None, worke
                     f", batch 64, L1 + 1e-6 KL, {prev['vae_seconds']/60:.1f} min; held-out PSNR {vae_heldout_psnr(vae):.1f} dB")
         bb = ToyBackbone.create(caption_vocabulary(), ToyModelConfig(patch=1, codec='vae'), seed=seed, vae=vae)
     else: bb = ToyBackbone.create(caption_vocabulary(), seed=seed)
-    log = pretrain(bb, rings, cfg, work)
+    if stages:
+        logs = pretrain_stages(bb, rings, stages, work)
+        log, cfg, secs = logs[-1], stages[-1].cfg, sum(l['seconds_this_call'] for l in logs)
+    else:
+        log = pretrain(bb, rings, cfg, work); secs = log['seconds_this_call']
     info = {'subjects': subjects, 'res': 32, 'machine': f'{platform.machine()}, torch {torch.__version__}',
-            'train_seconds': prev['train_seconds'] + log['seconds_this_call'], 'vae_seconds': prev.get('vae_seconds', 0.0),
+            'train_seconds': prev['train_seconds'] + secs, 'vae_seconds': prev.get('vae_seconds', 0.0),
             'render_seconds': rings['render_seconds'], 'init_from': str(init_from) if init_from else None, 'out': str(out)}
     if vae_note: info['vae'] = vae_note
+    if stages: info['rebuild_flags'] = (f' --recipe orbit-prior --window {window} --recipe-scale {recipe_scale:g} --recipe-batch {recipe_batch}'
+                                        + (f' --mixed-precision {mixed_precision}' if mixed_precision != 'no' else ''))
+    if stages: info['recipe'] = ', '.join(f'{st.name} ({st.cfg.steps} steps, {st.cfg.frames} frames, {st.subjects or subjects} subjects)' for st in stages)
     save_json(log_path, info)
     return finalize_pretrained(bb, log, cfg, out, info)
 
@@ -281,7 +304,8 @@ def main(argv=None) -> int:
             from dreamvid_lib.personalize import run_command
             print(run_command(args))
         elif args.cmd == 'pretrain':
-            p = run_pretrain(args.out, args.subjects, args.steps, args.work, args.workers, args.seed, args.init_from, args.codec)
+            p = run_pretrain(args.out, args.subjects, args.steps, args.work, args.workers, args.seed, args.init_from, args.codec,
+                             args.recipe, args.window, args.recipe_scale, args.recipe_batch, args.mixed_precision)
             print(f'saved the pre-trained toy model to {p}')
     except DreamvidError as e:
         if out_existed is False: remove_if_unused(args.out, out_existed)       # leave no empty --out folder behind

@@ -28,7 +28,8 @@ from .sample import denoise, prepare_latents, make_scheduler   # the sampler (04
 __all__ = ['VAE_STAGES', 'PretrainConfig', 'OrbitStream', 'VAEConfig', 'VAELoss', 'refuse_former_vae_checkpoints',
            'train_toy_vae', 'vae_heldout_psnr', 'set_latent_normalisation', 'pretrain', 'finalize_pretrained', 'smooth',
            'plot_loss', 'write_model_card', 'rotation_after_partial_noise', 'check_first_frame_path',
-           'continuation_diagnostic', 'image_to_video', 'i2v_rotation', 'learnability_check', 'ladder_config']
+           'continuation_diagnostic', 'image_to_video', 'i2v_rotation', 'learnability_check', 'ladder_config', 'Stage',
+           'orbit_prior_recipe', 'pretrain_stages']
 
 # %% ../nbs/05_toy_pretrain.ipynb #8a34ada9
 @dataclass
@@ -264,7 +265,7 @@ It is **not** a general video model: it knows only the toy vocabulary (`tokenize
 ![loss curve](loss_curve.png)
 
 {('Initialised from `' + str(data_info['init_from']) + '` (continued training).') if data_info.get('init_from') else 'Trained from random initialisation.'}
-Rebuild: `dreamvid pretrain --out {data_info.get('out', 'assets/toy_t2v')} --subjects {data_info.get('subjects')} --steps {cfg.steps}{' --codec vae' if backbone.config.codec == 'vae' else ''}{(' --init-from ' + str(data_info['init_from'])) if data_info.get('init_from') else ''}`.
+Rebuild: `dreamvid pretrain --out {data_info.get('out', 'assets/toy_t2v')} --subjects {data_info.get('subjects')} --steps {cfg.steps}{' --codec vae' if backbone.config.codec == 'vae' else ''}{(' --init-from ' + str(data_info['init_from'])) if data_info.get('init_from') else ''}{data_info.get('rebuild_flags', '')}`.{(chr(10) + chr(10) + 'Stages: ' + data_info['recipe'] + '.') if data_info.get('recipe') else ''}
 """
     (Path(out_dir)/'README.md').write_text(txt)
 
@@ -415,3 +416,49 @@ def ladder_config(steps: int, **kw) -> PretrainConfig:
     base = dict(steps=steps, lr=1e-3, warmup=min(50, max(1, steps // 10)), image_every=0, context_prob=0.0, caption_dropout=0.0,
                 first_frame_prob=1.0, checkpoint_every=max(steps, 1), ema_decay=0.0)
     return PretrainConfig(**{**base, **kw})
+
+# %% ../nbs/05_toy_pretrain.ipynb #51a471fd
+@dataclass
+class Stage:
+    "One stage of a staged pre-training: its settings and how many training subjects it draws from (the first ones; None: all)."
+    name: str
+    cfg: PretrainConfig
+    subjects: int | None = None
+
+def orbit_prior_recipe(window: int = 8, subjects: int = 3000, many_steps: int = 10000, scale: float = 1.0,
+                       batch_scale: int = 1, first_subjects: int = 16, **kw) -> list[Stage]:
+    """The orbit prior's chain (recipe table rows 22–37 on `first_subjects` subjects, then `many_steps` on `subjects`): a
+    2-frame window (`window=2`, sampled autoregressively) or grown to 8 frames. Steps × `scale`, batches × `batch_scale`;
+    `kw` to every stage's `PretrainConfig`."""
+    if window not in (2, 8): raise ConfigError(f"orbit_prior_recipe: window must be 2 or 8 frames, got {window}")
+    n = lambda s: max(1, round(s * scale))
+    st = lambda name, steps, subj=first_subjects, **c: Stage(name, ladder_config(n(steps), **{'batch_videos': 8 * batch_scale,
+                                                  'checkpoint_every': min(250, n(steps)), **c, **kw}), subj)
+    aug = dict(lr=5e-4, cond_sigma=0.3, ema_decay=0.999)
+    chain = [st('sigma1', 2000, frames=2, sigma_sampling='one'),
+             st('highmix', 1500, frames=2, sigma_sampling='high_mix'),
+             st('highmix_lr5e-4', 2000, frames=2, sigma_sampling='high_mix', lr=5e-4),
+             st('uniform', 4000, frames=2, lr=5e-4),
+             st('augment', 2000, frames=2, batch_videos=16 * batch_scale, **aug)]
+    if window == 2:
+        chain += [st('augment_more', 8000, frames=2, batch_videos=16 * batch_scale, **aug),
+                  st('many', many_steps, subjects, frames=2, batch_videos=16 * batch_scale, **aug)]
+    else:
+        chain += [st('window3', 1000, frames=3, sigma_sampling='high_mix', **aug),
+                  st('window8', 5500, frames=8, sigma_sampling='high_mix', **aug),
+                  st('many', many_steps, subjects, frames=8, sigma_sampling='high_mix', **aug)]
+    return chain
+
+def pretrain_stages(backbone: ToyBackbone, rings: dict, stages: list[Stage], work_dir, progress: bool = True) -> list[dict]:
+    "Run `stages` in order (each `pretrain` in `work_dir/NN_name`, resumable), each from the previous stage's EMA weights."
+    too_many = [s.name for s in stages if s.subjects and s.subjects > rings['rgba'].shape[0]]
+    if too_many: raise ConfigError(f"stages {too_many} draw from more subjects than the ring set has ({rings['rgba'].shape[0]}): render more")
+    params = [p for p in backbone.parameters() if p.requires_grad]
+    logs = []
+    for k, st in enumerate(stages):
+        log = pretrain(backbone, rings, st.cfg, Path(work_dir)/f'{k:02d}_{st.name}', progress=progress,
+                       subjects=range(st.subjects) if st.subjects else None)
+        log['ema'].copy_to(params)                       # the next stage starts from these weights
+        logs.append({**log, 'stage': st.name})
+    return logs
+

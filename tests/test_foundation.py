@@ -195,3 +195,24 @@ def test_vae_config_schedules_a_twenty_step_run():
     lrs = []
     for _ in range(cfg.steps): opt.step(); sched.step(); lrs.append(opt.param_groups[0]['lr'])
     assert max(lrs) <= cfg.lr + 1e-12 and lrs[-1] < cfg.lr / 100
+
+
+def test_cli_pretrain_orbit_prior_recipe_runs_every_stage_and_resumes(tmp_path, monkeypatch, capsys):
+    "`dreamvid pretrain --recipe orbit-prior` at a tiny scale: every stage trains once, the model card names the stages, a rerun trains nothing."
+    from dreamvid_lib.cli import main
+    from dreamvid_lib.pretrain import orbit_prior_recipe
+    monkeypatch.setenv('DREAMVID_CACHE', str(tmp_path/'cache'))
+    args = ['pretrain', '--out', str(tmp_path/'m'), '--subjects', '16', '--steps', '2', '--workers', '1', '--recipe', 'orbit-prior',
+            '--recipe-scale', '1e-4']
+    assert main(args[:4] + ['4'] + args[5:]) == 2 and '--subjects 16' in capsys.readouterr().err      # before any rendering
+    assert not (tmp_path/'cache'/'rings').exists()
+    assert main(args) == 0
+    work = tmp_path/'m.work'
+    stages = sorted(p.name for p in work.iterdir() if p.is_dir())
+    assert stages == [f'{k:02d}_{s.name}' for k, s in enumerate(orbit_prior_recipe())]
+    card = (tmp_path/'m'/'README.md').read_text()
+    assert '--recipe orbit-prior --window 8' in card and 'window8' in card
+    before = (tmp_path/'m'/'transformer'/'diffusion_pytorch_model.safetensors').read_bytes()
+    assert main(args) == 0                                                                         # resumed: nothing left to train
+    assert (tmp_path/'m'/'transformer'/'diffusion_pytorch_model.safetensors').read_bytes() == before
+    assert load_backbone('toy', tmp_path/'m').config.num_layers == 4
