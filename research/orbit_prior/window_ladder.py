@@ -23,16 +23,10 @@ from dreamvid_lib.backbones import ToyBackbone, load_backbone
 from dreamvid_lib.core import cache_dir
 from dreamvid_lib import toyworld as tw
 from dreamvid_lib.prompts import caption_vocabulary
-from dreamvid_lib.train import frame_token_sigmas
+from dreamvid_lib.train import frame_token_sigmas, FirstFrame
 from dreamvid_lib.pretrain import OrbitStream, FlowMatchingLoss, ladder_config, continuation_diagnostic, sample_sigmas
 
-def sigmas_for(mode: str, bb, n: int, g: torch.Generator) -> torch.Tensor:
-    "σ per sample: 'one' = σ 1 only (where the layout and motion are decided), 'uniform', 'mix' = half in [0.9, 1], half uniform."
-    if mode == 'one': return torch.ones(n)
-    u = sample_sigmas(bb, n, g)
-    if mode == 'uniform': return u
-    hi = torch.rand(n, generator=g) < 0.5
-    return torch.where(hi, 1 - 0.1 * torch.rand(n, generator=g), u)
+SCHEMES = {'one': 'one', 'uniform': 'uniform', 'mix': 'high_mix'}   # --sigma -> train.sample_sigmas' scheme (same draws)
 
 def use_x_prediction(bb, min_sigma: float = 0.05):
     "JiT-style x-prediction: the transformer outputs x̂0 and the velocity is (x_σ − x̂0)/σ (σ clipped at `min_sigma`)."
@@ -47,18 +41,6 @@ def use_x_prediction(bb, min_sigma: float = 0.05):
         return (latents - x0) / s.clamp_min(min_sigma)
     bb.predict_velocity = pv
     return bb
-
-def noisy_first_velocity(bb, xs, x0, sigmas, text, cond):
-    """Frame 0 as the condition, noised to its own level σ_c (noise augmentation, so that a rollout can consume its own
-    slightly wrong frames): frame 0 = (1 − σ_c)·x0 + σ_c·ε0 with its tokens at σ_c, and out of the loss."""
-    cf, sc, eps0 = (c.to(x0.device) for c in cond)
-    s = sc.view(-1, 1, 1, 1)
-    xs[cf, :, 0] = ((1 - s) * x0[:, :, 0] + s * eps0)[cf]
-    ts = frame_token_sigmas(bb, x0, sigmas, cf)
-    B, _, T = x0.shape[:3]
-    ts.view(B, T, -1)[cf, 0] = sc[cf, None]
-    keep = torch.ones_like(x0); keep[cf, :, 0] = 0
-    return bb.predict_velocity(xs, ts, text), keep
 
 @torch.no_grad()
 def own_hop(bb, first, caps, steps, g):
@@ -107,7 +89,7 @@ def main(argv=None):
     stream = OrbitStream(rings, cfg, g, subjects=range(a.subjects))
     stream3 = OrbitStream(rings, ladder_config(a.steps, lr=a.lr, stride=a.stride, frames=3, batch_videos=a.batch), g,
                           subjects=range(a.subjects)) if a.self_forcing > 0 else None
-    loss_fn = FlowMatchingLoss(bb, noisy_first_velocity if a.cond_sigma > 0 else None)
+    loss_fn = FlowMatchingLoss(bb)
     ema = {k: v.detach().clone() for k, v in bb.transformer.state_dict().items()} if a.ema > 0 else None
     params = [q for q in bb.transformer.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
@@ -118,14 +100,14 @@ def main(argv=None):
             bb.transformer.eval()
             video = torch.stack([own_hop(bb, v3[:, 0], caps, a.sf_steps, g), v3[:, 2]], 1)
         else: video, caps, cf = stream.batch(step, flags=True)
-        sig = sigmas_for(a.sigma, bb, len(caps), g)
+        sig = sample_sigmas(bb, len(caps), g, scheme=SCHEMES[a.sigma])
         noise = torch.randn(bb.encode_video(video).shape, generator=g)
         bb.transformer.train()
         with autocast:
             if a.cond_sigma > 0:
                 sc = a.cond_sigma * torch.rand(len(caps), generator=g)
                 eps0 = torch.randn(noise[:, :, 0].shape, generator=g)
-                loss = loss_fn(video, caps, sig, noise, (cf, sc, eps0))
+                loss = loss_fn(video, caps, sig, noise, FirstFrame(cf, sc, eps0))
             else: loss = loss_fn(video, caps, sig, noise, clean_first=cf)
         opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
         if ema is not None:
