@@ -38,7 +38,7 @@ def build(tiny: bool, device, dtype) -> WanBackbone:
     parts = tiny_wan_parts(seed=0, z_dim=16)
     torch.manual_seed(0)
     from diffusers.utils import logging as df_logging
-    tr = WanTransformer3DModel(**(TINY if tiny else WAN_1_3B))
+    with torch.device(device): tr = WanTransformer3DModel(**(TINY if tiny else WAN_1_3B))     # built where it runs
     level = df_logging.get_verbosity(); df_logging.set_verbosity_error()
     try: tr = tr.to(dtype)
     finally: df_logging.set_verbosity(level)

@@ -72,15 +72,17 @@ def main(argv=None):
     p.add_argument('--eval-heldout', type=int, default=0, help='also the diagnostic on this many held-out ring subjects (attribute combinations never trained on)')
     p.add_argument('--threads', type=int, default=int(os.environ.get('OMP_NUM_THREADS', 1)))
     p.add_argument('--device', default='cpu', help="'cuda' on a GPU (the diagnostic runs there too)")
+    p.add_argument('--time-limit', type=float, default=0, help='stop after the step that passes this many seconds (then evaluate and save); 0: none')
+    p.add_argument('--workers', type=int, default=1, help='render processes when the ring set is not cached yet')
     p.add_argument('--bf16', action='store_true', help='bf16 autocast of the forward pass (GPU; weights, optimizer and EMA stay float32)')
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    rings = tw.load_ring_dataset(tw.build_ring_dataset(cache_dir(), max(a.subjects, 16), workers=1))
-    held = tw.load_ring_dataset(tw.build_ring_dataset(cache_dir(), 16, split='heldout', workers=1)) if a.eval_heldout else None
+    rings = tw.load_ring_dataset(tw.build_ring_dataset(cache_dir(), max(a.subjects, 16), workers=a.workers))
+    held = tw.load_ring_dataset(tw.build_ring_dataset(cache_dir(), 16, split='heldout', workers=a.workers)) if a.eval_heldout else None
     bb = load_backbone('toy')
     if a.init != 'shipped':
         bb = ToyBackbone.create(caption_vocabulary(), bb.config, seed=0)
-        if a.init != 'fresh': bb.transformer.load_state_dict(torch.load(a.init))
+        if a.init != 'fresh': bb.transformer.load_state_dict(torch.load(a.init, map_location='cpu'))
     if a.param == 'x': use_x_prediction(bb)
     bb.to(a.device)
     autocast = torch.autocast(torch.device(a.device).type, dtype=torch.bfloat16, enabled=a.bf16)
@@ -115,7 +117,8 @@ def main(argv=None):
                 for k, v in bb.transformer.state_dict().items():
                     if v.dtype.is_floating_point: ema[k].lerp_(v, 1 - a.ema)
         hist.append(loss.item())
-        if step % a.eval_every == 0 or step == a.steps:
+        out_of_time = a.time_limit > 0 and time.time() - t0 > a.time_limit
+        if step % a.eval_every == 0 or step == a.steps or out_of_time:
             bb.transformer.eval()
             if ema is not None: live = {k: v.clone() for k, v in bb.transformer.state_dict().items()}; bb.transformer.load_state_dict(ema)
             starts = (0, 3, 6, 9, 12, 15, 18, 21)
@@ -125,9 +128,10 @@ def main(argv=None):
                 d.update({'heldout_correct': h['correct_vs_mirrored'], 'heldout_mse_true': h['mse_true'], 'heldout_mse_mirrored': h['mse_mirrored'],
                           'heldout_mean_view': h['baseline_mean_view']})
             print(json.dumps({'step': step, 'loss': round(float(np.mean(hist[-a.eval_every:])), 4),
-                              **{k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}, 'seconds': round(time.time() - t0)}), flush=True)
+                              **{k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}, 'seconds': round(time.time() - t0), 'device': a.device, 'batch': a.batch}), flush=True)
             if a.save:
-                torch.save(ema if ema is not None else bb.transformer.state_dict(), a.save + '.tmp'); os.replace(a.save + '.tmp', a.save)
+                torch.save({k: v.cpu() for k, v in (ema if ema is not None else bb.transformer.state_dict()).items()}, a.save + '.tmp'); os.replace(a.save + '.tmp', a.save)
             if ema is not None: bb.transformer.load_state_dict(live)
+        if out_of_time: print(f'stopped by --time-limit {a.time_limit:g} s after step {step}', flush=True); break
 
 if __name__ == '__main__': main()
