@@ -4,8 +4,12 @@
     RING=1 python research/orbit_prior/ar_rollout.py w2.pt 4 rollout_ring.png   # frame 0 from the training views
 
 Environment: STEPS (Euler steps per frame, 20), CSIG (noise level σ_c at which each generated frame is shown to the next
-hop, 0), WINDOW=full (denoise all 8 frames jointly from frame 0 instead of rolling out), PARAM=x (x-prediction model),
-HELDOUT=1 (held-out subjects, rendered at 20° and 200°, elevation 15°), INIT=shipped (the weights were trained from the shipped model and use its text encoder; default: a fresh model's).
+hop, 0), CSIG0 (the same for frame 0, 0), WINDOW=full (denoise all 8 frames jointly from frame 0 instead of rolling out), PARAM=x (x-prediction model),
+HELDOUT=1 (held-out subjects, rendered at 20° and 200°, elevation 15°), INIT=shipped (the weights were trained from the shipped model and use its text encoder; default: a fresh model's),
+FIRST=text (text -> image -> video: frame 0 is generated from the subject's image caption by the shipped model,
+`generate(num_frames=1)` with CFG 4 and 30 steps, seeds 0 and 1 in place of the two start views; the truth is then the
+view-matched azimuth of frame 0 plus 30° per frame in the asked direction; FIRSTMODEL=assets/toy_t2v_latent draws frame 0
+with the latent model instead).
 
 Prints the image-to-video rotation scores (monotone rate, direction agreement, view error, frames whose view-matched
 azimuth is within 15° of the truth's, overall and by frame index, the ground truth's rate)
@@ -44,8 +48,43 @@ def ar_video(bb, first, prompt, seed, steps=20, n=8):
     if os.environ.get('WINDOW') == 'full':               # WINDOW=full: all n frames denoised jointly from frame 0 (no rollout)
         return image_to_video(bb, first[None], [prompt], [seed], steps, num_frames=n)[0].clamp(0, 1)
     frames = [first]
-    for k in range(1, n): frames.append(hop(bb, frames[-1], prompt, seed * 100 + k, steps, cs if k > 1 else 0.0))
+    c0 = float(os.environ.get('CSIG0', 0))               # CSIG0: the same for frame 0 itself (e.g. a generated one)
+    for k in range(1, n): frames.append(hop(bb, frames[-1], prompt, seed * 100 + k, steps, cs if k > 1 else c0))
     return torch.stack(frames)
+
+import functools
+@functools.lru_cache(1)
+def _shipped():
+    "The text-to-image model of FIRST=text: FIRSTMODEL (an asset folder, e.g. assets/toy_t2v_latent) or the shipped default."
+    return (load_backbone('toy', os.environ['FIRSTMODEL']) if os.environ.get('FIRSTMODEL') else load_backbone('toy')).eval()
+
+@torch.no_grad()
+def text_first_frames(subject, seeds=(0, 1), steps=30, guidance=4.0):
+    "Frame 0 from text: the shipped model's image [H,W,3] for the subject's image caption, one per seed."
+    from dreamvid_lib.generate import generate
+    shipped = _shipped()
+    return [generate(shipped, video_caption(subject, None), int(sd), num_frames=1, steps=steps, guidance=guidance)[0, 0].float() for sd in seeds]
+
+def ar_rotation_text(bb, subjects, seeds=(0, 1), elevation=15.0, steps=20, seed=0, res=32):
+    "As `ar_rotation` with frame 0 generated from text; the truth: frame 0's matched azimuth + 30° per frame."
+    rows, vids = [], []
+    for s in subjects:
+        grid = tracking_views(s, res, with_depth=False)
+        for f0 in text_first_frames(s, seeds):
+            _, az0, _ = view_match(f0.numpy()[None], grid)
+            for d in (1, -1):
+                want = (az0[0] + d * 30 * np.arange(8)) % 360
+                gt = tw.render_views(s, want, elevation, res=res, with_depth=False).rgb
+                v = ar_video(bb, f0, video_caption(s, d), seed + len(rows), steps)
+                _, az, err = view_match(v.numpy(), grid)
+                r = rotation_direction(az)
+                off = np.abs(wrap_deg(az - want))[1:]
+                rows.append({'monotone': r != 0, 'right_direction': r == d, 'view_error': float(err[1:].mean()),
+                             'az_off': float(off.mean()), 'on_track': float((off <= 15).mean()), 'per_frame': (off <= 15).tolist()}); vids.append((gt, v.numpy()))
+    return {'rotation_monotone_rate': float(np.mean([r['monotone'] for r in rows])), 'direction_agreement': float(np.mean([r['right_direction'] for r in rows])),
+            'view_error': float(np.mean([r['view_error'] for r in rows])), 'azimuth_off_deg': float(np.mean([r['az_off'] for r in rows])),
+            'frames_on_track': float(np.mean([r['on_track'] for r in rows])),
+            'on_track_by_frame': np.mean([r['per_frame'] for r in rows], 0).round(2).tolist(), 'first_frame': 'text', 'n': len(rows)}, vids
 
 def ar_rotation(bb, subjects, azimuths=(20.0, 200.0), elevation=15.0, steps=20, seed=0, res=32, rings=None):
     """With `rings` (the training ring dataset; `subjects` are then its indices): frame 0 and the truth are the ring's own views
@@ -83,7 +122,8 @@ if __name__ == '__main__':
     on_ring = os.environ.get('RING') == '1'      # RING=1: frame 0 from the training ring views (15° and 195°)
     held = os.environ.get('HELDOUT') == '1'      # HELDOUT=1: held-out subjects (attribute combinations never trained on), fresh renders
     subs = list(range(int(sys.argv[2]))) if on_ring else tw.heldout_subjects(int(sys.argv[2])) if held else [rings['subjects'][i] for i in range(int(sys.argv[2]))]
-    res, vids = ar_rotation(bb, subs, azimuths=(15.0, 195.0) if on_ring else (20.0, 200.0), steps=int(os.environ.get('STEPS', 20)),
+    if os.environ.get('FIRST') == 'text': res, vids = ar_rotation_text(bb, subs, steps=int(os.environ.get('STEPS', 20)))
+    else: res, vids = ar_rotation(bb, subs, azimuths=(15.0, 195.0) if on_ring else (20.0, 200.0), steps=int(os.environ.get('STEPS', 20)),
                             rings=rings if on_ring else None)
     print(json.dumps(res), flush=True)
     from PIL import Image
