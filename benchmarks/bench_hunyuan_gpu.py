@@ -12,6 +12,9 @@ with per-token timesteps and routed LoRA branches) it measures:
 Not measured: the text encoders (Qwen2.5-VL 7B, byT5) and the VAE; text embeddings are random tensors of the packed
 shape, latents random tensors of the VAE's latent shape (both are frozen and cached during training).
 The paper: 400 joint iterations ≈ 13 min per subject on one RTX PRO 6000 (≈ 1.95 s per iteration).
+Measured on one NVIDIA H200 (2026-11-30, `--steps 3 --gen-steps 2 --frames 9 --gradient-checkpointing`,
+benchmarks/results/bench_hunyuan_gpu.json) with the stock attention's dense [B, 1, L, L] mask: 3db step 1.27 s, joint step
+7.39 s, 9-frame generation 7.2 s per step (49 frames: out of memory); dreamvid's mask-free attention awaits a GPU re-run.
 
     python benchmarks/bench_hunyuan_gpu.py --out results.json [--steps 5] [--gradient-checkpointing]
     python benchmarks/bench_hunyuan_gpu.py --tiny --out tiny.json    # the same code, tiny config, on the CPU

@@ -315,17 +315,19 @@ class HunyuanTokenRouter(TokenRouter):
 
 # %% ../nbs/15_hunyuan.ipynb #c12f51ab
 class HunyuanJointAttnProcessor:
-    """HunyuanVideo-1.5's joint (video + text) attention processor, unchanged unless the attention probe asks for router
-    capture, a reference-key bias (TAB, ERAE's region bias) or ERAE's entity map; then the same attention with one extra
-    bias channel in queries/keys and indicator channels in the values: K for the router's mass from target queries onto
-    each reference view, one for their mass onto the entity word's text token (this model has no cross-attention: the
-    text tokens are keys of the same attention)."""
+    """HunyuanVideo-1.5's joint (video + text) attention, installed on every block: the stock processor's computation
+    without its dense `[B, 1, L, L]` mask (padded text tokens are dropped from queries, keys and values; rows with different
+    text lengths attend one at a time). When the attention probe asks for router capture, a reference-key
+    bias (TAB, ERAE's region bias) or ERAE's entity map, the same attention carries one extra bias channel in queries/keys
+    and indicator channels in the values: K for the router's mass from target queries onto each reference view, one for
+    their mass onto the entity word's text token (this model has no cross-attention: the text tokens are keys of the same
+    attention). `fallback` (the stock processor) runs only for a call without text."""
     def __init__(self, layer: int, probe: AttentionProbe, fallback):
         self.layer, self.probe, self.fallback = layer, probe, fallback
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         p = self.probe
         erae = p.word_index is not None and p.layout is not None
-        if encoder_hidden_states is None or not (p.active() or erae):
+        if encoder_hidden_states is None:
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)))
         q, k = attn.norm_q(q), attn.norm_k(k)
@@ -335,38 +337,66 @@ class HunyuanJointAttnProcessor:
                       attn.add_k_proj(encoder_hidden_states), attn.add_v_proj(encoder_hidden_states)))
         if attn.norm_added_q is not None: eq = attn.norm_added_q(eq)
         if attn.norm_added_k is not None: ek = attn.norm_added_k(ek)
-        Lv, lay, tpf = q.shape[1], p.layout, p.tokens_per_frame
-        if Lv != lay.frames * tpf: raise ConfigError(f"layer {self.layer}: {Lv} video tokens but the layout has {lay.frames} frames x {tpf}")
+        Lv = q.shape[1]
         q, k, v = torch.cat([q, eq], 1), torch.cat([k, ek], 1), torch.cat([v, ev], 1)
         B, L, H, D = q.shape
-        m = F.pad(attention_mask, (L - attention_mask.shape[1], 0), value=True).bool()
-        mask = (m[:, None, None, :] & m[:, None, :, None])                      # as the stock processor: [B, 1, L, L]
-        nt, K, scale = lay.video_frames * tpf, lay.n_refs, 1 / math.sqrt(D)
-        qc = torch.zeros(B, L, device=q.device, dtype=torch.float32); qc[:, :nt] = p.ref_bias
-        if p.region is not None and p.region_bias: qc[:, :nt] += p.region_bias * p.region.to(qc.device).float()
-        kc = torch.zeros(L, device=q.device, dtype=torch.float32); kc[nt:Lv] = 1 / scale       # reference keys only
-        pad = -(-(D + max(1, K + erae)) // 8) * 8 - D
-        qa = torch.cat([q, F.pad(qc.to(q.dtype)[:, :, None, None].expand(B, L, H, 1), (0, pad - 1))], -1)
-        ka = torch.cat([k, F.pad(kc.to(k.dtype)[None, :, None, None].expand(B, L, H, 1), (0, pad - 1))], -1)
-        ind = torch.zeros(B, L, pad, device=v.device, dtype=v.dtype)
-        if p.capture: ind[:, nt:Lv, :K] = torch.eye(K, device=v.device, dtype=v.dtype).repeat_interleave(tpf, 0)
-        if erae:                                                                 # the word's key: after the valid byT5 tokens
-            off = getattr(p, 'text_offset', None)
-            off = torch.zeros(B, dtype=torch.long) if off is None else off.long().cpu()
-            if len(off) != B or len(p.word_index) != B:
-                raise ConfigError(f"ERAE: {len(p.word_index)} entity words and {len(off)} text offsets for a batch of {B}")
-            ind[torch.arange(B), (Lv + off + p.word_index.clamp_min(0)).to(v.device), K] = 1
-        va = torch.cat([v, ind[:, :, None, :].expand(B, L, H, pad)], -1)
-        out = F.scaled_dot_product_attention(qa.transpose(1, 2), ka.transpose(1, 2), va.transpose(1, 2), attn_mask=mask, scale=scale)
-        if p.capture: p.record(self.layer, out[:, :, :nt, D:D + K])
-        if erae: p.add_entity_map(out[:, :, :nt, D + K].float().mean(1).detach())   # [B, nt]: mass on the entity word
+        # No [L, L] mask: padded text tokens are dropped. Rows with the same number of valid text tokens (valid text comes
+        # first: each row keeps a prefix) form one group and one mask-free SDPA call; other rows (CFG's empty negative)
+        # attend one at a time; a mask with valid text tokens elsewhere is followed row by row with an index.
+        groups = [(slice(None), slice(None))]                                   # (rows, kept tokens)
+        m = None if attention_mask is None else attention_mask.detach().bool().cpu()   # the text mask only, [B, Lt]: small
+        if m is not None and not bool(m.all()):
+            Lt, n = m.shape[1], m.sum(1)
+            if bool((m == (torch.arange(Lt) < n[:, None])).all()):
+                counts = n.tolist()
+                rows = {c: [b for b in range(B) if counts[b] == c] for c in dict.fromkeys(counts)}
+                groups = [(slice(None) if len(r) == B else slice(r[0], r[0] + 1) if len(r) == 1 else torch.tensor(r, device=q.device),
+                           slice(0, L - Lt + c)) for c, r in rows.items()]
+            else:
+                groups = [(slice(b, b + 1), torch.cat([torch.arange(L - Lt), L - Lt + m[b].nonzero().flatten()]).to(q.device))
+                          for b in range(B)]
+        def attend(q, k, v, scale=None):
+            "[B, L, H, d] -> [B, H, L, d_v]; dropped (padded text) queries get zeros, SDPA's output for a fully masked row."
+            r, keep = groups[0]
+            if len(groups) == 1 and r == slice(None) and isinstance(keep, slice):   # one group: a pad, no scatter
+                o = F.scaled_dot_product_attention(*(t[:, keep].transpose(1, 2) for t in (q, k, v)), scale=scale)
+                return o if o.shape[2] == L else F.pad(o, (0, 0, 0, L - o.shape[2]))
+            out = v.new_zeros(B, H, L, v.shape[-1])
+            for r, keep in groups:
+                out[r, :, keep] = F.scaled_dot_product_attention(*(t[r][:, keep].transpose(1, 2) for t in (q, k, v)), scale=scale)
+            return out
+        if not (p.active() or erae):
+            out = attend(q, k, v)
+        else:
+            lay, tpf = p.layout, p.tokens_per_frame
+            if Lv != lay.frames * tpf: raise ConfigError(f"layer {self.layer}: {Lv} video tokens but the layout has {lay.frames} frames x {tpf}")
+            nt, K, scale = lay.video_frames * tpf, lay.n_refs, 1 / math.sqrt(D)
+            qc = torch.zeros(B, L, device=q.device, dtype=torch.float32); qc[:, :nt] = p.ref_bias
+            if p.region is not None and p.region_bias: qc[:, :nt] += p.region_bias * p.region.to(qc.device).float()
+            kc = torch.zeros(L, device=q.device, dtype=torch.float32); kc[nt:Lv] = 1 / scale       # reference keys only
+            pad = -(-(D + max(1, K + erae)) // 8) * 8 - D
+            qa = torch.cat([q, F.pad(qc.to(q.dtype)[:, :, None, None].expand(B, L, H, 1), (0, pad - 1))], -1)
+            ka = torch.cat([k, F.pad(kc.to(k.dtype)[None, :, None, None].expand(B, L, H, 1), (0, pad - 1))], -1)
+            ind = torch.zeros(B, L, pad, device=v.device, dtype=v.dtype)
+            if p.capture: ind[:, nt:Lv, :K] = torch.eye(K, device=v.device, dtype=v.dtype).repeat_interleave(tpf, 0)
+            if erae:                                                             # the word's key: after the valid byT5 tokens
+                off = getattr(p, 'text_offset', None)
+                off = torch.zeros(B, dtype=torch.long) if off is None else off.long().cpu()
+                if len(off) != B or len(p.word_index) != B:
+                    raise ConfigError(f"ERAE: {len(p.word_index)} entity words and {len(off)} text offsets for a batch of {B}")
+                ind[torch.arange(B), (Lv + off + p.word_index.clamp_min(0)).to(v.device), K] = 1
+            va = torch.cat([v, ind[:, :, None, :].expand(B, L, H, pad)], -1)
+            out = attend(qa, ka, va, scale)                     # [B, H, L, D + pad]
+            if p.capture: p.record(self.layer, out[:, :, :nt, D:D + K])
+            if erae: p.add_entity_map(out[:, :, :nt, D + K].float().mean(1).detach())   # [B, nt]: mass on the entity word
         out = out.transpose(1, 2)[..., :D].flatten(2, 3).to(q.dtype)
         hs, es = out[:, :Lv], out[:, Lv:]
         hs = attn.to_out[1](attn.to_out[0](hs))
         return hs, attn.to_add_out(es)
 
 def install_hunyuan_hooks(transformer) -> None:
-    "Install on a HunyuanVideo-1.5 transformer, once: frame-index RoPE, the token router, per-token timesteps, the attention probe."
+    """Install on a HunyuanVideo-1.5 transformer, once: frame-index RoPE, the token router, per-token timesteps, the
+    attention probe and `HunyuanJointAttnProcessor` (always on: no dense mask on any path)."""
     if not isinstance(transformer.rope, FrameIndexRope): transformer.rope = HunyuanFrameIndexRope(transformer.rope)
     if getattr(transformer, '_dreamvid_router', None) is None: transformer._dreamvid_router = HunyuanTokenRouter(transformer)
     install_token_timesteps(transformer)

@@ -182,6 +182,113 @@ def test_entity_map_is_the_attention_on_the_word(bb):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
+# -- joint attention without the dense [B, 1, L, L] mask ---------------------------------------------------------------
+class _stock_processors:
+    "Context: every block of `tr` runs diffusers' stock HunyuanVideo-1.5 processor (the one dreamvid's wraps)."
+    def __init__(self, tr): self.tr = tr
+    def __enter__(self):
+        self.saved = [blk.attn.processor for blk in self.tr.transformer_blocks]
+        for blk, p in zip(self.tr.transformer_blocks, self.saved): blk.attn.processor = p.fallback
+        assert all(type(blk.attn.processor).__name__ == 'HunyuanVideo15AttnProcessor2_0' for blk in self.tr.transformer_blocks)
+    def __exit__(self, *exc):
+        for blk, p in zip(self.tr.transformer_blocks, self.saved): blk.attn.processor = p
+
+
+class _mask_spy:
+    "Context: records `(query length, attn_mask shape or None)` of every `F.scaled_dot_product_attention` call."
+    def __init__(self, monkeypatch): self.mp, self.calls = monkeypatch, []
+    def __enter__(self):
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        def spy(*args, **kw):                                           # (diffusers passes query=, key=, value=)
+            q, m = args[0] if args else kw['query'], kw.get('attn_mask', args[3] if len(args) > 3 else None)
+            self.calls.append((q.shape[-2], None if m is None else tuple(m.shape)))
+            return sdpa(*args, **kw)
+        self.mp.setattr(torch.nn.functional, 'scaled_dot_product_attention', spy)
+        return self
+    def __exit__(self, *exc): self.mp.undo()
+
+
+_PROMPTS = {1: ['a video of a red mug rotating clockwise'], 2: ['a video of a red mug rotating clockwise', 'a mug']}
+
+
+@pytest.mark.parametrize('probe', ['off', 'capture'])
+@pytest.mark.parametrize('B', [1, 2])
+def test_mask_free_attention_equals_stock(bb, B, probe):
+    "The whole transformer's video-token output (velocity) with dreamvid's processor = with diffusers' stock one, to 1e-5."
+    from dreamvid_lib.router import probe_of
+    tr, p = bb.transformer, probe_of(bb)
+    torch.manual_seed(0)
+    lat, text = torch.randn(B, 4, 2, 4, 4), bb.encode_prompt(_PROMPTS[B])
+    txt = bb.unpack_text(text, torch.float32)
+    valid = txt['encoder_attention_mask'].sum(1) + txt['encoder_attention_mask_2'].sum(1)
+    assert len(set(valid.tolist())) == B                                # B = 2: the rows have different valid text lengths
+    assert not bool(txt['encoder_attention_mask'].all())               # and both have padding
+    with torch.no_grad():
+        with _stock_processors(tr): want = bb.predict_velocity(lat, torch.tensor([0.6] * B), text)
+        if probe == 'capture': p.reset(ReferenceLayout(1, 1), 16, capture=True)   # 2 latent frames: target + 1 reference
+        try:
+            assert p.active() == (probe == 'capture')
+            got = bb.predict_velocity(lat, torch.tensor([0.6] * B), text)
+            recs = list(p.records)
+        finally: p.finish()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert len(recs) == (len(tr.transformer_blocks) if probe == 'capture' else 0)
+    if recs: assert recs[0]['frames'].shape == (B, tr.config.num_attention_heads, 1, 1)
+
+
+@pytest.mark.parametrize('probe', ['off', 'capture'])
+@pytest.mark.parametrize('mask', [[[1, 1, 1, 1, 1, 0, 0]],                                    # B = 1
+                                  [[1, 1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0, 0]],             # different lengths (CFG)
+                                  [[1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0]],   # a group of 2 + 1
+                                  [[0, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1]],             # no valid text / no padding
+                                  [[1, 0, 1, 1, 0, 0, 1], [0, 1, 1, 0, 0, 0, 0]]])            # valid text not first
+def test_processor_equals_stock(bb, mask, probe):
+    """One block's attention: video and text outputs equal the stock processor's for any text mask; router capture = the
+    explicit softmax mass of each target query on the reference keys with padded text keys masked."""
+    from dreamvid_lib.router import probe_of
+    attn, p = bb.transformer.transformer_blocks[0].attn, probe_of(bb)
+    torch.manual_seed(0)
+    mask = torch.tensor(mask)
+    B, Lt, Lv, W = mask.shape[0], mask.shape[1], 32, bb.transformer.config.num_attention_heads * bb.transformer.config.attention_head_dim
+    hs, es = torch.randn(B, Lv, W), torch.randn(B, Lt, W)
+    with torch.no_grad():
+        want = attn.processor.fallback(attn, hs, es, mask)
+        if probe == 'capture': p.reset(ReferenceLayout(1, 1), 16, capture=True)
+        try: got = attn(hidden_states=hs, encoder_hidden_states=es, attention_mask=mask); recs = list(p.records)
+        finally: p.finish()
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=0)     # video tokens
+    torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=0)     # text tokens too (padded ones: zero before to_add_out)
+    if probe == 'capture':
+        with torch.no_grad():
+            q = attn.norm_q(attn.to_q(hs).unflatten(2, (attn.heads, -1)))
+            keys = torch.cat([attn.norm_k(attn.to_k(hs).unflatten(2, (attn.heads, -1))),
+                              attn.norm_added_k(attn.add_k_proj(es).unflatten(2, (attn.heads, -1)))], 1)
+            prob = (torch.einsum('bqhd,bkhd->bhqk', q, keys) / q.shape[-1] ** 0.5).masked_fill(
+                ~torch.cat([torch.ones(B, Lv, dtype=torch.bool), mask.bool()], 1)[:, None, None], float('-inf')).softmax(-1)
+        torch.testing.assert_close(recs[0]['tokens'][..., 0], prob[:, :, :16, 16:Lv].sum(-1).mean(1), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize('probe', ['off', 'capture'])
+def test_no_dense_mask(bb, monkeypatch, probe):
+    """No SDPA call of the transformer gets an [.., L, L] mask (only the text-only token refiner keeps its small mask);
+    the same spy sees the stock processor's dense [B, 1, L, L] one."""
+    from dreamvid_lib.router import probe_of
+    tr, p = bb.transformer, probe_of(bb)
+    lat, text = torch.randn(2, 4, 2, 6, 6), bb.encode_prompt(_PROMPTS[2])   # 72 video tokens: more than any text length
+    Lv, nb = 72, len(tr.transformer_blocks)
+    txt = bb.unpack_text(text, torch.float32)
+    L = Lv + txt['encoder_attention_mask'].shape[1] + txt['encoder_attention_mask_2'].shape[1] + bb.config.image_tokens
+    with torch.no_grad():
+        with _stock_processors(tr), _mask_spy(monkeypatch) as stock: bb.predict_velocity(lat, torch.tensor([0.5, 0.5]), text)
+        if probe == 'capture': p.reset(ReferenceLayout(1, 1), 36, capture=True)
+        try:
+            with _mask_spy(monkeypatch) as ours: bb.predict_velocity(lat, torch.tensor([0.5, 0.5]), text)
+        finally: p.finish()
+    assert [c for c in stock.calls if c[0] >= Lv] == [(L, (2, 1, L, L))] * nb    # the spy sees the stock dense mask
+    joint = [c for c in ours.calls if c[0] >= Lv]
+    assert len(joint) == 2 * nb and all(s is None for _, s in joint)      # two rows of different lengths: one call each
+    assert all(s is None or max(s) < Lv for _, s in ours.calls)             # no mask spans the video tokens anywhere
+
 def test_routing_and_gradient_checkpointing(bb):
     p3, pa = add_lora(bb, '3db'), add_lora(bb, '3dapter')
     n3 = sum(p.numel() for p in p3)
