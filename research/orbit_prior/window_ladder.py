@@ -22,7 +22,7 @@ import numpy as np, torch
 from dreamvid_lib.backbones import ToyBackbone, load_backbone
 from dreamvid_lib.core import cache_dir
 from dreamvid_lib import toyworld as tw
-from dreamvid_lib.prompts import caption_vocabulary
+from dreamvid_lib.prompts import caption_vocabulary, video_caption
 from dreamvid_lib.train import frame_token_sigmas, FirstFrame
 from dreamvid_lib.pretrain import OrbitStream, FlowMatchingLoss, ladder_config, continuation_diagnostic, sample_sigmas
 
@@ -53,6 +53,25 @@ def own_hop(bb, first, caps, steps, g):
         lat = lat + (sig[i + 1] - sig[i]) * bb.predict_velocity(lat, frame_token_sigmas(bb, lat, sig[i].expand(len(caps)), cf), text)
     return bb.decode_latents(lat)[:, 1].float().clamp(0, 1).cpu()
 
+@torch.no_grad()
+def t2i_diagnostic(bb, rings, subjects, steps: int = 20, seeds=(0, 1)) -> dict:
+    """Text to image from the image caption (`steps` Euler steps, no guidance) for each subject and seed, scored against
+    the ring views: `t2i_mse`, the MSE to the subject's nearest ring view; `t2i_binding`, the rate at which the nearest
+    view among all `subjects`' rings is the prompted subject's own."""
+    subjects = list(subjects)
+    views = torch.from_numpy(rings['rgba'][subjects, ..., :3].astype(np.float32) / 255)           # [S, V, H, W, 3]
+    caps = [video_caption(rings['subjects'][s], None) for s in subjects for _ in seeds]
+    z = bb.encode_video(views[:1, :1])                                                          # latent shape of one image
+    lat = torch.cat([torch.randn(z.shape, generator=torch.Generator().manual_seed(1000 * int(sd) + int(s)))
+                     for s in subjects for sd in seeds]).to(z.device)
+    text, sig = bb.encode_prompt(caps), torch.linspace(1, 0, steps + 1)
+    for i in range(steps): lat = lat + (sig[i + 1] - sig[i]) * bb.predict_velocity(lat, sig[i].expand(len(caps)).to(lat.device), text)
+    img = bb.decode_latents(lat)[:, 0].float().clamp(0, 1).cpu()                                 # [N, H, W, 3]
+    d = ((img[:, None, None] - views[None]) ** 2).mean((-1, -2, -3))                            # [N, S, V]
+    own = torch.tensor([j for j in range(len(subjects)) for _ in seeds])
+    near = d.min(-1).values                                                                     # [N, S]
+    return {'t2i_mse': float(near[torch.arange(len(own)), own].mean()), 't2i_binding': float((near.argmin(1) == own).float().mean())}
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--frames', type=int, default=2); p.add_argument('--stride', type=int, default=2)
@@ -72,6 +91,10 @@ def main(argv=None):
     p.add_argument('--eval-heldout', type=int, default=0, help='also the diagnostic on this many held-out ring subjects (attribute combinations never trained on)')
     p.add_argument('--threads', type=int, default=int(os.environ.get('OMP_NUM_THREADS', 1)))
     p.add_argument('--device', default='cpu', help="'cuda' on a GPU (the diagnostic runs there too)")
+    p.add_argument('--image-every', type=int, default=0, help='every N-th step a text-to-image batch (frame 0 from text alone); 0: none')
+    p.add_argument('--batch-images', type=int, default=32, help='images per text-to-image batch')
+    p.add_argument('--first-frame-prob', type=float, default=1.0, help='share of orbit videos whose frame 0 is given (the rest: text to video)')
+    p.add_argument('--eval-only', action='store_true', help='evaluate --init once and exit (with --init shipped: the shipped model and its text encoder)')
     p.add_argument('--time-limit', type=float, default=0, help='stop after the step that passes this many seconds (then evaluate and save); 0: none')
     p.add_argument('--workers', type=int, default=1, help='render processes when the ring set is not cached yet')
     p.add_argument('--bf16', action='store_true', help='bf16 autocast of the forward pass (GPU; weights, optimizer and EMA stay float32)')
@@ -86,7 +109,8 @@ def main(argv=None):
     if a.param == 'x': use_x_prediction(bb)
     bb.to(a.device)
     autocast = torch.autocast(torch.device(a.device).type, dtype=torch.bfloat16, enabled=a.bf16)
-    cfg = ladder_config(a.steps, lr=a.lr, stride=a.stride, frames=a.frames, batch_videos=a.batch)
+    cfg = ladder_config(a.steps, lr=a.lr, stride=a.stride, frames=a.frames, batch_videos=a.batch, image_every=a.image_every,
+                        batch_images=a.batch_images, first_frame_prob=a.first_frame_prob)
     g = torch.Generator().manual_seed(0)
     stream = OrbitStream(rings, cfg, g, subjects=range(a.subjects))
     stream3 = OrbitStream(rings, ladder_config(a.steps, lr=a.lr, stride=a.stride, frames=3, batch_videos=a.batch), g,
@@ -96,6 +120,23 @@ def main(argv=None):
     params = [q for q in bb.transformer.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
     t0, hist = time.time(), []
+    def evaluate(step):
+        "Print the diagnostics of the EMA (or live) weights as one JSON line; save them with --save."
+        bb.transformer.eval()
+        if ema is not None: live = {k: v.clone() for k, v in bb.transformer.state_dict().items()}; bb.transformer.load_state_dict(ema)
+        starts = (0, 3, 6, 9, 12, 15, 18, 21)
+        d = continuation_diagnostic(bb, rings, range(min(a.subjects, a.eval_subjects)), starts=starts, stride=a.stride, frames=a.frames)
+        if held is not None:
+            h = continuation_diagnostic(bb, held, range(a.eval_heldout), starts=starts, stride=a.stride, frames=a.frames)
+            d.update({'heldout_correct': h['correct_vs_mirrored'], 'heldout_mse_true': h['mse_true'], 'heldout_mse_mirrored': h['mse_mirrored'],
+                      'heldout_mean_view': h['baseline_mean_view']})
+            d.update({'heldout_' + k: v for k, v in t2i_diagnostic(bb, held, range(a.eval_heldout)).items()})
+        print(json.dumps({'step': step, 'loss': round(float(np.mean(hist[-a.eval_every:])), 4) if hist else None,
+                          **{k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}, 'seconds': round(time.time() - t0), 'device': a.device, 'batch': a.batch}), flush=True)
+        if a.save:
+            torch.save({k: v.cpu() for k, v in (ema if ema is not None else bb.transformer.state_dict()).items()}, a.save + '.tmp'); os.replace(a.save + '.tmp', a.save)
+        if ema is not None: bb.transformer.load_state_dict(live)
+    if a.eval_only: return evaluate(0)
     for step in range(1, a.steps + 1):
         if stream3 is not None and float(torch.rand(1, generator=g)) < a.self_forcing:
             v3, caps, cf = stream3.batch(step, flags=True)
@@ -118,20 +159,7 @@ def main(argv=None):
                     if v.dtype.is_floating_point: ema[k].lerp_(v, 1 - a.ema)
         hist.append(loss.item())
         out_of_time = a.time_limit > 0 and time.time() - t0 > a.time_limit
-        if step % a.eval_every == 0 or step == a.steps or out_of_time:
-            bb.transformer.eval()
-            if ema is not None: live = {k: v.clone() for k, v in bb.transformer.state_dict().items()}; bb.transformer.load_state_dict(ema)
-            starts = (0, 3, 6, 9, 12, 15, 18, 21)
-            d = continuation_diagnostic(bb, rings, range(min(a.subjects, a.eval_subjects)), starts=starts, stride=a.stride, frames=a.frames)
-            if held is not None:
-                h = continuation_diagnostic(bb, held, range(a.eval_heldout), starts=starts, stride=a.stride, frames=a.frames)
-                d.update({'heldout_correct': h['correct_vs_mirrored'], 'heldout_mse_true': h['mse_true'], 'heldout_mse_mirrored': h['mse_mirrored'],
-                          'heldout_mean_view': h['baseline_mean_view']})
-            print(json.dumps({'step': step, 'loss': round(float(np.mean(hist[-a.eval_every:])), 4),
-                              **{k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}, 'seconds': round(time.time() - t0), 'device': a.device, 'batch': a.batch}), flush=True)
-            if a.save:
-                torch.save({k: v.cpu() for k, v in (ema if ema is not None else bb.transformer.state_dict()).items()}, a.save + '.tmp'); os.replace(a.save + '.tmp', a.save)
-            if ema is not None: bb.transformer.load_state_dict(live)
+        if step % a.eval_every == 0 or step == a.steps or out_of_time: evaluate(step)
         if out_of_time: print(f'stopped by --time-limit {a.time_limit:g} s after step {step}', flush=True); break
 
 if __name__ == '__main__': main()
