@@ -4,7 +4,9 @@
 #      cached .npz files in $DREAMVID_CACHE first: the H200 image has no Mitsuba and its wheel is too big to carry),
 #   2. benchmarks/bench_wan_gpu.py at full size (Wan2.1-T2V-1.3B, random weights, bf16) -> $OUT/bench_wan_gpu.json,
 #   3. the orbit prior (issue 12) continued in bf16 with large batches, two-frame and eight-frame windows side by side,
-#      from the committed research checkpoints, until $TRAIN_S seconds -> $OUT/w2.pt, $OUT/w8.pt and their logs,
+#      from the committed research checkpoints (INIT2, INIT8), until $TRAIN_S seconds -> $OUT/w2.pt, $OUT/w8.pt and
+#      their logs; IMG adds flags to the two-frame run (e.g. IMG="--image-every 2 --batch-images 512": text-to-image
+#      batches mixed in, so that one model draws frame 0 from text and continues it),
 #   4. benchmarks/bench_hunyuan_gpu.py at full size (HunyuanVideo-1.5 8.3 B) with the time left -> $OUT/bench_hunyuan_gpu.json
 #      (with gradient checkpointing unless GC=0: without it the joint K = 4 step at 720p ran out of the H200's 140 GB).
 #
@@ -12,7 +14,7 @@
 #   TINY=1 OUT=/tmp/o bash research/gpu/h200_run.sh   # the same steps on the CPU at toy sizes (a smoke test)
 set -u
 OUT=${OUT:?set OUT}; BUDGET=${BUDGET:-420}; T0=$(date +%s); TINY=${TINY:-0}; PY=${PY:-python3}
-SUBJ=${SUBJ:-3000}; WAN=${WAN:-1}; GC=${GC:-1}; TRAIN_S=${TRAIN_S:-150}; B2=${B2:-256}; B8=${B8:-64}; WORKERS=${WORKERS:-14}
+SUBJ=${SUBJ:-3000}; WAN=${WAN:-1}; GC=${GC:-1}; IMG=${IMG:-}; TRAIN_S=${TRAIN_S:-150}; B2=${B2:-256}; B8=${B8:-64}; WORKERS=${WORKERS:-14}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} DREAMVID_CACHE=${DREAMVID_CACHE:-/tmp/dvcache}
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 log() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$OUT/device.log"; }
@@ -29,9 +31,9 @@ if [ "$WAN" = 1 ]; then log "wan bench"
   timeout 100 $PY benchmarks/bench_wan_gpu.py $TB --steps 3 --json "$OUT/bench_wan_gpu.json" >> "$OUT/bench.log" 2>&1; log "wan bench rc=$?"; fi
 wait $RENDER; log "rings rendered"
 H="--subjects $SUBJ --eval-heldout 16 --ema 0.999 --cond-sigma 0.3 --lr 5e-4 --eval-every 500 --steps 1000000 --time-limit $TRAIN_S"
-$PY $W --frames 2 --sigma uniform --batch $B2 $H $DEV --init $CK/row40_window2_3000subjects.pt --save "$OUT/w2.pt" > "$OUT/train2.log" 2>&1 &
+$PY $W --frames 2 --sigma uniform --batch $B2 $H $DEV $IMG --init ${INIT2:-$CK/row43_window2_h200.pt} --save "$OUT/w2.pt" > "$OUT/train2.log" 2>&1 &
 P2=$!
-$PY $W --frames 8 --sigma mix --batch $B8 $H $DEV --init $CK/row39_window8_3000subjects.pt --save "$OUT/w8.pt" > "$OUT/train8.log" 2>&1 &
+$PY $W --frames 8 --sigma mix --batch $B8 $H $DEV --init ${INIT8:-$CK/row42_window8_h200.pt} --save "$OUT/w8.pt" > "$OUT/train8.log" 2>&1 &
 P8=$!
 wait $P2; log "train2 rc=$?"; wait $P8; log "train8 rc=$?"
 HS=$(( $(left) - 5 )); log "hunyuan bench, $HS s left"
