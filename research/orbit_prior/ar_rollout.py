@@ -9,7 +9,7 @@ HELDOUT=1 (held-out subjects, rendered at 20° and 200°, elevation 15°), INIT=
 FIRST=text (text -> image -> video: frame 0 is generated from the subject's image caption by the shipped model,
 `generate(num_frames=1)` with CFG 4 and 30 steps, seeds 0 and 1 in place of the two start views; the truth is then the
 view-matched azimuth of frame 0 plus 30° per frame in the asked direction; FIRSTMODEL=assets/toy_t2v_latent draws frame 0
-with the latent model instead).
+with the latent model instead, FIRSTMODEL=self with the rollout's own model, trained on text-to-image batches too).
 
 Prints the image-to-video rotation scores (monotone rate, direction agreement, view error, frames whose view-matched
 azimuth is within 15° of the truth's, overall and by frame index, the ground truth's rate)
@@ -52,6 +52,21 @@ def ar_video(bb, first, prompt, seed, steps=20, n=8):
     for k in range(1, n): frames.append(hop(bb, frames[-1], prompt, seed * 100 + k, steps, cs if k > 1 else c0))
     return torch.stack(frames)
 
+def score(video, grid, truth_az, d) -> dict:
+    "One rollout's scores: monotone / right direction, view error and azimuth off `truth_az` (frames 1..), on track (≤ 15°)."
+    _, az, err = view_match(video, grid)
+    r = rotation_direction(az)
+    off = np.abs(wrap_deg(az - truth_az))[1:]
+    return {'monotone': r != 0, 'right_direction': r == d, 'view_error': float(err[1:].mean()),
+            'az_off': float(off.mean()), 'on_track': float((off <= 15).mean()), 'per_frame': (off <= 15).tolist()}
+
+def summary(rows) -> dict:
+    "The rates over rollouts, and on track by frame index."
+    m = lambda k: float(np.mean([r[k] for r in rows]))
+    return {'rotation_monotone_rate': m('monotone'), 'direction_agreement': m('right_direction'), 'view_error': m('view_error'),
+            'azimuth_off_deg': m('az_off'), 'frames_on_track': m('on_track'),
+            'on_track_by_frame': np.mean([r['per_frame'] for r in rows], 0).round(2).tolist(), 'n': len(rows)}
+
 import functools
 @functools.lru_cache(1)
 def _shipped():
@@ -59,9 +74,20 @@ def _shipped():
     return (load_backbone('toy', os.environ['FIRSTMODEL']) if os.environ.get('FIRSTMODEL') else load_backbone('toy')).eval()
 
 @torch.no_grad()
-def text_first_frames(subject, seeds=(0, 1), steps=30, guidance=4.0):
-    "Frame 0 from text: the shipped model's image [H,W,3] for the subject's image caption, one per seed."
+def text_first_frames(subject, seeds=(0, 1), steps=30, guidance=4.0, own=None):
+    """Frame 0 from text: the shipped model's image [H,W,3] for the subject's image caption, one per seed; with `own` (the
+    rollout's model, trained on text-to-image batches too: FIRSTMODEL=self) that model's, 20 Euler steps without guidance."""
     from dreamvid_lib.generate import generate
+    if own is not None:
+        out = []
+        for sd in seeds:
+            z = own.encode_video(torch.zeros(1, 1, 32, 32, 3))
+            lat = torch.randn(z.shape, generator=torch.Generator().manual_seed(int(sd)))
+            text = own.encode_prompt([video_caption(subject, None)])
+            sig = torch.linspace(1, 0, 21)
+            for i in range(20): lat = lat + (sig[i + 1] - sig[i]) * own.predict_velocity(lat, sig[i].expand(1), text)
+            out.append(own.decode_latents(lat)[0, 0].float().clamp(0, 1))
+        return out
     shipped = _shipped()
     return [generate(shipped, video_caption(subject, None), int(sd), num_frames=1, steps=steps, guidance=guidance)[0, 0].float() for sd in seeds]
 
@@ -70,21 +96,14 @@ def ar_rotation_text(bb, subjects, seeds=(0, 1), elevation=15.0, steps=20, seed=
     rows, vids = [], []
     for s in subjects:
         grid = tracking_views(s, res, with_depth=False)
-        for f0 in text_first_frames(s, seeds):
+        for f0 in text_first_frames(s, seeds, own=bb if os.environ.get('FIRSTMODEL') == 'self' else None):
             _, az0, _ = view_match(f0.numpy()[None], grid)
             for d in (1, -1):
                 want = (az0[0] + d * 30 * np.arange(8)) % 360
                 gt = tw.render_views(s, want, elevation, res=res, with_depth=False).rgb
                 v = ar_video(bb, f0, video_caption(s, d), seed + len(rows), steps)
-                _, az, err = view_match(v.numpy(), grid)
-                r = rotation_direction(az)
-                off = np.abs(wrap_deg(az - want))[1:]
-                rows.append({'monotone': r != 0, 'right_direction': r == d, 'view_error': float(err[1:].mean()),
-                             'az_off': float(off.mean()), 'on_track': float((off <= 15).mean()), 'per_frame': (off <= 15).tolist()}); vids.append((gt, v.numpy()))
-    return {'rotation_monotone_rate': float(np.mean([r['monotone'] for r in rows])), 'direction_agreement': float(np.mean([r['right_direction'] for r in rows])),
-            'view_error': float(np.mean([r['view_error'] for r in rows])), 'azimuth_off_deg': float(np.mean([r['az_off'] for r in rows])),
-            'frames_on_track': float(np.mean([r['on_track'] for r in rows])),
-            'on_track_by_frame': np.mean([r['per_frame'] for r in rows], 0).round(2).tolist(), 'first_frame': 'text', 'n': len(rows)}, vids
+                rows.append(score(v.numpy(), grid, want, d)); vids.append((gt, v.numpy()))
+    return {**summary(rows), 'first_frame': 'text'}, vids
 
 def ar_rotation(bb, subjects, azimuths=(20.0, 200.0), elevation=15.0, steps=20, seed=0, res=32, rings=None):
     """With `rings` (the training ring dataset; `subjects` are then its indices): frame 0 and the truth are the ring's own views
@@ -99,16 +118,8 @@ def ar_rotation(bb, subjects, azimuths=(20.0, 200.0), elevation=15.0, steps=20, 
                 else: gt = ring[tw.orbit_indices(len(ring), 8, 2, int(round(a / 15)), d)]
                 gt_ok.append(rotation_direction(view_match(gt, grid)[1]) == d)
                 v = ar_video(bb, torch.from_numpy(gt[0]).float(), video_caption(s, d), seed + len(rows), steps)
-                _, az, err = view_match(v.numpy(), grid)
-                _, az_gt, _ = view_match(gt, grid)
-                r = rotation_direction(az)
-                off = np.abs(wrap_deg(az - az_gt))[1:]             # frames 1..: azimuth off the truth's matched azimuth
-                rows.append({'monotone': r != 0, 'right_direction': r == d, 'view_error': float(err[1:].mean()),
-                             'az_off': float(off.mean()), 'on_track': float((off <= 15).mean()), 'per_frame': (off <= 15).tolist()}); vids.append((gt, v.numpy()))
-    return {'rotation_monotone_rate': float(np.mean([r['monotone'] for r in rows])), 'direction_agreement': float(np.mean([r['right_direction'] for r in rows])),
-            'view_error': float(np.mean([r['view_error'] for r in rows])), 'azimuth_off_deg': float(np.mean([r['az_off'] for r in rows])),
-            'frames_on_track': float(np.mean([r['on_track'] for r in rows])),
-            'on_track_by_frame': np.mean([r['per_frame'] for r in rows], 0).round(2).tolist(), 'ground_truth_rate': float(np.mean(gt_ok)), 'n': len(rows)}, vids
+                rows.append(score(v.numpy(), grid, view_match(gt, grid)[1], d)); vids.append((gt, v.numpy()))
+    return {**summary(rows), 'ground_truth_rate': float(np.mean(gt_ok))}, vids
 
 if __name__ == '__main__':
     bb = load_backbone('toy')
