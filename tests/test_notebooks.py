@@ -1,6 +1,7 @@
 """Every notebook runs top to bottom: through papermill (kernel python3, CI parameters, temporary working
-directory, execution timeout) and through `nbdev-test` (in-process, default parameters)."""
-import os, sys, json, subprocess, pathlib
+directory, execution timeout) and through `nbdev-test` (in-process, default parameters; cells tagged `#| slow` skipped,
+and the notebooks in NBDEV_TEST_SKIP)."""
+import os, re, sys, json, subprocess, pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -49,7 +50,16 @@ def test_notebook_papermill(name, tmp_path):
     pm.execute_notebook(str(ROOT/'nbs'/name), str(tmp_path/name), parameters=CI_PARAMS.get(name, {}),
                         kernel_name='python3', cwd=str(tmp_path), execution_timeout=900, progress_bar=False)
 
+# Notebooks nbdev-test skips entirely (test_notebook_papermill above executes every cell of them at CI parameters).
+# Prefer marking a notebook's long measurement/training cells `#| slow` (skipped by nbdev-test, see tst_flags in
+# pyproject.toml) so that the rest of it still runs in-process; list a notebook here only while that is not done.
+# 05_toy_pretrain: 71 s under nbdev-test at its defaults (cells 35a2ecab 30 s, c13dae2d 24 s), of ~815 s in all before
+# the heavy cells elsewhere were marked `#| slow`.
+NBDEV_TEST_SKIP = ['05_toy_pretrain.ipynb']
+
 def test_nbdev_test():
     exe = pathlib.Path(sys.executable).with_name('nbdev-test')
-    r = subprocess.run([str(exe), '--n-workers', '1', '--timing'], cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    skip = '^([_.]|' + '|'.join(re.escape(n) + '$' for n in NBDEV_TEST_SKIP) + ')'   # nbdev's default skip_file_re is ^[_.]
+    r = subprocess.run([str(exe), '--n-workers', '1', '--timing', '--skip-file-re', skip], cwd=ROOT, capture_output=True,
+                       text=True, timeout=1500)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
