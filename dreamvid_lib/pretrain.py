@@ -22,14 +22,14 @@ from .evaluate import tracking_views, view_match, rotation_direction
 from .prompts import DIRECTIONS, EXTRA_WORDS, context_phrase, video_caption, caption_vocabulary   # the captions (re-exported)
 from .train import (TrainConfig, OneCycleConfig, FirstFrame, EMAHook, StepEndHook, NumpyRNGHook, TorchRNGHook, train_loop, sample_sigmas, frame_token_sigmas,   # the engine
                                 FlowMatchingLoss, save_checkpoint, load_checkpoint, lr_lambda)   # (re-exported)
-from .sample import denoise, prepare_latents, make_scheduler   # the sampler (04b_sample)
+from .sample import denoise, prepare_latents, make_scheduler, check_inputs   # the sampler (04b_sample)
 
 # %% auto #0
-__all__ = ['VAE_STAGES', 'PretrainConfig', 'OrbitStream', 'VAEConfig', 'VAELoss', 'refuse_former_vae_checkpoints',
-           'train_toy_vae', 'vae_heldout_psnr', 'set_latent_normalisation', 'pretrain', 'finalize_pretrained', 'smooth',
-           'plot_loss', 'write_model_card', 'rotation_after_partial_noise', 'check_first_frame_path',
-           'continuation_diagnostic', 'image_to_video', 'i2v_rotation', 'learnability_check', 'ladder_config', 'Stage',
-           'orbit_prior_recipe', 'pretrain_stages']
+__all__ = ['VAE_STAGES', 'ROLLOUT_SEED_STRIDE', 'PretrainConfig', 'OrbitStream', 'VAEConfig', 'VAELoss',
+           'refuse_former_vae_checkpoints', 'train_toy_vae', 'vae_heldout_psnr', 'set_latent_normalisation', 'pretrain',
+           'finalize_pretrained', 'smooth', 'plot_loss', 'write_model_card', 'rotation_after_partial_noise',
+           'check_first_frame_path', 'continuation_diagnostic', 'image_to_video', 'i2v_rotation', 'rollout_video',
+           'learnability_check', 'ladder_config', 'Stage', 'orbit_prior_recipe', 'pretrain_stages']
 
 # %% ../nbs/05_toy_pretrain.ipynb #8a34ada9
 @dataclass
@@ -392,6 +392,57 @@ def i2v_rotation(backbone: Backbone, subjects, azimuths=(20.0, 200.0), elevation
     return {'rotation_monotone_rate': float(np.mean([r['monotone'] for r in rows])),
             'direction_agreement': float(np.mean([r['right_direction'] for r in rows])),
             'view_error': float(np.mean([r['view_error'] for r in rows])), 'ground_truth_rate': float(np.mean(gt_ok)), 'n': len(rows)}
+
+# %% ../nbs/05_toy_pretrain.ipynb #c3d9f0a1
+ROLLOUT_SEED_STRIDE = 100   # hop k of sample b draws its noise from seed seeds[b] * ROLLOUT_SEED_STRIDE + k
+
+def _hop_noise(backbone: Backbone, seeds, window: int, H: int, W: int, device):
+    """Per sample, from one generator seeded with its seed: the clip's noise `[C, T, h, w]` (exactly `prepare_latents`'s
+    draw), then ε `[C, h, w]` for the noise augmentation of the conditioning frame. Returns `[B, C, T, h, w]`, `[B, C, h, w]`."""
+    s = backbone.codec.spatial_factor
+    shape = (backbone.codec.latent_channels, backbone.latent_frames(window), H // s, W // s)
+    lat, eps = [], []
+    for sd in seeds:
+        g = torch.Generator().manual_seed(int(sd))
+        lat.append(torch.randn(shape, generator=g)); eps.append(torch.randn((shape[0], *shape[2:]), generator=g))
+    return torch.stack(lat).to(device), torch.stack(eps).to(device)
+
+@torch.no_grad()
+def rollout_video(backbone: Backbone, first_frames: torch.Tensor, prompts, seeds, num_frames: int = 8, window: int = 2,
+                  steps: int = 4, cond_sigma: float = 0.0, guidance: float = 1.0, first_cond_sigma: float = 0.0) -> torch.Tensor:
+    """Videos `[B,F,H,W,3]` in [0, 1] made autoregressively: frame 0 is `first_frames` `[B,H,W,3]` (unchanged), and each
+    hop denoises a `window`-frame clip (`steps` Euler steps, σ = 1 … 1/steps, text-only CFG with `guidance` > 1)
+    conditioned on the last frame made so far, adding `window` − 1 frames. The conditioning frame's tokens are at
+    `first_cond_sigma` in the first hop and `cond_sigma` after it (noise augmentation of generated frames)."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    seeds = [seeds] if isinstance(seeds, (int, np.integer)) else list(seeds)
+    if not isinstance(first_frames, torch.Tensor) or first_frames.ndim != 4 or first_frames.shape[-1] != 3:
+        raise ConfigError(f"first_frames must be a tensor [B, H, W, 3] in [0, 1], got {tuple(getattr(first_frames, 'shape', ()))}: "
+                          "pass one image per prompt (one image x: x[None])")
+    if len(first_frames) != len(prompts):
+        raise ConfigError(f"{len(first_frames)} first frames for {len(prompts)} prompts: pass one first frame per prompt")
+    if window < 2: raise ConfigError(f"window={window}: a hop needs its conditioning frame and at least one new one: pass window >= 2")
+    if num_frames < 2: raise ConfigError(f"num_frames={num_frames}: a rollout makes at least one frame after frame 0: pass num_frames >= 2")
+    for name, v in (('cond_sigma', cond_sigma), ('first_cond_sigma', first_cond_sigma)):
+        if not 0 <= v < 1: raise ConfigError(f"{name}={v}: the conditioning frame's noise level must be in [0, 1) (0: shown clean)")
+    hops = math.ceil((num_frames - 1) / (window - 1))
+    if hops > ROLLOUT_SEED_STRIDE:
+        raise ConfigError(f"{hops} hops: the per-hop seeds seed * {ROLLOUT_SEED_STRIDE} + k would repeat another sample's: "
+                          f"pass num_frames <= {ROLLOUT_SEED_STRIDE * (window - 1) + 1} or a longer window")
+    prompts, seeds, _, H, W = check_inputs(backbone, prompts, seeds, window, steps, first_frames.shape[1], first_frames.shape[2])
+    text = backbone.encode_prompt(prompts)
+    negative = backbone.encode_prompt([''] * len(prompts), allow_empty=True) if guidance > 1 else None
+    sigmas = torch.linspace(1, 0, steps + 1)[:-1].tolist()   # the Euler grid σ_i (shift 1 keeps it); the scheduler appends σ = 0
+    frames = [first_frames.float().cpu()[:, None]]
+    for k in range(1, hops + 1):
+        first = backbone.encode_video(frames[-1][:, -1:])[:, :, 0]
+        sc = cond_sigma if k > 1 else first_cond_sigma
+        lat, eps = _hop_noise(backbone, [s * ROLLOUT_SEED_STRIDE + k for s in seeds], window, H, W, first.device)
+        if sc: lat[:, :, 0] = eps       # frame 0's initial noise only noises the conditioning frame (denoise re-imposes it every step)
+        lat = denoise(backbone, lat, text, negative, guidance, scheduler=make_scheduler(backbone, euler=True), sigmas=sigmas,
+                      first_latent=first, cond_sigma=sc)
+        frames.append(backbone.decode_latents(lat)[:, 1:window].float().clamp(0, 1).cpu())
+    return torch.cat(frames, 1)[:, :num_frames]
 
 # %% ../nbs/05_toy_pretrain.ipynb #130f637f
 def learnability_check(backbone: Backbone, rings: dict, cfg: PretrainConfig, work_dir, subjects=None, starts=None,

@@ -101,3 +101,66 @@ def test_noise_augmented_first_frame_trains_deterministically_and_resumes(rings,
     c = ToyBackbone.create(caption_vocabulary(), ToyModelConfig(num_layers=1), seed=0)
     lc = pretrain(c, rings, plain, tmp_path/'c', progress=False)
     assert lc['history'][0]['loss'] != la['history'][0]['loss']       # the augmentation reaches the loss
+
+
+def _tiny():
+    from dreamvid_lib.backbones import ToyBackbone, ToyModelConfig
+    from dreamvid_lib.prompts import caption_vocabulary
+    return ToyBackbone.create(caption_vocabulary(), ToyModelConfig(num_layers=1), seed=0).eval()
+
+
+def test_rollout_video_frames_seeds_and_errors():
+    from dreamvid_lib.pretrain import rollout_video
+    bb, first = _tiny(), torch.rand(2, 32, 32, 3)
+    caps = [video_caption(tw.heldout_subjects(1)[0], d) for d in (1, -1)]
+    a = rollout_video(bb, first, caps, [0, 1], num_frames=4, steps=2)
+    assert a.shape == (2, 4, 32, 32, 3) and torch.equal(a[:, 0], first)          # frame 0: the input, bit for bit
+    assert torch.equal(a, rollout_video(bb, first, caps, [0, 1], num_frames=4, steps=2))
+    c = rollout_video(bb, first, caps, [0, 2], num_frames=4, steps=2)
+    assert torch.equal(a[0], c[0]) and not torch.allclose(a[1, 1:], c[1, 1:])      # per-sample seeds: only sample 1 changes
+    assert not torch.allclose(a[:, 1:], rollout_video(bb, first, caps, [0, 1], num_frames=4, steps=2, cond_sigma=0.5)[:, 1:])
+    w3 = rollout_video(bb, first, caps, [0, 1], num_frames=4, window=3, steps=2)    # two new frames per hop, cut to num_frames
+    assert w3.shape == (2, 4, 32, 32, 3) and torch.equal(w3[:, 0], first)
+    for kw, match in [(dict(first_frames=first[0]), 'first_frames'), (dict(first_frames=first[:1]), 'one first frame per prompt'),
+                      (dict(window=1), 'window'), (dict(num_frames=1), 'num_frames'), (dict(cond_sigma=1.0), 'cond_sigma'),
+                      (dict(cond_sigma=-0.1), 'cond_sigma'), (dict(first_cond_sigma=1.5), 'first_cond_sigma'),
+                      (dict(seeds=[0]), 'seed'), (dict(num_frames=102), 'hops')]:
+        args = dict(first_frames=first, prompts=caps, seeds=[0, 1], num_frames=3, steps=1) | kw
+        with pytest.raises(ConfigError, match=match): rollout_video(bb, **args)
+
+
+def test_rollout_video_one_denoise_of_steps_calls_per_hop():
+    "window = 2, steps = N: N model calls per hop at σ = 1, 1 - 1/N, ..., 1/N (the toy scheduler's shift 1 keeps them); CFG doubles the batch, not the calls."
+    from dreamvid_lib.pretrain import rollout_video
+    bb = _tiny(); calls = []
+    orig = bb.predict_velocity
+    def spy(x, sigma, text):
+        calls.append((x.shape[0], x.shape[2], float(sigma.max()))); return orig(x, sigma, text)
+    bb.predict_velocity = spy
+    rollout_video(bb, torch.rand(1, 32, 32, 3), ['a red mug'], [3], num_frames=4, steps=3)
+    assert len(calls) == 3 * 3 and all(c[:2] == (1, 2) for c in calls)
+    assert np.allclose([c[2] for c in calls], [1, 2 / 3, 1 / 3] * 3)
+    calls.clear(); rollout_video(bb, torch.rand(1, 32, 32, 3), ['a red mug'], [3], num_frames=3, steps=2, guidance=2.0)
+    assert len(calls) == 2 * 2 and all(c[0] == 2 for c in calls)
+
+
+def test_rollout_video_matches_the_hand_written_euler_loop():
+    "Hop by hop, the rollout is the Euler loop ar_rollout.py had (seed * 100 + k; ε drawn after the clip's noise), bit for bit."
+    from dreamvid_lib.pretrain import rollout_video
+    bb, first, cap = _tiny(), torch.rand(32, 32, 3), video_caption(tw.heldout_subjects(1)[0], 1)
+    @torch.no_grad()
+    def hop(x, seed, steps, cs):
+        text = bb.encode_prompt([cap]); f = bb.encode_video(x[None, None])[:, :, 0]
+        g = torch.Generator().manual_seed(seed)
+        lat = torch.randn((1, f.shape[1], 2, *f.shape[2:]), generator=g)
+        f = (1 - cs) * f + cs * torch.randn(f.shape, generator=g)
+        sig = torch.linspace(1, 0, steps + 1)
+        for i in range(steps):
+            lat[:, :, 0] = f
+            ts = frame_token_sigmas(bb, lat, sig[i].expand(1), torch.ones(1, dtype=torch.bool)); ts.view(1, 2, -1)[:, 0] = cs
+            lat = lat + (sig[i + 1] - sig[i]) * bb.predict_velocity(lat, ts, text)
+        return bb.decode_latents(lat)[0, 1].float().clamp(0, 1)
+    for cs in (0.0, 0.3):
+        frames = [first]
+        for k in (1, 2): frames.append(hop(frames[-1], 5 * 100 + k, 3, cs if k > 1 else 0.0))
+        assert torch.equal(rollout_video(bb, first[None], [cap], [5], num_frames=3, steps=3, cond_sigma=cs)[0], torch.stack(frames))

@@ -1,4 +1,4 @@
-"""Autoregressive image-to-video with a 2-frame model from `window_ladder.py`: each frame continues the previous one.
+"""Autoregressive image-to-video with a 2-frame model from `window_ladder.py` (the library's `pretrain.rollout_video`): each frame continues the previous one.
 
     python research/orbit_prior/ar_rollout.py w2.pt 4 rollout.png
     RING=1 python research/orbit_prior/ar_rollout.py w2.pt 4 rollout_ring.png   # frame 0 from the training views
@@ -16,7 +16,7 @@ azimuth is within 15° of the truth's, overall and by frame index, the ground tr
 on the first N training subjects from a rendered first view at azimuths 20° and 200°, both directions; saves a grid.
 """
 import sys, os, json, torch, numpy as np
-from dreamvid_lib.pretrain import image_to_video
+from dreamvid_lib.pretrain import image_to_video, rollout_video   # the rollout: hop k of a video draws its noise from seed * 100 + k
 from dreamvid_lib.prompts import video_caption
 from dreamvid_lib.backbones import load_backbone, ToyBackbone
 from dreamvid_lib import toyworld as tw
@@ -24,33 +24,13 @@ from dreamvid_lib.core import cache_dir
 from dreamvid_lib.evaluate import tracking_views, view_match, rotation_direction, wrap_deg
 torch.set_num_threads(int(os.environ.get('NT', 1)))
 
-from dreamvid_lib.train import frame_token_sigmas
-
-@torch.no_grad()
-def hop(bb, first, prompt, seed, steps=20, cond_sigma=0.0):
-    "Frame 1 of a two-frame video whose frame 0 is `first` [H,W,3], noised to `cond_sigma` (tokens told so), Euler `steps`."
-    text = bb.encode_prompt([prompt])
-    f = bb.encode_video(first[None, None].float())[:, :, 0]
-    g = torch.Generator().manual_seed(int(seed))
-    lat = torch.randn((1, f.shape[1], 2, *f.shape[2:]), generator=g)
-    f = (1 - cond_sigma) * f + cond_sigma * torch.randn(f.shape, generator=g)
-    sig = torch.linspace(1, 0, steps + 1)
-    for i in range(steps):
-        lat[:, :, 0] = f
-        ts = frame_token_sigmas(bb, lat, sig[i].expand(1), torch.ones(1, dtype=torch.bool))
-        ts.view(1, 2, -1)[:, 0] = cond_sigma
-        lat = lat + (sig[i + 1] - sig[i]) * bb.predict_velocity(lat, ts, text)
-    return bb.decode_latents(lat)[0, 1].float().clamp(0, 1)
-
 @torch.no_grad()
 def ar_video(bb, first, prompt, seed, steps=20, n=8):
     cs = float(os.environ.get('CSIG', 0))                # CSIG: noise level of the conditioning frame (noise augmentation)
     if os.environ.get('WINDOW') == 'full':               # WINDOW=full: all n frames denoised jointly from frame 0 (no rollout)
         return image_to_video(bb, first[None], [prompt], [seed], steps, num_frames=n)[0].clamp(0, 1)
-    frames = [first]
     c0 = float(os.environ.get('CSIG0', 0))               # CSIG0: the same for frame 0 itself (e.g. a generated one)
-    for k in range(1, n): frames.append(hop(bb, frames[-1], prompt, seed * 100 + k, steps, cs if k > 1 else c0))
-    return torch.stack(frames)
+    return rollout_video(bb, first[None], [prompt], [seed], num_frames=n, steps=steps, cond_sigma=cs, first_cond_sigma=c0)[0]
 
 def score(video, grid, truth_az, d) -> dict:
     "One rollout's scores: monotone / right direction, view error and azimuth off `truth_az` (frames 1..), on track (≤ 15°)."
