@@ -161,3 +161,59 @@ def test_mean_features_are_blind_to_order():
     np.testing.assert_allclose(m[0], m[1], atol=1e-5)
     assert np.abs(c[0] - c[1]).max() > 1e-2
     with pytest.raises(Exception, match='pool'): vf.orbit_features(np.stack([real]), pool='max')
+
+
+def _tiny_backbone():
+    from dreamvid_lib.backbones import ToyBackbone, ToyModelConfig
+    from dreamvid_lib.prompts import caption_vocabulary
+    return ToyBackbone.create(caption_vocabulary(), ToyModelConfig(num_layers=1), seed=0).eval()
+
+
+def test_orbit_prior_loader_names_a_missing_file_and_where_to_get_it(tmp_path):
+    from dreamvid_lib.core import AssetError
+    missing = tmp_path/'row43_window2_h200.pt'
+    with pytest.raises(AssetError, match='row43_window2_h200.pt') as e: vf.load_orbit_prior(missing)
+    assert 'research/orbit_prior/weights' in str(e.value)
+    assert isinstance(e.value, FileNotFoundError)
+
+
+def test_orbit_prior_loader_refuses_a_state_dict_that_does_not_fit(tmp_path):
+    from dreamvid_lib.core import AssetError
+    bogus = tmp_path/'bogus.pt'
+    torch.save({'not_a_layer.weight': torch.zeros(3)}, bogus)
+    with pytest.raises(AssetError, match='bogus.pt.*not an orbit-prior') as e: vf.load_orbit_prior(bogus)
+    assert 'research/orbit_prior/weights' in str(e.value) and '1 unexpected keys' in str(e.value)
+    small = tmp_path/'one_layer.pt'                # right key names for a 1-layer model, too few layers for the 4-layer config
+    torch.save(_tiny_backbone().transformer.state_dict(), small)
+    with pytest.raises(AssetError, match='one_layer.pt.*missing keys'): vf.load_orbit_prior(small)
+
+
+def test_orbit_prior_loader_round_trips_a_fitting_state_dict(tmp_path):
+    from dreamvid_lib.backbones import ToyBackbone, load_backbone
+    from dreamvid_lib.prompts import caption_vocabulary
+    src = ToyBackbone.create(caption_vocabulary(), load_backbone('toy').config, seed=3)
+    torch.save(src.transformer.state_dict(), tmp_path/'w.pt')
+    bb = vf.load_orbit_prior(tmp_path/'w.pt')
+    for k, v in src.transformer.state_dict().items(): assert torch.equal(bb.transformer.state_dict()[k], v), k
+    assert not bb.transformer.training
+
+
+def test_rollout_engine_through_run_engine():
+    eng = vf.RolloutEngine(_tiny_backbone(), steps=2)
+    x = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)
+    subs = [tw.subject_from_seed(1), tw.subject_from_seed(2)]
+    from dreamvid_lib.prompts import video_caption
+    out = vf.run_engine(eng, x, [video_caption(s, d) for s, d in zip(subs, (1, -1))], [0, 1])
+    assert out.shape == (2, 8, 32, 32, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 0], x, atol=1e-6)                 # frame 0 is the given image
+    assert np.abs(out[:, 1:] - x[:, None]).mean() > 1e-3                # and the engine made the other frames
+    again = vf.run_engine(eng, x, [video_caption(s, d) for s, d in zip(subs, (1, -1))], [0, 1])
+    np.testing.assert_array_equal(out, again)                           # seed-determined
+
+
+def test_rollout_engine_name_reflects_its_settings():
+    bb = _tiny_backbone()
+    a, b = vf.RolloutEngine(bb), vf.RolloutEngine(bb, steps=8, window=3, cond_sigma=0.3)
+    assert 'steps=4' in a.name and 'window=2' in a.name and 'cond_sigma=0.0' in a.name
+    assert 'steps=8' in b.name and 'window=3' in b.name and 'cond_sigma=0.3' in b.name
+    assert vf.engine_name(a) == a.name != vf.engine_name(b) != vf.engine_name(vf.ToyEngine())
