@@ -59,15 +59,10 @@ def text_first_frames(subject, seeds=(0, 1), steps=30, guidance=4.0, own=None):
     rollout's model, trained on text-to-image batches too: FIRSTMODEL=self) that model's, 20 Euler steps without guidance."""
     from dreamvid_lib.generate import generate
     if own is not None:
-        out = []
-        for sd in seeds:
-            z = own.encode_video(torch.zeros(1, 1, 32, 32, 3))
-            lat = torch.randn(z.shape, generator=torch.Generator().manual_seed(int(sd)))
-            text = own.encode_prompt([video_caption(subject, None)])
-            sig = torch.linspace(1, 0, 21)
-            for i in range(20): lat = lat + (sig[i + 1] - sig[i]) * own.predict_velocity(lat, sig[i].expand(1), text)
-            out.append(own.decode_latents(lat)[0, 0].float().clamp(0, 1))
-        return out
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__))); from window_ladder import text_to_image
+        z = own.encode_video(torch.zeros(1, 1, 32, 32, 3))
+        return [text_to_image(own, torch.randn(z.shape, generator=torch.Generator().manual_seed(int(sd))), [video_caption(subject, None)])[0]
+                for sd in seeds]
     shipped = _shipped()
     return [generate(shipped, video_caption(subject, None), int(sd), num_frames=1, steps=steps, guidance=guidance)[0, 0].float() for sd in seeds]
 

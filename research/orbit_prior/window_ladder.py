@@ -23,7 +23,8 @@ from dreamvid_lib.backbones import ToyBackbone, load_backbone
 from dreamvid_lib.core import cache_dir
 from dreamvid_lib import toyworld as tw
 from dreamvid_lib.prompts import caption_vocabulary, video_caption
-from dreamvid_lib.train import frame_token_sigmas, FirstFrame
+from dreamvid_lib.train import FirstFrame
+from dreamvid_lib.sample import denoise, make_scheduler
 from dreamvid_lib.pretrain import OrbitStream, FlowMatchingLoss, ladder_config, continuation_diagnostic, sample_sigmas
 
 SCHEMES = {'one': 'one', 'uniform': 'uniform', 'mix': 'high_mix'}   # --sigma -> train.sample_sigmas' scheme (same draws)
@@ -47,11 +48,16 @@ def own_hop(bb, first, caps, steps, g):
     "The model's own frame 1 `[B,H,W,3]` from frames 0 `first` (`steps` Euler steps): the input of a self-forced step."
     text = bb.encode_prompt(caps); f = bb.encode_video(first[:, None].float())[:, :, 0]
     lat = torch.randn((len(caps), f.shape[1], 2, *f.shape[2:]), generator=g).to(f.device)
-    sig, cf = torch.linspace(1, 0, steps + 1), torch.ones(len(caps), dtype=torch.bool)
-    for i in range(steps):
-        lat[:, :, 0] = f
-        lat = lat + (sig[i + 1] - sig[i]) * bb.predict_velocity(lat, frame_token_sigmas(bb, lat, sig[i].expand(len(caps)), cf), text)
+    lat = denoise(bb, lat, text, steps=steps, scheduler=make_scheduler(bb, euler=True), sigmas=torch.linspace(1, 0, steps + 1)[:-1],
+                  first_latent=f)                                          # frame 0 held clean, its tokens at σ = 0
     return bb.decode_latents(lat)[:, 1].float().clamp(0, 1).cpu()
+
+@torch.no_grad()
+def text_to_image(bb, noise, captions, steps: int = 20):
+    "Images `[N,H,W,3]` from latent `noise` `[N,C,1,h,w]` and captions: `sample.denoise`, Euler on σ = 1, 1 − 1/steps, …, no guidance."
+    lat = denoise(bb, noise, bb.encode_prompt(captions), steps=steps, scheduler=make_scheduler(bb, euler=True),
+                  sigmas=torch.linspace(1, 0, steps + 1)[:-1])
+    return bb.decode_latents(lat)[:, 0].float().clamp(0, 1).cpu()
 
 @torch.no_grad()
 def t2i_diagnostic(bb, rings, subjects, steps: int = 20, seeds=(0, 1)) -> dict:
@@ -64,9 +70,7 @@ def t2i_diagnostic(bb, rings, subjects, steps: int = 20, seeds=(0, 1)) -> dict:
     z = bb.encode_video(views[:1, :1])                                                          # latent shape of one image
     lat = torch.cat([torch.randn(z.shape, generator=torch.Generator().manual_seed(1000 * int(sd) + int(s)))
                      for s in subjects for sd in seeds]).to(z.device)
-    text, sig = bb.encode_prompt(caps), torch.linspace(1, 0, steps + 1)
-    for i in range(steps): lat = lat + (sig[i + 1] - sig[i]) * bb.predict_velocity(lat, sig[i].expand(len(caps)).to(lat.device), text)
-    img = bb.decode_latents(lat)[:, 0].float().clamp(0, 1).cpu()                                 # [N, H, W, 3]
+    img = text_to_image(bb, lat, caps, steps)                                                   # [N, H, W, 3]
     d = ((img[:, None, None] - views[None]) ** 2).mean((-1, -2, -3))                            # [N, S, V]
     own = torch.tensor([j for j in range(len(subjects)) for _ in seeds])
     near = d.min(-1).values                                                                     # [N, S]
