@@ -100,7 +100,7 @@ def load_orbit_prior(path=None):
     import dreamvid_lib
     path = Path(path) if path is not None else Path(dreamvid_lib.__file__).resolve().parents[1]/ORBIT_PRIOR_CHECKPOINT
     how = (f"the orbit-prior checkpoints are research weights of issue 12, kept in the repository's {Path(ORBIT_PRIOR_CHECKPOINT).parent}/ "
-           "(see its README.md: check out that folder from git, or rebuild it with `dreamvid pretrain --recipe orbit-prior`)")
+           "(see its README.md: check out that folder from git, or retrain it with research/orbit_prior/window_ladder.py as that README lists)")
     if not path.is_file(): raise AssetError(f"no orbit-prior checkpoint at {path}: {how}")
     bb = ToyBackbone.create(caption_vocabulary(), load_backbone('toy').config, seed=0)
     try:
