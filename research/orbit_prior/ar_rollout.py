@@ -97,11 +97,11 @@ def ar_rotation(bb, subjects, azimuths=(20.0, 200.0), elevation=15.0, steps=20, 
     return {**summary(rows), 'ground_truth_rate': float(np.mean(gt_ok))}, vids
 
 if __name__ == '__main__':
-    bb = load_backbone('toy')
-    if os.environ.get('INIT') != 'shipped':              # window_ladder.py's fresh models own their seed-0 text encoder
-        from dreamvid_lib.prompts import caption_vocabulary
-        bb = ToyBackbone.create(caption_vocabulary(), bb.config, seed=0)
-    bb.transformer.load_state_dict(torch.load(sys.argv[1])); bb.eval()
+    if os.environ.get('INIT') == 'shipped':               # weights trained from the shipped model: its text encoder
+        bb = load_backbone('toy'); bb.transformer.load_state_dict(torch.load(sys.argv[1])); bb.eval()
+    else:                                                # window_ladder.py's fresh models own their seed-0 text encoder
+        from dreamvid_lib.vfusion3d import load_orbit_prior
+        bb = load_orbit_prior(sys.argv[1])
     if os.environ.get('PARAM') == 'x':                   # PARAM=x: a model trained with window_ladder.py --param x
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__))); from window_ladder import use_x_prediction; use_x_prediction(bb)
     rings = tw.load_ring_dataset(tw.build_ring_dataset(cache_dir(), 16, workers=1))
