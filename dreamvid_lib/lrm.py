@@ -336,9 +336,12 @@ def lrm_lr_factor(cfg: LRMTrainConfig, step: int) -> float:
 def ring_batch(rings: dict, cfg: LRMTrainConfig, generator: torch.Generator, res: int, image_res: int = 32) -> dict:
     """A training batch from a ring set (`toyworld.load_ring_dataset`): per subject one source view (the input image) and
     `cfg.views` target views, cameras in the source's canonical frame, targets area-averaged to `res` px and cropped to a
-    random `cfg.patch` px window ('window': the corners), and the source camera's features with the camera noise added."""
-    rgba, az, el = rings['rgba'], rings['azimuth'], rings['elevation']
+    random `cfg.patch` px window ('window': the corners), and the source camera's features with the camera noise added.
+    `rings['azimuth']` is one azimuth per view `[V]` shared by all subjects (a ring) or per subject `[S,V]` (orbits that start
+    and turn differently, e.g. `synthetic3d.orbit_rings`)."""
+    rgba, el = rings['rgba'], rings['elevation']
     S, V = rgba.shape[:2]
+    az = np.broadcast_to(np.asarray(rings['azimuth'], np.float32), (S, V))
     s = torch.randint(S, (cfg.batch,), generator=generator).numpy()
     src = torch.randint(V, (cfg.batch,), generator=generator).numpy()
     tgt = torch.randint(V, (cfg.batch, cfg.views), generator=generator).numpy()
@@ -347,7 +350,7 @@ def ring_batch(rings: dict, cfg: LRMTrainConfig, generator: torch.Generator, res
         return x if x.shape[-1] == r else F.interpolate(x, size=(r, r), mode='area')
     image = img(rgba[s, src][..., :3], image_res)
     t = img(rgba[s[:, None], tgt].reshape(-1, *rgba.shape[2:]), res)
-    c2w = canonical_c2w(np.repeat(el[s], cfg.views), (az[tgt] - az[src][:, None]).ravel()).reshape(cfg.batch, cfg.views, 4, 4)
+    c2w = canonical_c2w(np.repeat(el[s], cfg.views), (az[s[:, None], tgt] - az[s, src][:, None]).ravel()).reshape(cfg.batch, cfg.views, 4, 4)
     cam = camera_features(canonical_c2w(el[s]), tw.intrinsics(image_res), image_res)
     if cfg.camera_noise: cam = cam + (torch.rand(cam.shape, generator=generator) * 2 - 1) * cfg.camera_noise
     p = min(cfg.patch, res)
@@ -603,7 +606,10 @@ def evaluate_lrm(model: TinyLRM, rings: dict, input_index: int = 0, novel_step: 
             row['chamfer_other_subject'] = mt.chamfer_distances(row['_pred'], other)['chamfer'] if len(row['_pred']) else float('nan')
     for row in rows: row.pop('_pred', None)
     keys = [k for k in rows[0] if k != 'subject']
-    return {'rows': rows, 'mean': {k: float(np.nanmean([r[k] for r in rows])) for k in keys},
+    def mean(k):                                                        # over the subjects that have the number (no mesh: no Chamfer)
+        v = [r[k] for r in rows if np.isfinite(r[k])]
+        return float(np.mean(v)) if v else float('nan')
+    return {'rows': rows, 'mean': {k: mean(k) for k in keys},
             'input_index': input_index, 'novel_views': len(idx), 'subjects': S}
 
 # %% ../nbs/12b_lrm.ipynb #b5c7439a
