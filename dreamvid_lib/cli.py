@@ -193,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--dapter', default=None, help="pre-trained 3Dapter folder (default: the shipped toy one) or 'random' (joint methods)")
     from dreamvid_lib.personalize import add_commands     # your own subject: prep, personalize, generate (12a_personalize)
     add_commands(sub)
+    from dreamvid_lib.synthetic3d import add_command      # VFusion3D's comparison on the toy (12e_synthetic3d)
+    add_command(sub)
+    from dreamvid_lib.make_your_3d import add_command as add_single_view   # how many real views a 3D subject needs (12f_make_your_3d)
+    add_single_view(sub)
     sub.add_parser('image-to-3d', add_help=False, help='one image to 3D with the tiny LRM or an OpenLRM release (--model DIR): novel views, an orbit video and a mesh '
                    '(its own options: dreamvid image-to-3d --help)')
     t = sub.add_parser('pretrain', help='render the pre-training set and train the toy text-to-video model')
@@ -303,6 +307,12 @@ def main(argv=None) -> int:
         elif args.cmd in ('prep', 'personalize', 'generate'):
             from dreamvid_lib.personalize import run_command
             print(run_command(args))
+        elif args.cmd == 'synthetic-3d':
+            from dreamvid_lib.synthetic3d import run_command as run_synthetic3d
+            print(run_synthetic3d(args))
+        elif args.cmd == 'single-view-3d':
+            from dreamvid_lib.make_your_3d import run_command as run_single_view
+            print(run_single_view(args))
         elif args.cmd == 'pretrain':
             p = run_pretrain(args.out, args.subjects, args.steps, args.work, args.workers, args.seed, args.init_from, args.codec,
                              args.recipe, args.window, args.recipe_scale, args.recipe_batch, args.mixed_precision)

@@ -27,6 +27,10 @@ CI_PARAMS = {
     '15_hunyuan.ipynb': {'demo_steps': 2},
     '12b_lrm.ipynb': {'demo_subjects': 4, 'demo_steps': 6, 'n_heldout': 2, 'mesh_resolution': 24, 'cli_res': 16},
     '12d_vfusion3d.ipynb': {'n_train_subjects': 4, 'n_heldout_subjects': 2, 'engine_steps': 2, 'elevation_orbits': 2, 'gen_subjects': 2, 'shard_size': 1},
+    '12e_synthetic3d.ipynb': {'n_real': 2, 'synthetic_factor': 2, 'scales': [1], 'n_heldout': 2, 'filter_subjects': 3, 'lrm_steps': 6,
+                              'finetune_steps': 3, 'study_dir': 'study'},
+    '12f_make_your_3d.ipynb': {'n_subjects': 1, 'rounds': 1, 'identity_steps': 3, 'prior_steps': 3, 'db_steps': 3, 'gen_steps': 2,
+                               'study_dir': 'study', 'ablation_subjects': 1},
 }
 
 def _parameters_cell(nb):
