@@ -66,9 +66,9 @@ def test_sweep_grid_and_knobs(tmp_path):
     with pytest.raises(ConfigError, match='unknown experiment knobs'): replace_exp(Experiment(), ranks=4)
     nb = tmp_path/'echo.ipynb'                                           # a minimal parametrised notebook
     nb.write_text(json.dumps({'cells': [
-        {'cell_type': 'code', 'metadata': {'tags': ['parameters']}, 'execution_count': None, 'outputs': [],
+        {'cell_type': 'code', 'id': 'params', 'metadata': {'tags': ['parameters']}, 'execution_count': None, 'outputs': [],
          'source': 'a = 1\nb = 2\nresults_path = "r.json"'},
-        {'cell_type': 'code', 'metadata': {}, 'execution_count': None, 'outputs': [],
+        {'cell_type': 'code', 'id': 'write', 'metadata': {}, 'execution_count': None, 'outputs': [],
          'source': 'import json\njson.dump({"product": a * b}, open(results_path, "w"))'}],
         'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}},
         'nbformat': 4, 'nbformat_minor': 5}))
