@@ -34,6 +34,7 @@ def lora_config(branch: str, rank: int = LORA_RANK, alpha: int = LORA_ALPHA, tar
     if branch not in targets: raise ConfigError(f"unknown adapter branch {branch!r}; choose '3db' or '3dapter'")
     return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=f'^({targets[branch]})$')
 
+# %% ../nbs/04_adapters.ipynb #914591ae
 def _add_adapter(transformer, config: LoraConfig, name: str):
     "diffusers' `add_adapter`, without peft's warning about a second adapter (two branches are the point here)."
     import warnings
@@ -43,6 +44,7 @@ def _add_adapter(transformer, config: LoraConfig, name: str):
     r = getattr(transformer, '_dreamvid_router', None)
     if r is not None: r.attach()                          # hook the new adapter's layers too
 
+# %% ../nbs/04_adapters.ipynb #d8ab0b30
 def add_lora(backbone, name: str = '3db', branch: str | None = None, rank: int = LORA_RANK, alpha: int = LORA_ALPHA) -> list[torch.nn.Parameter]:
     "Add LoRA adapter `name` (layers of `branch`, default = name) to the backbone's transformer, freeze the base; return the adapter's parameters."
     tr = backbone.transformer
@@ -53,6 +55,7 @@ def add_lora(backbone, name: str = '3db', branch: str | None = None, rank: int =
     for p in params: p.data = p.data.float(); p.requires_grad_(True)   # trainable LoRA weights in fp32, also on a bf16 model
     return params
 
+# %% ../nbs/04_adapters.ipynb #9b8b71a1
 def adapter_parameters(backbone, name: str) -> list[torch.nn.Parameter]:
     "The LoRA parameters of adapter `name`."
     ps = [p for n, p in backbone.transformer.named_parameters() if f'.{name}.' in n and 'lora_' in n]
@@ -66,6 +69,7 @@ def _backbone_signature(backbone) -> dict:
     return {'backbone': backbone.name, 'num_layers': c.num_layers, 'inner_dim': c.num_attention_heads * c.attention_head_dim,
             'patch_size': patch, 'in_channels': c.in_channels, 'text_dim': c.get('text_dim', c.get('text_embed_dim'))}
 
+# %% ../nbs/04_adapters.ipynb #a4e695c9
 def save_adapter(backbone, name: str, out_dir, train_config: dict | None = None) -> Path:
     "Save adapter `name` to `out_dir` (diffusers LoRA safetensors + adapter_config.json), atomically."
     from diffusers import WanPipeline
@@ -87,6 +91,7 @@ def save_adapter(backbone, name: str, out_dir, train_config: dict | None = None)
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
+# %% ../nbs/04_adapters.ipynb #6f790959
 def load_adapter(backbone, path, name: str | None = None) -> str:
     "Load an adapter saved by `save_adapter` into the backbone's transformer (as `name`, default: its saved name)."
     path = Path(path)

@@ -84,6 +84,7 @@ def _per_prompt(words, n):
     if len(words) != n: raise ConfigError(f"got {len(words)} entity words for {n} prompts")
     return words
 
+# %% ../nbs/05a_attention.ipynb #d3b564b0
 def entity_token_index(tokenizer, prompt: str, word: str | None = None) -> int:
     "Position of `word`'s first token in the tokenized `prompt` (default word: the one before 'rotating', else the last word)."
     if word is None:
@@ -94,6 +95,7 @@ def entity_token_index(tokenizer, prompt: str, word: str | None = None) -> int:
         if ids[i:i + len(sub)] == sub: return i
     raise ConfigError(f"entity word {word!r} is not in the prompt {prompt!r}: pass erae_word= a word of the prompt")
 
+# %% ../nbs/05a_attention.ipynb #98a33736
 def entity_region(token_map: torch.Tensor, frames: int, lam: float = 0.1) -> torch.Tensor:
     "ERAE's entity region: per frame, the class-token attention map rescaled to [0, 1] by its maximum, above `lam`. `[B, T*tpf]` bool."
     m = token_map.float().unflatten(1, (frames, -1))
@@ -169,6 +171,7 @@ def install_probe(transformer) -> AttentionProbe:
     transformer._dreamvid_probe = probe
     return probe
 
+# %% ../nbs/05a_attention.ipynb #905c053b
 def probe_of(backbone) -> AttentionProbe:
     "The attention probe installed on a backbone's transformer (installing it if needed)."
     return install_probe(backbone.transformer)
@@ -190,6 +193,7 @@ def run_probe(state: DenoiseState) -> AttentionProbe:
         state.shared['attention_probe'] = p
     return p
 
+# %% ../nbs/05a_attention.ipynb #6c596216
 class ProbeHook(SamplerHook):
     "Base of the hooks that drive the attention probe: reset once per run, told the step before each model call, finished after the loop."
     needs_references = True
@@ -208,6 +212,7 @@ class TimeAwareBias(ProbeHook):
         super().step_begin(state)
         run_probe(state).ref_bias = tab_bias(float(state.timestep), state.scheduler.config.num_train_timesteps, self.gamma, self.eps)
 
+# %% ../nbs/05a_attention.ipynb #ade7cef3
 class EntityRegionBias(ProbeHook):
     """CustomVideoX's ERAE: `bias` on reference keys for target tokens in the entity region (the entity word's attention map
     of the last step, above `lam` per frame). `words`: the entity word of each prompt (default: `prompts.entity_word`)."""
@@ -221,6 +226,7 @@ class EntityRegionBias(ProbeHook):
         super().step_begin(state)
         run_probe(state).update_region(self.bias, self.lam)
 
+# %% ../nbs/05a_attention.ipynb #d5627386
 class RouterCapture(ProbeHook):
     "The router capture: per layer and step, the attention mass of target queries on each reference view (read `probe_of(backbone).records`)."
     name = 'capture'

@@ -41,11 +41,13 @@ def build_word_tokenizer(words: Sequence[str], max_length: int = 24) -> PreTrain
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token='[PAD]', eos_token='[EOS]', unk_token='[UNK]',
                                    model_max_length=max_length, padding_side='right')
 
+# %% ../nbs/03_backbones.ipynb #41a93f90
 def prompt_words(tokenizer: PreTrainedTokenizerFast, prompt: str) -> list[str]:
     "The words `tokenizer` splits `prompt` into (after lower-casing)."
     bt = tokenizer.backend_tokenizer
     return [w for w, _ in bt.pre_tokenizer.pre_tokenize_str(bt.normalizer.normalize_str(prompt))]
 
+# %% ../nbs/03_backbones.ipynb #d138d150
 def check_prompt(tokenizer: PreTrainedTokenizerFast, prompt: str) -> None:
     "Raise `PromptError` for an empty prompt, words outside the vocabulary, or a prompt that is too long."
     if not isinstance(prompt, str) or not prompt.strip():
@@ -85,6 +87,7 @@ def make_toy_vae(latent_channels: int = 8, block_out_channels: Sequence[int] = (
                          layers_per_block=1, latent_channels=latent_channels, norm_num_groups=min(16, block_out_channels[0]),
                          mid_block_add_attention=False)
 
+# %% ../nbs/03_backbones.ipynb #1d77ce40
 class VAECodec(nn.Module):
     "Per-frame latent codec over a frozen diffusers `AutoencoderKL`: z = scaling_factor · (posterior mode − shift_factor)."
     temporal_factor = 1
@@ -169,6 +172,7 @@ class SequenceLayout:
         "Token positions of latent frame `i`."
         return slice(i * self.tokens_per_frame, (i + 1) * self.tokens_per_frame)
 
+# %% ../nbs/03_backbones.ipynb #d9ead926
 class Backbone(nn.Module):
     "Base class: a text encoder, a latent codec, a denoising transformer and a flow-matching scheduler."
     name = 'base'
@@ -299,6 +303,7 @@ def default_toy_weights() -> Path:
     "Path of the shipped pre-trained toy model."
     return assets_dir()/'toy_t2v'
 
+# %% ../nbs/03_backbones.ipynb #34ab18fd
 # the real backbones by name: (module, class, default weights). The modules build on this one, so they are
 # named here, not imported: `backbone_class` imports one when it is asked for.
 BACKBONES = {'wan': ('dreamvid_lib.wan', 'WanBackbone', 'WAN_MODEL_ID'),
@@ -311,6 +316,7 @@ def backbone_class(name: str) -> tuple[type, str]:
     m = importlib.import_module(mod)
     return getattr(m, cls), getattr(m, default)
 
+# %% ../nbs/03_backbones.ipynb #50910bdc
 def load_backbone(backbone: str = 'toy', weights: str | Path | None = None, device: str | torch.device = 'cpu', **kwargs) -> Backbone:
     """Load a backbone by name: `'toy'` (default weights: `assets/toy_t2v`) or `'wan'` (Wan 2.1 in the diffusers layout:
     a local folder or a hub id already in the Hugging Face cache; default `Wan-AI/Wan2.1-T2V-1.3B-Diffusers`;

@@ -64,6 +64,7 @@ class BenchConfig:
         self.methods = tuple(self.methods)
         return self
 
+# %% ../nbs/11_bench.ipynb #31e9ca80
 def weights_fingerprint(*folders) -> str:
     "A short hash of the weight files (`*.safetensors`) in model folders, so a retrained model never reuses old results."
     import hashlib
@@ -74,6 +75,7 @@ def weights_fingerprint(*folders) -> str:
         for p in sorted(f.rglob('*.safetensors')): h.update(str(p.relative_to(f)).encode()); h.update(p.read_bytes())
     return h.hexdigest()[:8]
 
+# %% ../nbs/11_bench.ipynb #c707aef9
 def default_run_dir(cfg: BenchConfig) -> Path:
     """The cache folder of a configuration and of the model files it loads (`~/.cache/dreamvid/bench/<backbone>_<hash>`):
     rerunning the same settings on the same weights resumes there."""
@@ -85,6 +87,7 @@ def default_run_dir(cfg: BenchConfig) -> Path:
     h = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return cache_dir()/'bench'/f'{cfg.backbone}_{h}'
 
+# %% ../nbs/11_bench.ipynb #0f66b32d
 def _check_config(out: Path, cfg: BenchConfig) -> None:
     "Refuse to resume a folder made with other settings."
     p = out/'config.json'
@@ -107,6 +110,7 @@ def _subject_backbone(cfg: BenchConfig, method: Method, truth: SubjectTruth, wor
                         work_dir=work/method.adapter if method.adapter in ('3db', 'joint') else None, progress=progress, local=local)
     return bb
 
+# %% ../nbs/11_bench.ipynb #9d44c93e
 def run_cell(cfg: BenchConfig, method_key: str, subject_index: int, subject, out: Path, truth: SubjectTruth | None = None,
              encoders=None, bb=None, train_seconds: float | None = None, progress: bool = False) -> list[dict]:
     """Generate and score the videos of one (subject, method) cell with `experiments.run_method`; returns one row per video
@@ -131,6 +135,7 @@ def run_cell(cfg: BenchConfig, method_key: str, subject_index: int, subject, out
     save_json(cell_path(out, subject_index, m.key), rows)
     return rows
 
+# %% ../nbs/11_bench.ipynb #a6855857
 def cell_path(out: Path, subject_index: int, method_key: str) -> Path:
     return Path(out)/'cells'/f's{subject_index:02d}_{method_key}.json'
 
@@ -138,6 +143,7 @@ def cell_path(out: Path, subject_index: int, method_key: str) -> Path:
 def _load_encoders(cfg: BenchConfig):
     return load_encoders(**cfg.feature_models)
 
+# %% ../nbs/11_bench.ipynb #b6af98b2
 def run_subject(cfg: BenchConfig, subject_index: int, out, progress: bool = False) -> int:
     "Every unfinished cell of subject `subject_index`; returns the number of cells computed."
     out = Path(out)
@@ -157,11 +163,13 @@ def run_subject(cfg: BenchConfig, subject_index: int, out, progress: bool = Fals
         run_cell(cfg, mk, subject_index, subject, out, truth, encoders, *shared[kind], progress=progress)
     return len(todo)
 
+# %% ../nbs/11_bench.ipynb #d960af85
 def _worker(args) -> int:
     cfg, i, out, threads = args
     torch.set_num_threads(threads)
     return run_subject(cfg, i, out)
 
+# %% ../nbs/11_bench.ipynb #633cbf79
 def run_bench(out, cfg: BenchConfig | None = None, workers: int = 1, progress: bool = True) -> dict:
     """Run (or resume) the benchmark into folder `out`; returns the summary (also written to `out/summary.json`).
     Under `accelerate launch`, subjects are split across processes and the main process aggregates."""
@@ -206,11 +214,13 @@ def collect(out) -> 'pd.DataFrame':
     files = sorted((Path(out)/'cells').glob('*.json'))
     return pd.DataFrame([r for f in files for r in load_json(f)])
 
+# %% ../nbs/11_bench.ipynb #beebb4ea
 def metric_columns(df) -> list[str]:
     "The numeric metric columns of a `collect` frame (identifiers excluded)."
     import pandas as pd
     return [c for c in df.columns if c not in ('subject_index', 'seed') and pd.api.types.is_numeric_dtype(df[c])]
 
+# %% ../nbs/11_bench.ipynb #fbbff9e0
 def summarize(df, methods: Sequence[str] | None = None) -> dict:
     "Per method: mean and std over subjects of every numeric metric (per-subject means first)."
     num = metric_columns(df)
@@ -224,6 +234,7 @@ def summarize(df, methods: Sequence[str] | None = None) -> dict:
                   'std': {c: float(g[c].std(ddof=0)) for c in num if g[c].notna().any()}}
     return out
 
+# %% ../nbs/11_bench.ipynb #dc45488d
 def markdown_tables(summary: dict) -> str:
     "The paper's three tables as markdown (mean ± std over subjects; best value in bold)."
     parts = []
@@ -244,6 +255,7 @@ def markdown_tables(summary: dict) -> str:
         parts.append('\n'.join(lines))
     return '\n\n'.join(parts) + '\n'
 
+# %% ../nbs/11_bench.ipynb #09c67417
 def plot_summary(summary: dict, metrics: Sequence[str] = ('psnr', 'ssim', 'toy_i', 'chamfer', 't_cons', 'dynamic_degree')):
     "Bar charts (mean ± std over subjects) of `metrics` per method."
     import matplotlib.pyplot as plt
@@ -258,6 +270,7 @@ def plot_summary(summary: dict, metrics: Sequence[str] = ('psnr', 'ssim', 'toy_i
     fig.tight_layout()
     return fig
 
+# %% ../nbs/11_bench.ipynb #5f1ff97c
 def write_reports(out, cfg: BenchConfig) -> dict:
     "CSV per video and per subject, summary.json, tables.md and plots/summary.png from the cells in `out`."
     import matplotlib.pyplot as plt

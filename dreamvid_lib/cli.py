@@ -86,6 +86,7 @@ def demo_dreambooth(backbone_name: str, weights, subject, out_dir, steps: int = 
             'base_class_prompt': {k: v for k, v in base.fidelity.items() if k != 'rotation_monotone_rate'},
             'conditioning_views': [int(i) for i in chosen]}
 
+# %% ../nbs/13_cli.ipynb #dc66a27b
 def demo_joint(backbone_name: str, weights, subject, out_dir, steps: int = 400, seeds=(0, 1, 2, 3), gen_steps: int = 30,
                k: int = 4, progress: bool = True, dapter=None) -> dict:
     """Joint 3Dapter + 3DreamBooth (Eq. 4) on the same subject with K conditioning views (`experiments.run_method`); generation
@@ -119,6 +120,7 @@ def demo_joint(backbone_name: str, weights, subject, out_dir, steps: int = 400, 
                        'per_layer': per_layer, 'sharpest_layer': int(np.argmax(per_layer)),
                        'frame_azimuths': np.round(frame_az, 1).tolist()}}
 
+# %% ../nbs/13_cli.ipynb #22696227
 DEMO_OUTPUTS = ('report.json', '3db_work', 'joint_work', 'adapter_3db', 'adapter_joint', 'videos')
 
 def demo_record(subject_seed: int, fast: bool, backbone: str, weights, dapter) -> dict:
@@ -131,6 +133,7 @@ def demo_record(subject_seed: int, fast: bool, backbone: str, weights, dapter) -
             'inputs': {'weights': files_fingerprint(w) if w and Path(w).exists() else str(w),
                        'dapter': 'random' if d is None else files_fingerprint(d)}}
 
+# %% ../nbs/13_cli.ipynb #35d4cd35
 def run_demo(out: str | Path, subject_seed: int = 0, fast: bool = False, backbone: str = 'toy',
              weights: str | None = None, progress: bool = True, dapter: str | None = None, overwrite: bool = False) -> dict:
     """The main job; writes `out/report.json` and returns the report. `dapter`: a pre-trained 3Dapter folder for the joint
@@ -215,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--mixed-precision', default='no', choices=['no', 'bf16', 'fp16'], help="'bf16' on a GPU")
     return p
 
+# %% ../nbs/13_cli.ipynb #f4a5cc36
 def run_pretrain(out, subjects: int = 3000, steps: int = 10000, work=None, workers: int = 2, seed: int = 0,
                  init_from=None, codec: str = 'pixel', recipe: str = 'plain', window: int = 8, recipe_scale: float = 1.0,
                  recipe_batch: int = 1, mixed_precision: str = 'no') -> Path:
@@ -267,6 +271,7 @@ def run_pretrain(out, subjects: int = 3000, steps: int = 10000, work=None, worke
     save_json(log_path, info)
     return finalize_pretrained(bb, log, cfg, out, info)
 
+# %% ../nbs/13_cli.ipynb #bdce29ef
 def bench_config(args) -> 'BenchConfig':
     "The `BenchConfig` of parsed `dreamvid bench` arguments."
     from dreamvid_lib.bench import BenchConfig, METHODS
@@ -276,6 +281,7 @@ def bench_config(args) -> 'BenchConfig':
                        weights=args.weights, dapter=args.dapter, num_frames=8 if args.backbone == 'toy' else None,
                        feature_models={k: v for k, v in (('clip', args.clip), ('dino', args.dino)) if v}).validate()
 
+# %% ../nbs/13_cli.ipynb #47534952
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ['image-to-3d']:                                     # its own parser (lrm.image_to_3d_cli; --model: toy or OpenLRM)

@@ -22,12 +22,15 @@ __all__ = ['WORK_RECORD', 'DreamvidError', 'ConfigError', 'AssetError', 'PromptE
 class DreamvidError(Exception):
     "Base class for errors caused by bad input, missing files or bad configuration."
 
+# %% ../nbs/00_core.ipynb #e3e70682
 class ConfigError(DreamvidError, ValueError):
     "A configuration value or file is malformed."
 
+# %% ../nbs/00_core.ipynb #f728b4fa
 class AssetError(DreamvidError, FileNotFoundError):
     "A shipped asset or a model weight is missing."
 
+# %% ../nbs/00_core.ipynb #eb1167b3
 class PromptError(DreamvidError, ValueError):
     "A prompt cannot be encoded (empty, or words outside the vocabulary)."
 
@@ -37,6 +40,7 @@ def repo_root() -> Path:
     import dreamvid_lib
     return Path(dreamvid_lib.__file__).resolve().parent.parent
 
+# %% ../nbs/00_core.ipynb #f7c1bd87
 def assets_dir() -> Path:
     "Folder of shipped assets: `$DREAMVID_ASSETS` or `<repo>/assets`."
     env = os.environ.get('DREAMVID_ASSETS')
@@ -46,6 +50,7 @@ def assets_dir() -> Path:
                          "or set DREAMVID_ASSETS to a copy of it")
     return p
 
+# %% ../nbs/00_core.ipynb #e443df78
 def cache_dir() -> Path:
     "Folder for cached renders: `$DREAMVID_CACHE` or `~/.cache/dreamvid` (created on demand)."
     p = Path(os.environ.get('DREAMVID_CACHE', Path.home()/'.cache'/'dreamvid'))
@@ -58,6 +63,7 @@ def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
+# %% ../nbs/00_core.ipynb #23a7711a
 def get_device(device: str | None = None) -> torch.device:
     "`device` if given, else CUDA when available, else CPU."
     if device: return torch.device(device)
@@ -78,11 +84,13 @@ def atomic_path(path: str | os.PathLike, suffix: str = ''):
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
 
+# %% ../nbs/00_core.ipynb #1846d424
 def atomic_write_text(path, text: str) -> Path:
     "Write `text` to `path` atomically."
     with atomic_path(path) as tmp: Path(tmp).write_text(text)
     return Path(path)
 
+# %% ../nbs/00_core.ipynb #fcbd04c3
 def _json_default(o):
     if isinstance(o, (np.floating, np.integer, np.bool_)): return json_safe(o.item())
     if isinstance(o, np.ndarray): return json_safe(o.tolist())
@@ -90,6 +98,7 @@ def _json_default(o):
     if isinstance(o, Path): return str(o)
     raise TypeError(f"cannot serialise {type(o).__name__} to JSON")
 
+# %% ../nbs/00_core.ipynb #b4862b21
 def json_safe(obj: Any) -> Any:
     "`obj` with every NaN or infinite float replaced by None, so that it is strict JSON (a bare `NaN` is not)."
     if isinstance(obj, float): return obj if np.isfinite(obj) else None
@@ -98,10 +107,12 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)): return [json_safe(v) for v in obj]
     return obj
 
+# %% ../nbs/00_core.ipynb #259f4329
 def save_json(path, obj: Any) -> Path:
     "Write `obj` as indented strict JSON to `path` atomically (NumPy and torch values become lists or numbers, NaN becomes null)."
     return atomic_write_text(path, json.dumps(json_safe(obj), indent=2, default=_json_default, allow_nan=False) + '\n')
 
+# %% ../nbs/00_core.ipynb #12e0c8b2
 def load_json(path) -> Any:
     "Read JSON from `path`, naming the file in the error when it is missing or malformed."
     path = Path(path)
@@ -115,6 +126,7 @@ class Timer:
     def __enter__(self): self.t0 = time.perf_counter(); return self
     def __exit__(self, *exc): self.seconds = time.perf_counter() - self.t0
 
+# %% ../nbs/00_core.ipynb #5487ce1e
 def peak_memory_mb(device: torch.device | str | None = None) -> float:
     "Peak memory in MiB: CUDA's max allocated on a GPU device, else the process's peak resident set."
     if device is not None and torch.device(device).type == 'cuda':
@@ -125,6 +137,7 @@ def peak_memory_mb(device: torch.device | str | None = None) -> float:
 class WorkFolderError(ConfigError):
     "A work or output folder holds results made from other inputs or settings."
 
+# %% ../nbs/00_core.ipynb #5a921187
 def _update_tensor(h, name: str, t, max_elems: int = 4096) -> None:
     if isinstance(t, torch.Tensor): t = t.detach()
     else: t = torch.as_tensor(np.asarray(t))
@@ -135,6 +148,7 @@ def _update_tensor(h, name: str, t, max_elems: int = 4096) -> None:
     h.update(f'{name}:{tuple(t.shape)}:{t.dtype}'.encode())
     h.update(flat.cpu().contiguous().numpy().tobytes())
 
+# %% ../nbs/00_core.ipynb #a3f2c9bf
 def tensor_fingerprint(*items, skip: tuple[str, ...] = (), max_elems: int = 4096) -> str:
     """A short content hash of arrays, tensors, strings and modules (a module by its named parameters and buffers,
     leaving out names containing any of `skip`; '.base_layer' is dropped from names so that adding LoRA does not change it)."""
@@ -151,6 +165,7 @@ def tensor_fingerprint(*items, skip: tuple[str, ...] = (), max_elems: int = 4096
         else: _update_tensor(h, '', it, max_elems=1 << 62)               # arrays given directly: every element
     return h.hexdigest()[:12]
 
+# %% ../nbs/00_core.ipynb #8d723104
 def files_fingerprint(*folders, pattern: str = '*.safetensors') -> str:
     "A short hash of the files matching `pattern` in `folders` (names and bytes; files over 256 MiB by size, head and tail); a missing folder hashes as its name."
     import hashlib
@@ -166,6 +181,7 @@ def files_fingerprint(*folders, pattern: str = '*.safetensors') -> str:
                 h.update(str(size).encode()); h.update(fh.read(1 << 22)); fh.seek(-(1 << 22), 2); h.update(fh.read())
     return h.hexdigest()[:12]
 
+# %% ../nbs/00_core.ipynb #85776e9a
 def _flatten(d: dict, prefix: str = '') -> dict:
     out = {}
     for k, v in d.items():
@@ -173,6 +189,7 @@ def _flatten(d: dict, prefix: str = '') -> dict:
         else: out[f'{prefix}{k}'] = v
     return out
 
+# %% ../nbs/00_core.ipynb #eb2083e6
 WORK_RECORD = 'work.json'
 
 def check_work_folder(folder, record: dict, overwrite: bool = False, ignore: tuple[str, ...] = (),
@@ -220,6 +237,7 @@ def check_out_dir(path, what: str = 'output') -> tuple[Path, bool]:
             break
     return path, path.exists()
 
+# %% ../nbs/00_core.ipynb #17e0aa3c
 def remove_if_unused(path, existed: bool, keep_if_any_of: tuple[str, ...] = ()) -> bool:
     """After a failure: remove folder `path` when this run created it (`existed` False) and it holds nothing but
     a work record, so that failures leave no empty output folders. Returns True when removed."""
@@ -230,6 +248,7 @@ def remove_if_unused(path, existed: bool, keep_if_any_of: tuple[str, ...] = ()) 
     if left: return False
     shutil.rmtree(path); return True
 
+# %% ../nbs/00_core.ipynb #b5d32b16
 def check_safetensors(path, what: str = 'weights') -> Path:
     "Check that `path` is a readable `.safetensors` file (header and every tensor's extent) without loading it; name the file and the fix."
     import struct

@@ -45,6 +45,7 @@ def _pair_task(args):
     to8 = lambda x: np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
     return to8(p['reference'].rgb[0]), to8(p['target']), p['context']
 
+# %% ../nbs/07_3dapter.ipynb #786e30ef
 def build_pair_dataset(root, n_subjects: int, res: int = 32, seed: int = 0, workers: int = 2) -> Path:
     "Render (or reuse) `n_subjects` reference–target pairs of training subjects; return the `.npz` path."
     path = Path(root)/f'pairs_train_{n_subjects}_{res}_{seed}.npz'
@@ -67,6 +68,7 @@ def build_pair_dataset(root, n_subjects: int, res: int = 32, seed: int = 0, work
                             render_seconds=np.float64(dt))
     return path
 
+# %% ../nbs/07_3dapter.ipynb #843b2a7d
 def load_pair_dataset(path) -> dict:
     "Read a pair set: {'reference', 'target': uint8 [N,H,W,3], 'context': [N], 'subjects': [Subject]}."
     with np.load(path) as z:
@@ -74,6 +76,7 @@ def load_pair_dataset(path) -> dict:
                 'subjects': [tw.Subject.from_dict(d) for d in json.loads(str(z['subjects']))],
                 'render_seconds': float(z['render_seconds'])}
 
+# %% ../nbs/07_3dapter.ipynb #10fc9eee
 class PairBatches:
     "Batches of (1-frame target, caption, one reference view) for Eq. 2; `class_caption_prob` of captions name only the class."
     def __init__(self, pairs: dict, batch_size: int = 16, class_caption_prob: float = 0.5, caption_dropout: float = 0.1):
@@ -104,10 +107,12 @@ class DapterConfig(DreamBoothConfig):
     caption_dropout: float = 0.1
     mode: str = 'sequential'
 
+# %% ../nbs/07_3dapter.ipynb #4cea2df0
 def default_dapter_weights() -> Path:
     "Path of the shipped pre-trained 3Dapter."
     return assets_dir()/'toy_3dapter'
 
+# %% ../nbs/07_3dapter.ipynb #72d6bc20
 def pretrain_3dapter(backbone: Backbone, pairs: dict, cfg: DapterConfig | None = None, work_dir=None, out_dir=None,
                      progress: bool = True, stop_after: int | None = None) -> dict:
     "Eq. 2: train the `3dapter` branch alone on reference–target pairs; save it to `out_dir` when finished."
@@ -123,6 +128,7 @@ def pretrain_3dapter(backbone: Backbone, pairs: dict, cfg: DapterConfig | None =
         write_dapter_card(out_dir, cfg, len(pairs['target']), log['history'], log['seconds'], log['step_seconds'])
     return log
 
+# %% ../nbs/07_3dapter.ipynb #ccf719ab
 def write_dapter_card(out_dir, cfg: DapterConfig, n_pairs: int, history: list, seconds: float, step_seconds: float) -> Path:
     "The pre-trained 3Dapter's model card (README.md) with its data, hyper-parameters, cost and loss."
     ls = [h['loss'] for h in history]
@@ -150,11 +156,13 @@ the backbone it belongs to), `loss_history.json`.
     with atomic_path(p) as tmp: Path(tmp).write_text(card)
     return p
 
+# %% ../nbs/07_3dapter.ipynb #75f2bc20
 def load_pretrained_3dapter(backbone: Backbone, path=None) -> str:
     "Load the pre-trained 3Dapter (default: the shipped `assets/toy_3dapter`) as adapter '3dapter'."
     path = check_dapter(path)
     return load_adapter(backbone, path, '3dapter')
 
+# %% ../nbs/07_3dapter.ipynb #61d9fe39
 def check_dapter(path=None) -> Path:
     "Validate a pre-trained 3Dapter folder (default: the shipped one) without loading it: files present, weights readable."
     path = Path(path) if path else default_dapter_weights()
@@ -197,6 +205,7 @@ class ConditionedViewBatches(ViewBatches):
         video, caps = super().__call__(step, gen)
         return video, caps, self.refs[None].expand(video.shape[0], *self.refs.shape)
 
+# %% ../nbs/07_3dapter.ipynb #089b30a0
 @dataclass
 class JointConfig(DreamBoothConfig):
     "Joint 3Dapter + 3DreamBooth optimization (Eq. 4); the paper: 400 iterations, K = 4."
@@ -204,17 +213,20 @@ class JointConfig(DreamBoothConfig):
     mode: str = 'sequential'
     dapter_lr_scale: float = 1.0     # learning-rate factor of the 3dapter branch relative to 3db (1: one learning rate)
 
+# %% ../nbs/07_3dapter.ipynb #cb4d18d6
 def conditioning_views(mv: MultiViewSet, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     "Indices and images (background-masked, on white) of the K views chosen for angular coverage."
     if k > len(mv): raise ConfigError(f"K={k} conditioning views asked for but the set has only {len(mv)} views: lower k or add views")
     idx = select_conditioning_views(mv, k, seed)
     return idx, mv.images[idx]
 
+# %% ../nbs/07_3dapter.ipynb #99a2ecb1
 def _random_dapter_init(tr):
     with torch.no_grad():                                                     # B ≠ 0 so the branch is not the identity
         for n, p in tr.named_parameters():
             if '.3dapter.' in n and 'lora_B' in n: nn.init.kaiming_uniform_(p, a=5 ** 0.5)
 
+# %% ../nbs/07_3dapter.ipynb #6d265dd8
 def train_joint(backbone: Backbone, mv: MultiViewSet, cfg: JointConfig | None = None, dapter=None, work_dir=None, out_dir=None,
                 progress: bool = True, stop_after: int | None = None, local: bool = False, overwrite: bool = False) -> dict:
     """Eq. 4: train `3db` with the 3Dapter branch reading K conditioning views. `dapter`: a pre-trained 3Dapter folder

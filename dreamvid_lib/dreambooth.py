@@ -44,6 +44,7 @@ class ViewBatches:
         idx = torch.randint(len(self.images), (self.batch_size,), generator=gen)
         return self.images[idx][:, None], [self.prompt] * self.batch_size
 
+# %% ../nbs/06_3dreambooth.ipynb #027c013f
 class VideoBatches:
     "Whole F-frame videos (e.g. an orbit of the subject) with one prompt."
     def __init__(self, videos: torch.Tensor, prompt: str, batch_size: int = 1):
@@ -71,10 +72,12 @@ def backbone_fingerprint(backbone: Backbone) -> str:
     "Content fingerprint of the backbone's own weights (adapters left out)."
     return tensor_fingerprint(backbone.transformer, skip=('lora_',))
 
+# %% ../nbs/06_3dreambooth.ipynb #bf3df0bb
 def views_fingerprint(mv) -> str:
     "Content hash of a multi-view set: its images, masks and prompt."
     return tensor_fingerprint(np.asarray(mv.images), np.asarray(mv.masks), mv.prompt())
 
+# %% ../nbs/06_3dreambooth.ipynb #52631db9
 def seeded_lora(backbone: Backbone, name: str, branch: str | None, rank: int, alpha: int, seed: int, init=None) -> str:
     """Add LoRA adapter `name` with its initialisation drawn from `seed` alone (whatever ran before in this process),
     `init(transformer)` applied after; record and return the initial weights' fingerprint."""
@@ -85,6 +88,7 @@ def seeded_lora(backbone: Backbone, name: str, branch: str | None, rank: int, al
         if init is not None: init(backbone.transformer)
     return adapter_init_fingerprint(backbone, name)
 
+# %% ../nbs/06_3dreambooth.ipynb #dfde2281
 def adapter_init_fingerprint(backbone: Backbone, name: str) -> str:
     "Fingerprint of adapter `name` as it was before training (recorded on first sight: when added here, or as found)."
     tr = backbone.transformer
@@ -168,11 +172,13 @@ def video_fidelity(video, grid) -> dict:
     f = view_matched_fidelity(video, grid)
     return {'psnr': f['psnr'], 'ssim': f['ssim'], 'rotates': float(rotation_direction(f['matched_azimuths']) != 0)}
 
+# %% ../nbs/06_3dreambooth.ipynb #27e969e2
 def mean_fidelity(rows) -> dict:
     "Means over videos of `video_fidelity` rows (or any score rows holding those keys): PSNR, SSIM and the monotone-rotation rate."
     return {'psnr': float(np.mean([r['psnr'] for r in rows])), 'ssim': float(np.mean([r['ssim'] for r in rows])),
             'rotation_monotone_rate': float(np.mean([r['rotates'] for r in rows]))}
 
+# %% ../nbs/06_3dreambooth.ipynb #4b5ca436
 def evaluate_videos(videos, subject, res: int) -> dict:
     "Mean view-matched PSNR/SSIM and the monotone-rotation rate of `videos` against `subject`'s ground truth."
     grid = tracking_views(subject, res)

@@ -22,6 +22,7 @@ __all__ = ['EVAL_MAX_RES', 'MetricError', 'foreground', 'fit_frames', 'view_erro
 class MetricError(DreamvidError, ValueError):
     "A metric got inputs it cannot score (wrong shapes, no frames, no condition views, empty masks)."
 
+# %% ../nbs/01b_evaluate.ipynb #ade9b2b4
 def _as_video(x, name: str) -> np.ndarray:
     x = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if x.ndim == 3: x = x[None]
@@ -30,10 +31,12 @@ def _as_video(x, name: str) -> np.ndarray:
     if not np.isfinite(x).all(): raise MetricError(f"{name}: has NaN or infinite values")
     return x.astype(np.float32)
 
+# %% ../nbs/01b_evaluate.ipynb #9edfa3da
 def foreground(frames: np.ndarray, thresh: float = 0.1) -> np.ndarray:
     "Pixels that differ from the white background by more than `thresh` in some channel: `[F,H,W]` bool."
     return (1 - frames).max(-1) > thresh
 
+# %% ../nbs/01b_evaluate.ipynb #11ebcd49
 def fit_frames(frames: np.ndarray, size) -> np.ndarray:
     "Frames `[F,H,W,3]` area-averaged down to `size` (h, w) when larger with the same aspect ratio (ground truth rendered at `eval_resolution`)."
     g, (h, w) = frames, tuple(int(s) for s in size)
@@ -43,6 +46,7 @@ def fit_frames(frames: np.ndarray, size) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(g)).permute(0, 3, 1, 2)
     return F.interpolate(t, size=(h, w), mode='area').permute(0, 2, 3, 1).numpy()
 
+# %% ../nbs/01b_evaluate.ipynb #4d125e7f
 def view_errors(frames, views_rgb, views_alpha) -> np.ndarray:
     "Masked pixel error `[F, N]` between each generated frame and each ground-truth view."
     g = _as_video(frames, 'frames'); x = _as_video(views_rgb, 'views_rgb')
@@ -53,17 +57,20 @@ def view_errors(frames, views_rgb, views_alpha) -> np.ndarray:
     se = ((g[:, None] - x[None]) ** 2).sum(-1)                             # [F,N,H,W]
     return (se * mask).sum((-1, -2)) / np.maximum(mask.sum((-1, -2)), 1)
 
+# %% ../nbs/01b_evaluate.ipynb #0fa07a3f
 def view_match(frames, views) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "For each frame: (index of the best view, its azimuth, its error). `views` is a `toyworld.Views`."
     e = view_errors(frames, views.rgb, views.alpha)
     idx = e.argmin(1)
     return idx, np.asarray(views.azimuth)[idx], e[np.arange(len(idx)), idx]
 
+# %% ../nbs/01b_evaluate.ipynb #98b33c6e
 def wrap_deg(d) -> np.ndarray:
     "Wrap angle differences to (-180, 180]."
     d = np.asarray(d, float)
     return -((-d + 180) % 360 - 180)
 
+# %% ../nbs/01b_evaluate.ipynb #642aad48
 def rotation_direction(azimuths) -> int:
     "+1 / -1 if the azimuth sequence advances monotonically up / down (wrapped), else 0."
     d = wrap_deg(np.diff(np.asarray(azimuths, float)))
@@ -72,6 +79,7 @@ def rotation_direction(azimuths) -> int:
     if (d < 0).all(): return -1
     return 0
 
+# %% ../nbs/01b_evaluate.ipynb #e786ab37
 def rotation_monotone_rate(azimuth_tracks: Sequence) -> float:
     "Fraction of videos whose view-matched azimuths rotate monotonically in one direction."
     return float(np.mean([rotation_direction(a) != 0 for a in azimuth_tracks])) if len(azimuth_tracks) else float('nan')
@@ -84,6 +92,7 @@ def eval_resolution(res: int, max_res: int = EVAL_MAX_RES) -> int:
     "The pixel size evaluation ground truth is rendered at for videos of `res` px: `res`, at most `max_res`."
     return int(min(res, max_res))
 
+# %% ../nbs/01b_evaluate.ipynb #e6fd68e8
 def tracking_views(subject, res: int = 32, azimuth_step: float = 10.0, elevations=(0.0, 15.0, 30.0), with_depth: bool = True,
                    max_res: int = EVAL_MAX_RES, verbose: bool = False):
     """Dense ground-truth grid for view matching: every `azimuth_step` degrees at each elevation (`with_depth=False`: 5x faster),
@@ -111,6 +120,7 @@ def masked_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray, cap: float = 60.
     mse = float(((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2).mean(-1)[m].mean())
     return cap if mse <= 10 ** (-cap / 10) else float(10 * np.log10(1 / mse))
 
+# %% ../nbs/01b_evaluate.ipynb #b29c467d
 def masked_ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray, win_size: int = 7) -> float:
     "Mean SSIM over the pixels where `mask` is true (colour images in [0,1])."
     from skimage.metrics import structural_similarity
@@ -120,6 +130,7 @@ def masked_ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray, win_size: int = 
                                     win_size=win_size, full=True)
     return float(smap.mean(-1)[m].mean())
 
+# %% ../nbs/01b_evaluate.ipynb #c470f0e7
 def view_matched_fidelity(frames, views) -> dict:
     "Per frame, PSNR and SSIM against its best-matching ground-truth view (masked); means over frames."
     g = fit_frames(_as_video(frames, 'frames'), views.rgb.shape[1:3])
@@ -137,6 +148,7 @@ def binding_matrix(videos: Sequence, subject_views: Sequence) -> np.ndarray:
     "Mean view-matched error of each video (rows) against each subject's views (columns)."
     return np.array([[view_errors(v, sv.rgb, sv.alpha).min(1).mean() for sv in subject_views] for v in videos])
 
+# %% ../nbs/01b_evaluate.ipynb #28805c5d
 def text_binding_rate(matrix: np.ndarray, owners: Sequence[int] | None = None) -> float:
     """Fraction of (video, other subject) pairs where the video is closer to its own subject than to the other.
     `matrix` is `[videos, subjects]`; `owners[k]` is the subject video k was prompted with (default: k)."""

@@ -36,6 +36,7 @@ def subject_views(subject: tw.Subject, res: int = 32, identifier: str = 'sks', n
     "The training views of a toy subject at `res` px as a `MultiViewSet` whose prompt carries `identifier`."
     return from_views(tw.multiview_set(subject, n_views=n_views, res=res, seed=seed), identifier=identifier)
 
+# %% ../nbs/10a_experiments.ipynb #775e0ec3
 class SubjectTruth:
     """Ground truth of one toy subject at the model's resolution: its training views (`mv`), the K conditioning views
     (`cond_idx`, `cond_views`, `cond_masks`; drawn with `seed`, the training configuration's) and the dense view grid."""
@@ -69,12 +70,14 @@ METHODS = {m.key: m for m in (
     Method('joint_tab_erae', '3Dapter+3DB +TAB+ERAE', 'M', 'joint', n_refs=-1, identifier=True, tab=True, erae=True),
 )}
 
+# %% ../nbs/10a_experiments.ipynb #19faa06e
 def method_of(method: str | Method) -> Method:
     "The `Method` named `method` (a key of `METHODS`), or `method` itself."
     if isinstance(method, Method): return method
     if method not in METHODS: raise ConfigError(f"unknown method {method!r}: choose from {list(METHODS)}")
     return METHODS[method]
 
+# %% ../nbs/10a_experiments.ipynb #052daad3
 def method_prompts(subject: tw.Subject, method: str | Method, n: int, kind: str = 'orbit', identifier: str = 'sks') -> list[str]:
     """`n` prompts alternating the direction: `kind='orbit'` the method's own (identifier + class noun when it learned the
     identifier, else the class noun), 'class' the class noun, 'description' the full attribute description."""
@@ -140,6 +143,7 @@ class MethodRun:
         "Mean training loss of the last 10 iterations (NaN when nothing was trained)."
         return float(np.mean([h['loss'] for h in self.log['history'][-10:]])) if self.log else float('nan')
 
+# %% ../nbs/10a_experiments.ipynb #21f8c156
 def run_method(subject: tw.Subject, method: str | Method, backbone: str = 'toy', weights=None, *, bb=None,
                truth: SubjectTruth | None = None, train: bool = True, cfg: DreamBoothConfig | None = None, steps: int = 400,
                k: int = 4, dapter=None, work_dir=None, out_dir=None, stop_after: int | None = None, local: bool = False,
@@ -179,6 +183,7 @@ def compare_on_subject(backbone_name: str, weights, subject, cfg: DreamBoothConf
             'dreambooth': db.fidelity, 'base_class_prompt': base_cls.fidelity, 'base_description_prompt': base_desc.fidelity,
             'videos': {'dreambooth': db.videos, 'base_class_prompt': base_cls.videos}}
 
+# %% ../nbs/10a_experiments.ipynb #b3386c3e
 def convergence_study(backbone_name: str, weights, subjects, max_steps: int = 1600, eval_every: int = 100,
                       methods: Sequence[str] = ('3db', 'joint', 'joint_random'), seeds=(0, 1), gen_steps: int = 20,
                       k: int = 4, work_root=None, progress: bool = True) -> 'pd.DataFrame':

@@ -47,6 +47,7 @@ def _check_conditions(cond_views, cond_masks) -> tuple[np.ndarray, np.ndarray]:
     if empty: raise MetricError(f"condition view(s) {empty} have an empty mask (no foreground above 0.5): check the masks or drop those views")
     return v, m
 
+# %% ../nbs/09a_features.ipynb #e2a01335
 def _unit(x) -> np.ndarray:
     x = np.asarray(x, np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -98,10 +99,12 @@ class FeatureEncoder:
 def _to_uint8_list(x: np.ndarray) -> list:
     return list(np.round(np.clip(x, 0, 1) * 255).astype(np.uint8))
 
+# %% ../nbs/09a_features.ipynb #4d6cd782
 def _pooled(out) -> torch.Tensor:
     "transformers 5 returns model outputs from `get_*_features`; older versions return the tensor."
     return out.pooler_output if hasattr(out, 'pooler_output') else out
 
+# %% ../nbs/09a_features.ipynb #552ae5ca
 class HFClipEncoder(FeatureEncoder):
     "CLIP image and text towers (`transformers.CLIPModel`); embeddings are the projected [CLS]/[EOS] features."
     name, has_text = 'clip', True
@@ -141,10 +144,12 @@ def _missing_model(kind: str, source: str, err: Exception) -> AssetError:
                       f"(or `hf download {hub_id} --local-dir {local}`), then pass that folder: load_{kind}('{local}') / "
                       f"load_encoders({kind}='{local}'), or set {env}={local}.")
 
+# %% ../nbs/09a_features.ipynb #4312ece2
 def _hf_source(kind: str, model) -> str:
     hub_id, env = HF_MODELS[kind]
     return str(model if model not in (None, True) else os.environ.get(env) or hub_id)
 
+# %% ../nbs/09a_features.ipynb #c5c14262
 def _local_folder(kind: str, source: str) -> str:
     "A folder, or the cached snapshot folder of a hub id: never the network (some `transformers` paths probe it even offline)."
     p = Path(source).expanduser()
@@ -374,6 +379,7 @@ def load_encoders(clip=None, dino=None, toy: bool | str = True, device=None) -> 
     if toy: enc['toy'] = load_toy_features(None if toy is True else toy)
     return enc
 
+# %% ../nbs/09a_features.ipynb #6238d0a0
 @functools.lru_cache(maxsize=1)
 def default_encoders() -> dict:
     "The encoders `video_metrics` uses when given none: the shipped toy encoder (loaded once)."
@@ -389,6 +395,7 @@ def _cond_embeddings(enc: FeatureEncoder, views: np.ndarray) -> np.ndarray:
         _COND_CACHE[key] = enc.encode_images(views)
     return _COND_CACHE[key]
 
+# %% ../nbs/09a_features.ipynb #ef7e85ec
 def _as_encoders(encoders) -> dict:
     if encoders is None: return default_encoders()
     if isinstance(encoders, FeatureEncoder): return {encoders.name: encoders}

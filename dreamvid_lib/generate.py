@@ -52,6 +52,7 @@ def to_uint8(video) -> np.ndarray:
     if not np.isfinite(v).all(): raise DreamvidError("video has NaN or infinite values")
     return (np.clip(v, 0, 1) * 255 + 0.5).astype(np.uint8)
 
+# %% ../nbs/05b_generate.ipynb #a2939b3b
 def save_video(video, path, fps: int = 4, scale: int = 4) -> Path:
     "Write `video` `[F,H,W,3]` to `path` (.mp4 or .gif), upscaled `scale`x, atomically."
     path = Path(path); v = to_uint8(video)
@@ -62,6 +63,7 @@ def save_video(video, path, fps: int = 4, scale: int = 4) -> Path:
         else: raise ConfigError(f"{path}: video files must end in .mp4 or .gif")
     return path
 
+# %% ../nbs/05b_generate.ipynb #8af58903
 def frames_grid(videos, labels: Sequence[str] | None = None, max_frames: int = 8, size: float = 1.0):
     "A matplotlib figure: one row per video, one column per frame."
     import matplotlib.pyplot as plt

@@ -34,6 +34,7 @@ def similarity_matrix(s: float, R: np.ndarray, t: np.ndarray) -> np.ndarray:
     T = np.eye(4); T[:3, :3] = s * R; T[:3, 3] = t
     return T
 
+# %% ../nbs/09c_geometry.ipynb #2412579d
 def apply_transform(T: np.ndarray, points) -> np.ndarray:
     "Apply a 4x4 (similarity) transform to points `[N,3]`."
     p = np.asarray(points, np.float64)
@@ -94,16 +95,19 @@ def _open3d():
                           "(Debian/Ubuntu: `sudo apt-get install libusb-1.0-0`; scripts/setup_env.sh does this when run as root)") from e
     return o3d
 
+# %% ../nbs/09c_geometry.ipynb #9a1a7d6f
 def _o3d_cloud(points):
     o3d = _open3d()
     p = o3d.geometry.PointCloud(); p.points = o3d.utility.Vector3dVector(np.asarray(points, np.float64))
     return p
 
+# %% ../nbs/09c_geometry.ipynb #b2ddc481
 def _normalise(points) -> tuple[np.ndarray, np.ndarray]:
     "Centre on the centroid and scale to unit RMS radius; returns the points and the 4x4 that did it."
     c = points.mean(0); s = float(np.sqrt(((points - c) ** 2).sum(1).mean())) or 1.0
     return (points - c) / s, similarity_matrix(1 / s, np.eye(3), -c / s)
 
+# %% ../nbs/09c_geometry.ipynb #5a4f4145
 def _fpfh(cloud, voxel: float):
     o3d = _open3d()
     cloud.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=2 * voxel, max_nn=30))

@@ -48,6 +48,7 @@ def _hy_download_hint() -> str:
             f"  huggingface-cli download {HUNYUAN_MODEL_ID} --local-dir /path/to/HunyuanVideo-1.5-480p_t2v\n"
             f"and pass that folder (load_backbone('hunyuan', '/path/to/HunyuanVideo-1.5-480p_t2v'), or --weights on the command line)")
 
+# %% ../nbs/15_hunyuan.ipynb #248f4a25
 def resolve_hunyuan_weights(weights: str | Path = HUNYUAN_MODEL_ID) -> Path:
     "The local folder of HunyuanVideo-1.5 weights `weights` (a folder, or a hub id looked up in the Hugging Face cache only); `AssetError` if absent."
     p = Path(weights).expanduser()
@@ -126,6 +127,7 @@ def tiny_hunyuan_parts(seed: int = 0, words: Sequence[str] | None = None, z_dim:
     return {'text_encoder': te, 'tokenizer': tok, 'transformer': tr, 'vae': vae, 'scheduler': sch,
             'text_encoder_2': te2, 'tokenizer_2': tok2, 'guider': guider}
 
+# %% ../nbs/15_hunyuan.ipynb #e32866d3
 def make_tiny_hunyuan(path, seed: int = 0, resolution: int = 32, num_frames: int = 5, **sizes) -> Path:
     """Save a tiny random HunyuanVideo-1.5 pipeline to `path` in the Hub layout (`HunyuanVideo15Pipeline.save_pretrained`;
     loadable by `HunyuanVideo15Pipeline.from_pretrained` and `load_backbone('hunyuan', path)`); `sizes` go to `tiny_hunyuan_parts`."""
@@ -281,12 +283,14 @@ class TokenTimesteps:
         for h in self.handles: h.remove()
         self.handles = []
 
+# %% ../nbs/15_hunyuan.ipynb #5afb9565
 def install_token_timesteps(transformer) -> TokenTimesteps:
     "Install (once) the per-token timestep hooks on a HunyuanVideo-1.5 transformer; return them."
     tt = getattr(transformer, '_dreamvid_timesteps', None)
     if tt is None: tt = transformer._dreamvid_timesteps = TokenTimesteps(transformer)
     return tt
 
+# %% ../nbs/15_hunyuan.ipynb #fe2d9d1d
 @contextmanager
 def token_timesteps(transformer, t_tok: torch.Tensor | None):
     "Context: the HunyuanVideo-1.5 `transformer` modulates each video token at its own timestep `t_tok` `[B, L]`."
@@ -309,6 +313,7 @@ class HunyuanFrameIndexRope(FrameIndexRope):
         freqs = [get_1d_rotary_pos_embed(r.rope_dim[i], grid[i].reshape(-1), r.theta, use_real=True) for i in range(3)]
         return torch.cat([f[0] for f in freqs], 1), torch.cat([f[1] for f in freqs], 1)
 
+# %% ../nbs/15_hunyuan.ipynb #fa999f9b
 class HunyuanTokenRouter(TokenRouter):
     "The token router with HunyuanVideo-1.5's text stream (`add_*_proj`, `to_add_out`, `ff_context`, the token refiner) as the text path."
     text_path = re.compile(r'(attn\.(add_q_proj|add_k_proj|add_v_proj|to_add_out)$|ff_context\.|context_embedder)')
@@ -394,6 +399,7 @@ class HunyuanJointAttnProcessor:
         hs = attn.to_out[1](attn.to_out[0](hs))
         return hs, attn.to_add_out(es)
 
+# %% ../nbs/15_hunyuan.ipynb #14d4dad6
 def install_hunyuan_hooks(transformer) -> None:
     """Install on a HunyuanVideo-1.5 transformer, once: frame-index RoPE, the token router, per-token timesteps, the
     attention probe and `HunyuanJointAttnProcessor` (always on: no dense mask on any path)."""
@@ -427,12 +433,14 @@ def full_size_lora_parameters(rank: int = 16, **config) -> dict:
         out[b] = sum(p.numel() for n, p in tr.named_parameters() if f'.{b}.' in n)
     return {**out, 'total': sum(out.values()), 'transformer': sum(p.numel() for n, p in tr.named_parameters() if 'lora_' not in n)}
 
+# %% ../nbs/15_hunyuan.ipynb #ecb3d561
 class HunyuanSampler(FlowMatchEulerDiscreteScheduler):
     "Flow-matching Euler with `HunyuanVideo15Pipeline`'s σ spacing: σ = linspace(1, 0, n+1)[:-1], then the shift."
     def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, **kw):
         if sigmas is None and num_inference_steps: sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
         return super().set_timesteps(num_inference_steps, device, sigmas=sigmas, **kw)
 
+# %% ../nbs/15_hunyuan.ipynb #5c7cbc62
 def _replay_state(transformer):
     "A checkpoint function for the blocks that replays the token routing and per-token timesteps of the forward pass."
     from torch.utils.checkpoint import checkpoint
@@ -645,6 +653,7 @@ def original_module_name(module: str) -> str:
     if not m or m[2] not in _TO_ORIGINAL: raise ConfigError(f"no original HunyuanVideo-1.5 name for the diffusers module {module!r}")
     return f'double_blocks.{m[1]}.{_TO_ORIGINAL[m[2]]}'
 
+# %% ../nbs/15_hunyuan.ipynb #00f520f4
 def diffusers_module_name(module: str) -> str:
     "The diffusers name of an original HunyuanVideo-1.5 module: `double_blocks.3.img_mlp.fc1` → `transformer_blocks.3.ff.net.0.proj`."
     if module == 'img_in.proj': return 'x_embedder.proj'
@@ -654,6 +663,7 @@ def diffusers_module_name(module: str) -> str:
                           f"(double_blocks.N.{{{', '.join(sorted(_TO_DIFFUSERS))}}} or img_in.proj)")
     return f'transformer_blocks.{m[1]}.{_TO_DIFFUSERS[m[2]]}'
 
+# %% ../nbs/15_hunyuan.ipynb #a3ef802e
 def _split_lora_key(key: str) -> tuple[str, str, str]:
     k = key
     for pre in ('base_model.model.', 'diffusion_model.', 'transformer.', 'model.'):
@@ -677,6 +687,7 @@ def export_comfy_hunyuan_lora(adapter_dir, out_file) -> Path:
               metadata={'format': 'comfyui-hunyuanvideo15-lora', 'source': 'dreamvid', 'alpha_folded': str(scale)})
     return out_file
 
+# %% ../nbs/15_hunyuan.ipynb #e695f8ba
 def import_authors_lora(backbone, src, out_dir, name: str | None = None, alpha: float | None = None) -> Path:
     """Convert a LoRA trained with the authors' code (original module names `double_blocks.N.img_attn_q`, …, `img_in.proj`;
     any of the prefixes `transformer.`, `base_model.model.`, `diffusion_model.`; peft's adapter-name infix) into a dreamvid
@@ -719,6 +730,7 @@ class Cited:
     value: object
     source: str
 
+# %% ../nbs/15_hunyuan.ipynb #92a651d7
 _PAPER = 'paper (shared/seeds/000), Implementation details'
 _TRAIN = "Ko-Lani/3DreamBooth configs/train/{3dreambooth,joint}.yaml"
 _VAL = "Ko-Lani/3DreamBooth configs/validate/joint.yaml"

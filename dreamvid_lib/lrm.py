@@ -80,6 +80,7 @@ def canonical_c2w(elevation, relative_azimuth=0.0) -> torch.Tensor:
     az, el = np.broadcast_arrays(np.atleast_1d(np.asarray(relative_azimuth, np.float64)), np.atleast_1d(np.asarray(elevation, np.float64)))
     return torch.from_numpy(np.stack([tw.camera_to_world(a, e) for a, e in zip(az.ravel(), el.ravel())]))
 
+# %% ../nbs/12b_lrm.ipynb #6a480542
 def camera_features(c2w, K, res: int) -> torch.Tensor:
     "LRM's 16 camera numbers per camera: the flattened 3x4 extrinsics and fx, fy, cx, cy divided by the image size `res`."
     c2w = torch.as_tensor(c2w, dtype=torch.float32)
@@ -89,6 +90,7 @@ def camera_features(c2w, K, res: int) -> torch.Tensor:
     intr = torch.stack([K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2]], -1) / res
     return torch.cat([c2w[:, :3, :4].reshape(len(c2w), 12), intr], -1)
 
+# %% ../nbs/12b_lrm.ipynb #f45da406
 def rotate_y(points, degrees: float) -> np.ndarray:
     "Rotate points `[N,3]` about the up (y) axis: maps the canonical frame of a source view at azimuth `degrees` to the world."
     a = math.radians(degrees)
@@ -104,6 +106,7 @@ def camera_rays(c2w: torch.Tensor, res: int, K=None) -> tuple[torch.Tensor, torc
     d = d @ c2w[:, :3, :3].transpose(1, 2)
     return c2w[:, None, :3, 3].expand_as(d), F.normalize(d, dim=-1)
 
+# %% ../nbs/12b_lrm.ipynb #6e5bac20
 def window_rays(origins: torch.Tensor, dirs: torch.Tensor, res: int, window=None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The rays `[N,res*res,3]` of a p x p patch of each view when `window` = (top-left corners `[..., 2]` of N views, p)
     (LRM's patch rendering), else all of them; returns (origins, dirs, side of the rendered square)."""
@@ -114,6 +117,7 @@ def window_rays(origins: torch.Tensor, dirs: torch.Tensor, res: int, window=None
     take = lambda x: x.gather(1, pix[..., None].expand(-1, -1, 3))
     return take(origins), take(dirs), p
 
+# %% ../nbs/12b_lrm.ipynb #7f22cd12
 def ray_box(origins: torch.Tensor, dirs: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor]:
     "Entry and exit distances of rays through the cube [-bound, bound]^3 (slab method); a miss gives near == far."
     inv = 1 / torch.where(dirs.abs() < 1e-9, torch.full_like(dirs, 1e-9), dirs)
@@ -121,6 +125,7 @@ def ray_box(origins: torch.Tensor, dirs: torch.Tensor, bound: float) -> tuple[to
     near = torch.minimum(t0, t1).amax(-1).clamp(min=0); far = torch.maximum(t0, t1).amin(-1)
     return near, torch.maximum(far, near)
 
+# %% ../nbs/12b_lrm.ipynb #53125ffd
 def stratified_samples(near: torch.Tensor, far: torch.Tensor, n: int, generator: torch.Generator | None = None):
     """`n` distances per ray, one uniformly at random in each of `n` equal bins between `near` and `far` (bin centres when
     `generator` is None), and the bin widths δ used by the quadrature."""
@@ -139,6 +144,7 @@ def volume_render(sigma: torch.Tensor, rgb: torch.Tensor, deltas: torch.Tensor, 
     opacity = w.sum(-1)
     return {'rgb': (w[..., None] * rgb).sum(-2) + (1 - opacity)[..., None] * background, 'opacity': opacity, 'weights': w}
 
+# %% ../nbs/12b_lrm.ipynb #5a3da367
 def render_rays(field, origins: torch.Tensor, dirs: torch.Tensor, bound: float, samples: int,
                 generator: torch.Generator | None = None, background: float = 1.0) -> dict:
     """Render rays `[B,R,3]` through a radiance `field(points [B,N,3]) -> (sigma [B,N], rgb [B,N,3])` inside the cube:
@@ -164,6 +170,7 @@ def sample_triplane(planes: torch.Tensor, points: torch.Tensor, bound: float) ->
                       padding_mode='zeros', align_corners=False)                        # [B*3,C,N,1]
     return f.reshape(B, 3, C, -1).permute(0, 3, 1, 2).reshape(B, -1, 3 * C)
 
+# %% ../nbs/12b_lrm.ipynb #b1182d23
 class TriplaneNeRF(nn.Module):
     "The NeRF decoder: an MLP from concatenated triplane features to density σ = softplus(· + bias) and colour sigmoid(·)."
     def __init__(self, cfg: LRMConfig):
@@ -207,6 +214,7 @@ class ModLN(nn.Module):
         shift, scale = self.mod(c)[:, None].chunk(2, -1)
         return self.norm(x) * (1 + scale) + shift
 
+# %% ../nbs/12b_lrm.ipynb #2d8b5b41
 class TriplaneBlock(nn.Module):
     "One image-to-triplane layer: cross-attention to the image tokens, self-attention among triplane tokens, an MLP; ModLN before each."
     def __init__(self, dim: int, heads: int):
@@ -285,6 +293,7 @@ class TinyLRM(nn.Module):
         return {'rgb': out['rgb'].reshape(B, V, h, w, 3), 'opacity': out['opacity'].reshape(B, V, h, w),
                 'depth': out['depth'].reshape(B, V, h, w)}
 
+# %% ../nbs/12b_lrm.ipynb #3b019fcb
 def build_lrm(cfg: LRMConfig | None = None, seed: int = 0) -> TinyLRM:
     "A freshly initialised `TinyLRM`, the same for the same `seed` (the global torch RNG is left as it was)."
     with torch.random.fork_rng(devices=[]):
@@ -324,6 +333,7 @@ class LRMTrainConfig:
         fr = sum(s for _, s in self.stages[:i]) / sum(s for _, s in self.stages)
         return int(math.ceil(fr * self.steps - 1e-9))
 
+# %% ../nbs/12b_lrm.ipynb #98ba0f0e
 def lrm_lr_factor(cfg: LRMTrainConfig, step: int) -> float:
     "LR multiplier: linear warm-up, cosine decay to 5%, restarting (without warm-up) at stage `restart_stage`."
     if step < cfg.warmup: return (step + 1) / cfg.warmup
@@ -401,6 +411,7 @@ def lrm_losses(out: dict, batch: dict, cfg: LRMTrainConfig, perceptual: ToyPerce
 def _rings_fingerprint(rings: dict) -> str:
     return tensor_fingerprint(rings['rgba'], rings['elevation'], rings['azimuth'])
 
+# %% ../nbs/12b_lrm.ipynb #00d3d1af
 def train_lrm(model: TinyLRM, rings: dict, cfg: LRMTrainConfig, work_dir, progress: bool = True,
               stop_after: int | None = None, overwrite: bool = False, perceptual: ToyPerceptual | None = None) -> dict:
     """Train `model` (in place) on ring set `rings`. `work_dir` holds `work.json` (model and training config and a
@@ -456,6 +467,7 @@ def save_lrm(model: TinyLRM, folder, meta: dict | None = None) -> Path:
     save_json(folder/LRM_CONFIG, {'architecture': 'dreamvid-tiny-lrm', 'model': asdict(model.cfg), 'meta': meta or {}})
     return folder
 
+# %% ../nbs/12b_lrm.ipynb #bb6b0095
 def load_lrm(folder=None) -> TinyLRM:
     "A `TinyLRM` from a folder written by `save_lrm` (default: the shipped `assets/toy_lrm`)."
     from safetensors.torch import load_file
@@ -497,6 +509,7 @@ def as_image(image, res: int) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None]
     return t if m == res else F.interpolate(t, size=(res, res), mode='area' if m > res else 'bilinear', align_corners=None if m > res else False)
 
+# %% ../nbs/12b_lrm.ipynb #bf7b68ae
 @torch.no_grad()
 def reconstruct(model: TinyLRM, image, elevation: float = 15.0) -> torch.Tensor:
     """Triplanes `[1,3,C,R,R]` of one image seen from `elevation` degrees (its azimuth defines the canonical frame);
@@ -504,6 +517,7 @@ def reconstruct(model: TinyLRM, image, elevation: float = 15.0) -> torch.Tensor:
     x = as_image(image, model.cfg.image_res)
     return model.eval().triplanes(x, model.source_camera(elevation))
 
+# %% ../nbs/12b_lrm.ipynb #b080e003
 @torch.no_grad()
 def render_orbit(model: TinyLRM, planes: torch.Tensor, relative_azimuths, elevation, res: int = 32, chunk: int = 8192) -> dict:
     "Numpy renders {'rgb' `[V,res,res,3]`, 'opacity', 'depth'} of one triplane from azimuths relative to the input view."
@@ -522,6 +536,7 @@ def density_grid(model: TinyLRM, planes: torch.Tensor, resolution: int = 64) -> 
     sig = torch.cat([model.field(planes, X[:, i:i + 65536])[0] for i in range(0, X.shape[1], 65536)], 1)
     return sig.reshape(resolution, resolution, resolution).numpy(), g.numpy()
 
+# %% ../nbs/12b_lrm.ipynb #3b9cea95
 def density_level(model: TinyLRM, alpha: float = 0.5, steps: int = 4) -> float:
     """The surface density for marching cubes: the σ at which `steps` sample steps of the renderer are `alpha` opaque,
     -ln(1-α)/(steps·δ) with δ = the cube's side / samples (≈ 2.5 at the defaults: 0.28 units of it hide half the light).
@@ -529,6 +544,7 @@ def density_level(model: TinyLRM, alpha: float = 0.5, steps: int = 4) -> float:
     if getattr(model.cfg, 'mesh_threshold', None) is not None: return float(model.cfg.mesh_threshold)
     return float(-math.log(1 - alpha) / (steps * 2 * model.cfg.bound / model.cfg.samples))
 
+# %% ../nbs/12b_lrm.ipynb #743c7e9d
 @torch.no_grad()
 def extract_mesh(model: TinyLRM, planes: torch.Tensor, resolution: int = 64, level: float | None = None) -> dict:
     """Marching cubes (`skimage.measure.marching_cubes`) on the density grid at `level` (default `density_level`):
@@ -543,6 +559,7 @@ def extract_mesh(model: TinyLRM, planes: torch.Tensor, resolution: int = 64, lev
     col = model.field(planes, torch.from_numpy(v).float()[None])[1][0].numpy()
     return {'vertices': v, 'faces': f.astype(np.int64), 'colors': col}
 
+# %% ../nbs/12b_lrm.ipynb #b51d70d8
 def write_ply(path, vertices, faces=None, colors=None) -> Path:
     "Write a triangle mesh (or, without `faces`, a point cloud) with vertex colours to `.ply` via open3d, atomically."
     o3d = mt._open3d()
@@ -565,9 +582,11 @@ def heldout_rings(n: int, root=None, res: int = 32, n_ring: int = 24, workers: i
     from dreamvid_lib.core import cache_dir
     return tw.load_ring_dataset(tw.build_ring_dataset(root or cache_dir(), n, res=res, n_ring=n_ring, split='heldout', workers=workers))
 
+# %% ../nbs/12b_lrm.ipynb #0726d44a
 def _gt_cloud(subject, res: int = 32) -> np.ndarray:
     return mt.depth_point_cloud(tw.multiview_set(subject, n_views=30, res=res, seed=0))
 
+# %% ../nbs/12b_lrm.ipynb #55c36c3d
 def evaluate_lrm(model: TinyLRM, rings: dict, input_index: int = 0, novel_step: int = 3, mesh_resolution: int = 48,
                  chamfer: bool = True, progress: bool = False, elevation_error: float = 0.0) -> dict:
     """For each subject of a (held-out) ring set: reconstruct from ring view `input_index`, render the other views every
@@ -615,6 +634,7 @@ def evaluate_lrm(model: TinyLRM, rings: dict, input_index: int = 0, novel_step: 
 # %% ../nbs/12b_lrm.ipynb #b5c7439a
 def _to_u8(x: np.ndarray) -> np.ndarray: return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
 
+# %% ../nbs/12b_lrm.ipynb #4bdd5f99
 def compare_to_subject(renders: dict, mesh: dict, subject: 'tw.Subject', azimuth: float, elevation: float, relative_azimuths) -> tuple[dict, np.ndarray]:
     """Score renders `{'rgb','opacity'}` at `relative_azimuths` from an input view of toy `subject` at (`azimuth`, `elevation`)
     against its ground truth: masked PSNR / SSIM per view (the first view is the input's) and the Chamfer distance of the
@@ -631,6 +651,7 @@ def compare_to_subject(renders: dict, mesh: dict, subject: 'tw.Subject', azimuth
         out.update(mt.chamfer_distances(rotate_y(mesh['vertices'], azimuth), _gt_cloud(subject)))
     return out, t.rgb
 
+# %% ../nbs/12b_lrm.ipynb #8d9ecfb9
 def image_to_3d(image, model, out_dir, elevation: float = 15.0, res: int = 64, views: int = 8, frames: int = 36,
                 fps: int = 12, mesh_resolution: int = 64, subject: 'tw.Subject | None' = None, azimuth: float = 0.0) -> dict:
     """One image → 3D: `views` novel-view renders (`views/view_AAA.png`, AAA = degrees from the input view), an orbit video
@@ -675,6 +696,7 @@ def image_to_3d(image, model, out_dir, elevation: float = 15.0, res: int = 64, v
     written['summary'] = out_dir/'summary.json'
     return {'paths': written, 'summary': summary, 'renders': vv, 'mesh': mesh, 'planes': planes}
 
+# %% ../nbs/12b_lrm.ipynb #97d01e70
 def image_to_3d_cli(argv=None, load=None) -> int:
     """`dreamvid image-to-3d IMAGE --out DIR [--model DIR]`: novel views, an orbit video and a mesh from one image.
     `load(folder)`: the model loader for `--model` (default `load_lrm`; `openlrm.load_any_lrm` adds OpenLRM releases)."""
@@ -725,6 +747,7 @@ def _loss_figure(history: list, k: int = 50):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/12b_lrm.ipynb #88819f42
 def build_toy_lrm(out_dir, n_subjects: int = 128, n_heldout: int = 16, steps: int = 4000, seed: int = 0, work_dir=None,
                   progress: bool = True, model_cfg: LRMConfig | None = None, **train_kw) -> dict:
     """The whole recipe: render (or reuse) `n_subjects` training rings and `n_heldout` held-out rings (32 px, 24 views,
@@ -756,6 +779,7 @@ def build_toy_lrm(out_dir, n_subjects: int = 128, n_heldout: int = 16, steps: in
     write_lrm_card(out_dir, model, cfg, meta, n_subjects, n_heldout, steps, seed)
     return {'model': model, 'log': log, 'eval': ev, 'meta': meta}
 
+# %% ../nbs/12b_lrm.ipynb #606821d6
 def write_lrm_card(out_dir, model: TinyLRM, cfg: LRMTrainConfig, meta: dict, n_subjects: int, n_heldout: int, steps: int, seed: int) -> Path:
     "The model card `README.md`: what it is, the exact rebuild command, the recipe, the time and the held-out numbers."
     h = meta['heldout']; mc = model.cfg

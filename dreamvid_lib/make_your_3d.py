@@ -193,6 +193,7 @@ class SingleViewStudyConfig:
 def _fresh_t2v():
     return load_backbone('toy')
 
+# %% ../nbs/12f_make_your_3d.ipynb #120961ea
 def run_single_view_method(method: str, view: SingleView, work_dir, cfg: SingleViewStudyConfig, co: CoEvolutionConfig,
                            progress: bool = False) -> dict:
     "One method on one subject's input view: its videos `[N,F,H,W,3]` and the CPU seconds of this process (training + generation)."
@@ -256,6 +257,7 @@ def single_view_means(study: dict) -> dict:
         out[label] = {'method': m, 'subjects': len(rows), **{k: mean(k) for k in SINGLE_VIEW_COLUMNS}}
     return out
 
+# %% ../nbs/12f_make_your_3d.ipynb #889c8ae2
 def single_view_table(means: dict) -> str:
     "`single_view_means` as a markdown table ('-': no subject has the number, e.g. no frame on the hidden side)."
     f = lambda v: '-' if v is None else f'{v:.3f}'
@@ -263,6 +265,7 @@ def single_view_table(means: dict) -> str:
     lines += [f"| {label} | {r['subjects']} | " + ' | '.join(f(r[k]) for k in SINGLE_VIEW_COLUMNS) + ' |' for label, r in means.items()]
     return '\n'.join(lines)
 
+# %% ../nbs/12f_make_your_3d.ipynb #dc0520a4
 def write_single_view_report(study: dict, out_dir) -> Path:
     "Write `summary.json` (settings, per-method means, every cell) and `table.md` into `out_dir`; returns the table's path."
     out_dir = Path(out_dir)
@@ -287,6 +290,7 @@ def add_command(sub) -> None:
     p.add_argument('--db-steps', type=int, default=d.db_steps, help="3DreamBooth steps of the baselines (the paper: 400)")
     p.add_argument('--gen-steps', type=int, default=d.gen_steps); p.add_argument('--seed', type=int, default=d.seed)
 
+# %% ../nbs/12f_make_your_3d.ipynb #c31277fd
 def run_command(args) -> str:
     "Run a parsed `single-view-3d` command; returns the table to print."
     methods = tuple(m.strip() for m in args.methods.split(',') if m.strip())

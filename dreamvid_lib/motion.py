@@ -16,6 +16,7 @@ __all__ = ['optical_flow', 'flow_scores', 'dynamic_degree', 'interpolate_middle'
 def _gray_u8(frames: np.ndarray) -> np.ndarray:
     return np.round(np.clip(frames, 0, 1) @ np.array([0.299, 0.587, 0.114], np.float32) * 255).astype(np.uint8)
 
+# %% ../nbs/09b_motion.ipynb #babd4745
 def optical_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     "Dense Farnebäck flow `[H,W,2]` (pixels) from image `a` to `b` (`[H,W,3]` in [0,1] or uint8 gray)."
     import cv2
@@ -56,6 +57,7 @@ def _warp(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     return cv2.remap(img, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
+# %% ../nbs/09b_motion.ipynb #f11ddff7
 def interpolate_middle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     "The frame halfway between `a` and `b` (`[H,W,3]` in [0,1]) by flow-based warping of both."
     f_ab, f_ba = optical_flow(a, b), optical_flow(b, a)

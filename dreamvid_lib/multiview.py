@@ -28,6 +28,7 @@ __all__ = ['IMAGE_SUFFIXES', 'BIREFNET_ID', 'MASK_METHODS', 'LOO_MIN_AGREEMENT',
 class MultiViewError(DreamvidError):
     "A multi-view input (file, folder, capture) cannot be used."
 
+# %% ../nbs/02_multiview.ipynb #878b9f6b
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff')
 
 def load_image(path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -67,11 +68,13 @@ def _largest_component(mask: np.ndarray, centre_weight: float = 0.0) -> np.ndarr
         score = score * np.exp(-(d / centre_weight) ** 2)
     return lab == 1 + int(np.argmax(score))
 
+# %% ../nbs/02_multiview.ipynb #ebe21368
 def _uniform_mask(img: np.ndarray, thresh: float = 0.12, border: int = 4) -> np.ndarray:
     b = np.concatenate([img[:border].reshape(-1, 3), img[-border:].reshape(-1, 3), img[:, :border].reshape(-1, 3), img[:, -border:].reshape(-1, 3)])
     bg = np.median(b, 0)
     return _largest_component(np.abs(img - bg).max(-1) > thresh).astype(np.float32)
 
+# %% ../nbs/02_multiview.ipynb #0361524c
 def _grabcut_mask(img: np.ndarray, iters: int = 5, margin: float = 0.04, max_side: int = 256,
                   centre: tuple = (0.36, 0.40)) -> np.ndarray:
     "GrabCut: border strip (`margin`) = background, central ellipse (semi-axes `centre` × size) = probable subject."
@@ -90,15 +93,18 @@ def _grabcut_mask(img: np.ndarray, iters: int = 5, margin: float = 0.04, max_sid
     fg = _largest_component(fg, centre_weight=0.25).astype(np.uint8)
     return (cv2.resize(fg * 255, (w, h), interpolation=cv2.INTER_LINEAR) / 255).astype(np.float32)
 
+# %% ../nbs/02_multiview.ipynb #e66cd36e
 def birefnet_dir() -> Path:
     "Where BiRefNet's weights are looked for: `$DREAMVID_BIREFNET`, else `<cache_dir>/models/BiRefNet`."
     return Path(os.environ.get('DREAMVID_BIREFNET') or cache_dir()/'models'/'BiRefNet')
 
+# %% ../nbs/02_multiview.ipynb #eae2025e
 @functools.lru_cache(maxsize=2)
 def _birefnet_model(folder: str):
     from transformers import AutoModelForImageSegmentation
     return AutoModelForImageSegmentation.from_pretrained(folder, trust_remote_code=True, local_files_only=True).eval()
 
+# %% ../nbs/02_multiview.ipynb #637e0edc
 def _birefnet_mask(img: np.ndarray, weights=None) -> np.ndarray:
     weights = Path(weights) if weights else birefnet_dir()
     if not (weights/'config.json').exists():
@@ -114,6 +120,7 @@ def _birefnet_mask(img: np.ndarray, weights=None) -> np.ndarray:
     with torch.no_grad(): pred = model(x)[-1].float().sigmoid().cpu()
     return torch.nn.functional.interpolate(pred, size=img.shape[:2], mode='bilinear')[0, 0].numpy().astype(np.float32)
 
+# %% ../nbs/02_multiview.ipynb #27460f22
 def remove_background(image: np.ndarray, method='auto', alpha: np.ndarray | None = None, **kw) -> np.ndarray:
     "Foreground mask `[H,W]` in [0,1] of `image` by `method`: 'auto' (alpha if given, else grabcut), 'alpha', 'uniform', 'grabcut', 'birefnet', or a callable `image -> mask`."
     if callable(method): return np.clip(np.asarray(method(image, **kw), np.float32), 0, 1)
@@ -139,6 +146,7 @@ def subject_box(mask: np.ndarray, margin: float = 0.1) -> tuple[int, int, int]:
     side = max(1, int(round(2 * half)))
     return int(round(cy - side / 2)), int(round(cx - side / 2)), side
 
+# %% ../nbs/02_multiview.ipynb #753c7c99
 def crop_to_subject(image: np.ndarray, mask: np.ndarray, size: int, margin: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     "Composite `image` on white with `mask`, crop the square `subject_box`, pad with white, resize to `size`."
     m = np.clip(np.asarray(mask, np.float32), 0, 1)
@@ -153,6 +161,7 @@ def crop_to_subject(image: np.ndarray, mask: np.ndarray, size: int, margin: floa
     msk = np.asarray(Image.fromarray((mcan * 255 + .5).astype(np.uint8)).resize((size, size), Image.BILINEAR), np.float32) / 255
     return img, msk
 
+# %% ../nbs/02_multiview.ipynb #bd30291a
 def crop_intrinsics(K: np.ndarray, box: tuple[int, int, int], size: int) -> np.ndarray:
     "Pinhole intrinsics after cropping the square `box` = (y0, x0, side) and resizing it to `size` px."
     y0, x0, side = box; s = size / side
@@ -168,6 +177,7 @@ def _angles_from_c2w(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     el = np.degrees(np.arctan2(p[:, 1], np.linalg.norm(p[:, [0, 2]], axis=1)))
     return az.astype(np.float32), el.astype(np.float32)
 
+# %% ../nbs/02_multiview.ipynb #2284b7a4
 @dataclass
 class MultiViewSet:
     "Prepared views of one subject: images on white, masks, optional cameras; its class noun and identifier."
@@ -241,6 +251,7 @@ def from_views(views, class_noun: str | None = None, identifier: str = 'sks') ->
 def _natural_key(p: Path):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r'(\d+)', p.name)]
 
+# %% ../nbs/02_multiview.ipynb #7b59051b
 def _prep_one(path, size, remover, margin, weights=None):
     "Load, mask, crop one file; returns (image, mask, crop box, original (H, W))."
     img, alpha = load_image(path)
@@ -249,6 +260,7 @@ def _prep_one(path, size, remover, margin, weights=None):
     box = subject_box(mask, margin)
     return (*crop_to_subject(img, mask, size, margin), box, img.shape[:2])
 
+# %% ../nbs/02_multiview.ipynb #ac642b4c
 def from_folder(path, class_noun: str, identifier: str = 'sks', size: int = 256, remover='auto',
                 skip_bad: bool = False, margin: float = 0.1, weights=None) -> MultiViewSet:
     """Prepare every file in folder `path` (natural name order, hidden files ignored); `skip_bad` skips unreadable files with a
@@ -286,6 +298,7 @@ def _frame_intrinsics(meta: dict, fr: dict, hw: tuple[int, int], where: str) -> 
     cx, cy = g('cx'), g('cy')
     return np.array([[fx, 0, w / 2 if cx is None else cx], [0, fy, h / 2 if cy is None else cy], [0, 0, 1]], np.float32)
 
+# %% ../nbs/02_multiview.ipynb #e456697c
 def _pose_matrix(value, where: str) -> np.ndarray:
     "A frame's 4x4 `transform_matrix`, with a clear error for strings, wrong shapes and NaN or infinite entries."
     try: T = np.asarray(value, dtype=np.float64)
@@ -296,6 +309,7 @@ def _pose_matrix(value, where: str) -> np.ndarray:
         raise MultiViewError(f"{where}: transform_matrix holds NaN or infinite values: fix or delete that frame (a failed pose estimate?)")
     return T.astype(np.float32)
 
+# %% ../nbs/02_multiview.ipynb #21e15094
 # rotations taking a capture's up axis to the library's +y (OpenGL world, y up)
 _TO_Y_UP = {'+y': np.eye(3), '-y': np.diag([1., -1., -1.]),
             '+z': np.array([[1., 0, 0], [0, 0, 1], [0, -1, 0]]), '-z': np.array([[1., 0, 0], [0, 0, -1], [0, 1, 0]]),
@@ -309,6 +323,7 @@ def detect_up_axis(c2w: np.ndarray) -> tuple[str, float]:
     u = u / np.linalg.norm(u); i = int(np.argmax(np.abs(u)))
     return ('+' if u[i] > 0 else '-') + 'xyz'[i], float(abs(u[i]))
 
+# %% ../nbs/02_multiview.ipynb #bf9cc545
 def look_at_point(c2w: np.ndarray) -> np.ndarray:
     "The point nearest every camera's optical axis (least squares): where a capture's cameras look, i.e. the subject."
     c2w = np.asarray(c2w, np.float64)
@@ -319,17 +334,20 @@ def look_at_point(c2w: np.ndarray) -> np.ndarray:
     if np.linalg.cond(A) > 1e8: return o.mean(0)                         # parallel axes (a 1-view or a linear capture)
     return np.linalg.solve(A, b)
 
+# %% ../nbs/02_multiview.ipynb #14aa451c
 def to_y_up(c2w: np.ndarray, up: str) -> np.ndarray:
     "Camera-to-world matrices re-expressed in a y-up world (the library's convention) from a world whose up is `up`."
     R = np.eye(4); R[:3, :3] = _TO_Y_UP[up]
     return (R[None] @ np.asarray(c2w, np.float64)).astype(np.float32)
 
+# %% ../nbs/02_multiview.ipynb #b2d650af
 def angles_about(c2w: np.ndarray, centre=None) -> tuple[np.ndarray, np.ndarray]:
     "Azimuth (0 on +z, growing towards +x) and elevation of y-up cameras seen from `centre` (default: the origin), degrees."
     c = np.asarray(c2w, np.float64).copy()
     if centre is not None: c[:, :3, 3] -= np.asarray(centre, np.float64)
     return _angles_from_c2w(c)
 
+# %% ../nbs/02_multiview.ipynb #391cf046
 @dataclass
 class Capture:
     "The raw views of a subject as found on disk, before masks: what loaded, what did not and why, poses in a y-up world."
@@ -348,6 +366,7 @@ class Capture:
     @property
     def skipped(self) -> list[dict]: return [r for r in self.records if r['status'] != 'loaded']
 
+# %% ../nbs/02_multiview.ipynb #b5d97ef7
 def _skip_or_raise(records, strict: bool, where: str):
     bad = [r for r in records if r['status'] != 'loaded']
     if not bad: return
@@ -358,6 +377,7 @@ def _skip_or_raise(records, strict: bool, where: str):
     warnings.warn(f"{where}: skipped {len(bad)} of {len(records)} listed files that are missing or unreadable: {listing} "
                   "(pass strict=True to make this an error)")
 
+# %% ../nbs/02_multiview.ipynb #dfe1b307
 def _load_listed(files, strict: bool, where: str):
     imgs, alphas, names, records, kept = [], [], [], [], []
     for j, f in enumerate(files):
@@ -372,6 +392,7 @@ def _load_listed(files, strict: bool, where: str):
     if not imgs: raise MultiViewError(f"{where}: no readable images among {len(files)} listed files")
     return imgs, alphas, names, records, kept
 
+# %% ../nbs/02_multiview.ipynb #df26f517
 def read_capture(src, strict: bool = False, up: str | None = None) -> Capture:
     """Read a subject's views from `src`: a folder of photos, a NeRF-style `transforms.json` (or its folder), or the
     3DreamBooth authors' layout (`images/`, optional `references/` and `prompt.txt`). Missing or unreadable files are
@@ -394,6 +415,7 @@ def read_capture(src, strict: bool = False, up: str | None = None) -> Capture:
     imgs, alphas, names, records, _ = _load_listed(files, strict, str(folder))
     return Capture(imgs, alphas, names, records, prompt=prompt, references=refs, source=str(src))
 
+# %% ../nbs/02_multiview.ipynb #c5adf681
 def _read_transforms(tj: Path, strict: bool, up: str | None) -> Capture:
     meta = load_json(tj)
     if not isinstance(meta, dict) or not meta.get('frames'): raise MultiViewError(f"{tj} has no 'frames'")
@@ -420,7 +442,6 @@ def _read_transforms(tj: Path, strict: bool, up: str | None) -> Capture:
                       "elevation are about the vertical axis (pass up='+y' or up='+z' to force)")
     c2w = to_y_up(c2w, up)
     return Capture(imgs, alphas, names, records, c2w, Ks, up, look_at_point(c2w), source=str(tj))
-
 
 # %% ../nbs/02_multiview.ipynb #87087e53
 def from_transforms_json(path, class_noun: str, identifier: str = 'sks', size: int = 256, remover='auto',
@@ -457,12 +478,14 @@ def _grabcut_seeded(img: np.ndarray, seed: np.ndarray, iters: int = 5, max_side:
     fg = ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).astype(np.uint8)
     return (cv2.resize(fg * 255, (w, h), interpolation=cv2.INTER_LINEAR) / 255).astype(np.float32)
 
+# %% ../nbs/02_multiview.ipynb #2a69acc7
 def _project(points: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     "Pixel (u, v) and depth of world points seen by an OpenGL camera."
     p = (np.linalg.inv(np.asarray(c2w, np.float64)) @ np.c_[points, np.ones(len(points))].T).T[:, :3]
     z = -p[:, 2]; zs = np.where(np.abs(z) < 1e-9, 1e-9, z)
     return np.stack([K[0, 2] + K[0, 0] * p[:, 0] / zs, K[1, 2] - K[1, 1] * p[:, 1] / zs], 1), z
 
+# %% ../nbs/02_multiview.ipynb #b3969057
 def subject_radius(cap: Capture, masks: list) -> float:
     "The subject's radius around the look-at point, from the median extent of plausible masks (sizes in the frame, scaled by depth)."
     rs = []
@@ -478,6 +501,7 @@ def subject_radius(cap: Capture, masks: list) -> float:
         return z * min(cap.images[0].shape[:2]) / 2 / K[0, 0] / 3
     return float(np.median(rs))
 
+# %% ../nbs/02_multiview.ipynb #e28bc9ff
 def geometry_seeds(cap: Capture, radius: float, grow: float = 1.15) -> list:
     "Per view: GrabCut labels seeded by the projection of the subject's bounding sphere (outside: background; inside: probable subject)."
     import cv2
@@ -494,6 +518,7 @@ def geometry_seeds(cap: Capture, radius: float, grow: float = 1.15) -> list:
         out.append(seed)
     return out
 
+# %% ../nbs/02_multiview.ipynb #9a9e4310
 def visual_hull(cap: Capture, masks: list, radius: float, n: int = 40, agree: float = 0.6):
     """Carve a voxel grid (n³ over the bounding cube of the subject's sphere): a voxel stays when it falls inside the mask
     in at least `agree` of the views that see it (a soft intersection, so one bad mask does not cut the subject).
@@ -511,6 +536,7 @@ def visual_hull(cap: Capture, masks: list, radius: float, n: int = 40, agree: fl
     keep = (seen > 0) & (inside >= agree * np.maximum(seen, 1))
     return P[keep], 2.4 * radius / n
 
+# %% ../nbs/02_multiview.ipynb #09f6048f
 def hull_silhouettes(cap: Capture, voxels: np.ndarray, size: float) -> list:
     "The carved hull projected into each view: splatted voxels, closed."
     import cv2
@@ -527,6 +553,7 @@ def hull_silhouettes(cap: Capture, voxels: np.ndarray, size: float) -> list:
         out.append(sil.astype(np.float32))
     return out
 
+# %% ../nbs/02_multiview.ipynb #d675ebf7
 def _hull_seed(sil: np.ndarray) -> np.ndarray:
     import cv2
     h, w = sil.shape; k = max(3, int(0.03 * max(h, w)) | 1)
@@ -536,6 +563,7 @@ def _hull_seed(sil: np.ndarray) -> np.ndarray:
     seed[band > 0] = cv2.GC_PR_BGD; seed[sil > 0] = cv2.GC_PR_FGD; seed[core > 0] = cv2.GC_FGD
     return seed
 
+# %% ../nbs/02_multiview.ipynb #d29dc5df
 def hull_votes(cap: Capture, masks: list, radius: float, n: int = 64):
     """Per view, over an n³ voxel grid on the bounding cube of the subject's sphere: whether the view sees each voxel and
     whether its mask covers it. Returns (voxel centres [M,3], seen [V,M], inside [V,M], voxel size); `carve` turns them into hulls."""
@@ -550,6 +578,7 @@ def hull_votes(cap: Capture, masks: list, radius: float, n: int = 64):
         seen[i] = ok; inside[i, ok] = m[v[ok], u[ok]] > .5
     return P, seen, inside, 2.4 * radius / n
 
+# %% ../nbs/02_multiview.ipynb #6a46721a
 def carve(votes, agree: float = 0.6, leave_out: int | None = None) -> np.ndarray:
     "The voxels inside the masks of at least `agree` of the views that see them; `leave_out`: without that view's vote."
     P, seen, inside, _ = votes
@@ -557,6 +586,7 @@ def carve(votes, agree: float = 0.6, leave_out: int | None = None) -> np.ndarray
     if leave_out is not None: s, ins = s - seen[leave_out], ins - inside[leave_out]
     return P[(s > 0) & (ins >= agree * np.maximum(s, 1))]
 
+# %% ../nbs/02_multiview.ipynb #f689a4a5
 def splat_silhouette(cap: Capture, i: int, voxels: np.ndarray, size: float, shape) -> np.ndarray:
     "Voxels projected into view `i`: each pixel hit, dilated by half a voxel's projected size and closed (fast, vectorised)."
     import cv2
@@ -571,11 +601,13 @@ def splat_silhouette(cap: Capture, i: int, voxels: np.ndarray, size: float, shap
         sil = cv2.morphologyEx(sil, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
     return sil.astype(np.float32)
 
+# %% ../nbs/02_multiview.ipynb #d663049d
 def leave_one_out_silhouettes(cap: Capture, masks: list, radius: float, agree: float = 0.6, n: int = 64) -> list:
     "Per view: the hull carved from the *other* views' masks, projected into it (what the rest of the capture says this view should see)."
     votes = hull_votes(cap, masks, radius, n)
     return [splat_silhouette(cap, i, carve(votes, agree, leave_out=i), votes[3], m.shape) for i, m in enumerate(masks)]
 
+# %% ../nbs/02_multiview.ipynb #03c54c71
 def _hull_prior_seed(loose: np.ndarray, tight: np.ndarray) -> np.ndarray:
     "GrabCut labels from two hull projections: outside the loose hull background, inside it probable subject, the eroded tight hull subject."
     import cv2
@@ -584,11 +616,13 @@ def _hull_prior_seed(loose: np.ndarray, tight: np.ndarray) -> np.ndarray:
     seed = np.full((h, w), cv2.GC_BGD, np.uint8); seed[loose > 0] = cv2.GC_PR_FGD; seed[core > 0] = cv2.GC_FGD
     return seed
 
+# %% ../nbs/02_multiview.ipynb #6ae04d52
 def _iou(a, b) -> float:
     a, b = np.asarray(a) > .5, np.asarray(b) > .5
     u = (a | b).sum()
     return float((a & b).sum() / u) if u else 1.0
 
+# %% ../nbs/02_multiview.ipynb #03a89879
 MASK_METHODS = ('alpha', 'uniform', 'grabcut', 'geometry', 'multiview', 'hull', 'birefnet')
 LOO_MIN_AGREEMENT = 0.5   # leave-one-out agreement below which a posed view is flagged ('hull'; measured on the rendered capture, see below)
 
@@ -651,6 +685,7 @@ def capture_masks(cap: Capture, method: str = 'auto', weights=None, return_info:
     info['seconds'] = time.perf_counter() - t0
     return (masks, info) if return_info else masks
 
+# %% ../nbs/02_multiview.ipynb #faf1501b
 def _fg_histogram(img, m, bins: int = 8) -> np.ndarray | None:
     sel = img[np.asarray(m) > .5]
     if len(sel) < 20: return None
@@ -658,6 +693,7 @@ def _fg_histogram(img, m, bins: int = 8) -> np.ndarray | None:
     h = np.bincount(q[:, 0] * bins * bins + q[:, 1] * bins + q[:, 2], minlength=bins ** 3).astype(np.float64)
     return h / h.sum()
 
+# %% ../nbs/02_multiview.ipynb #9cb017c1
 def score_masks(images: list, masks: list, hull_silhouettes: list | None = None, min_fraction: float = 0.01,
                 max_fraction: float = 0.85, max_border: float = 0.3, min_agreement: float | None = None) -> list[dict]:
     """Score every mask: its size (fraction of the frame), border contact (fraction of the frame's edge it covers), and its
@@ -692,10 +728,12 @@ def _image_features(mv: MultiViewSet, side: int = 16) -> np.ndarray:
     small = lambda a, mode: np.asarray(Image.fromarray((np.clip(a, 0, 1) * 255).astype(np.uint8), mode).resize((side, side), Image.BILINEAR), np.float32) / 255
     return np.stack([np.concatenate([small(im, 'RGB').ravel(), small(m, 'L').ravel()]) for im, m in zip(mv.images, mv.masks)])
 
+# %% ../nbs/02_multiview.ipynb #9bbd750d
 def _dispersion(dist: np.ndarray, idx) -> tuple[float, float]:
     sub = dist[np.ix_(idx, idx)][np.triu_indices(len(idx), 1)]
     return float(sub.min()), float(sub.sum())
 
+# %% ../nbs/02_multiview.ipynb #4d6b234f
 def select_conditioning_views(mv: MultiViewSet, k: int = 4, seed: int = 0, quality=None, min_quality: float = 0.6) -> np.ndarray:
     """Sorted indices of `k` views spread as far apart as possible: camera directions when posed, image features otherwise.
     With mask-quality scores (`quality`, default `mv.quality`), only views scoring at least `min_quality` × the best are
@@ -766,12 +804,14 @@ def _wallpaper(n: int, rng, base, motif_colours) -> np.ndarray:
             tex[np.hypot(i - cy - cell // 2, j - cx) < cell * 0.1] = motif_colours[(a + b) % len(motif_colours)]
     return tex
 
+# %% ../nbs/02_multiview.ipynb #2ea60b99
 def _textured_rect(tex_srgb: np.ndarray, to_world) -> dict:
     mi = tw._mi()
     return {'type': 'rectangle', 'to_world': to_world,
             'bsdf': {'type': 'twosided', 'bsdf': {'type': 'diffuse', 'reflectance': {
                 'type': 'bitmap', 'bitmap': mi.Bitmap(tw._srgb_to_linear(tex_srgb).astype(np.float32)), 'raw': True}}}}
 
+# %% ../nbs/02_multiview.ipynb #ec3aa314
 def _handheld_path(n: int, rng, distance: float = 5.2) -> list:
     "OpenGL camera-to-world matrices (y-up) of a hand-held walk around the origin: uneven steps, bobbing height, drifting aim, roll."
     out = []
@@ -789,6 +829,7 @@ def _handheld_path(n: int, rng, distance: float = 5.2) -> list:
         out.append(m.astype(np.float32))
     return out
 
+# %% ../nbs/02_multiview.ipynb #0597aab6
 def render_cluttered_capture(subject, folder, n_views: int = 50, res: int = 160, missing: float = 0.15, corrupt: int = 1,
                              seed: int = 0, spp: int = 16) -> dict:
     """A realistic capture with ground truth: `subject` on a wooden table with props, in front of patterned walls, seen along
@@ -854,6 +895,7 @@ def render_cluttered_capture(subject, folder, n_views: int = 50, res: int = 160,
     return {'folder': folder, 'missing': [f'frame_{x:04d}.jpg' for x in gone], 'corrupt': [f'frame_{x:04d}.jpg' for x in bad],
             'azimuth': az, 'elevation': el, 'seconds': time.perf_counter() - t0}
 
+# %% ../nbs/02_multiview.ipynb #ccc14d51
 def mask_iou_against_truth(cap: Capture, masks: list, gt_folder) -> np.ndarray:
     "IoU of each view's mask (> 0.5) against the renderer's alpha (> 0.5) in `gt_folder/<stem>.png`."
     gts = [np.asarray(Image.open(Path(gt_folder)/(Path(n).stem + '.png')), np.float32) / 255 for n in cap.names]

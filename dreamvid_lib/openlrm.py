@@ -34,6 +34,7 @@ DINOV2_ARCHS = {'vits14': dict(embed_dim=384, depth=12, num_heads=6), 'vitb14': 
 class OpenLRMError(AssetError):
     "An OpenLRM folder is missing, incomplete or does not hold OpenLRM v1.1 weights; the message names the download."
 
+# %% ../nbs/12c_openlrm.ipynb #200f7753
 def openlrm_download_hint(folder, repo: str = 'zxhezexin/openlrm-mix-base-1.1') -> str:
     "The command that fetches an OpenLRM release into `folder` (run it where the Hugging Face Hub can be reached)."
     return (f"download a release with `huggingface-cli download {repo} --local-dir {folder}` (it holds {LRM_CONFIG} and "
@@ -120,6 +121,7 @@ class LayerScale(nn.Module):
         super().__init__(); self.gamma = nn.Parameter(torch.ones(dim))
     def forward(self, x): return x * self.gamma
 
+# %% ../nbs/12c_openlrm.ipynb #82221345
 class ViTAttention(nn.Module):
     "Multi-head self-attention with one fused `qkv` projection (DINOv2's layout: rows q, k, v; heads within each)."
     def __init__(self, dim: int, heads: int):
@@ -130,11 +132,13 @@ class ViTAttention(nn.Module):
         q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, D))
 
+# %% ../nbs/12c_openlrm.ipynb #2f16fb50
 class ViTMlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__(); self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
     def forward(self, x): return self.fc2(self.act(self.fc1(x)))
 
+# %% ../nbs/12c_openlrm.ipynb #a9c72e7b
 class ViTBlock(nn.Module):
     "x + γ₁·Attn(LN(x)), then + γ₂·MLP(LN(x))."
     def __init__(self, dim: int, heads: int):
@@ -145,6 +149,7 @@ class ViTBlock(nn.Module):
         x = x + self.ls1(self.attn(self.norm1(x)))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
+# %% ../nbs/12c_openlrm.ipynb #99e8c828
 class PatchEmbed(nn.Module):
     def __init__(self, dim: int, patch: int):
         super().__init__(); self.proj = nn.Conv2d(3, dim, patch, patch)
@@ -187,6 +192,7 @@ class DinoV2(nn.Module):
         x = self.norm(x)
         return torch.cat([x[:, :1], x[:, 1 + self.n_reg:]], 1)
 
+# %% ../nbs/12c_openlrm.ipynb #b3c161c3
 class DinoV2Encoder(nn.Module):
     "OpenLRM's encoder wrapper: the ViT sits under `.model`; images go in as RGB in [0, 1] (no mean/std normalisation)."
     def __init__(self, arch: dict):
@@ -200,6 +206,7 @@ class CameraEmbedder(nn.Module):
         super().__init__(); self.mlp = nn.Sequential(nn.Linear(raw_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
     def forward(self, c): return self.mlp(c)
 
+# %% ../nbs/12c_openlrm.ipynb #4ca49aaf
 class ModLN(nn.Module):
     "LayerNorm (with its own affine) whose output is scaled and shifted by the camera: LN(x)(1 + γ(c)) + β(c)."
     def __init__(self, dim: int, mod_dim: int, eps: float = 1e-6):
@@ -210,6 +217,7 @@ class ModLN(nn.Module):
         shift, scale = self.mlp(mod)[:, None].chunk(2, -1)
         return self.norm(x) * (1 + scale) + shift
 
+# %% ../nbs/12c_openlrm.ipynb #ed28508d
 class CondModBlock(nn.Module):
     "Cross-attention to the image tokens, self-attention, MLP; a camera-modulated LN before each (bias-free attention)."
     def __init__(self, dim: int, cond_dim: int, mod_dim: int, heads: int):
@@ -226,6 +234,7 @@ class CondModBlock(nn.Module):
         x = x + self.self_attn(h, h, h, need_weights=False)[0]
         return x + self.mlp(self.norm3(x, mod))
 
+# %% ../nbs/12c_openlrm.ipynb #4c4b91fe
 class TriplaneTransformer(nn.Module):
     def __init__(self, layers: int, heads: int, dim: int, cond_dim: int, mod_dim: int):
         super().__init__()
@@ -240,6 +249,7 @@ def openlrm_plane_coords(points: torch.Tensor) -> torch.Tensor:
     "Grid coordinates `[B,3,N,2]` of points `[B,N,3]` (OpenLRM's z-up frame, cube [-1,1]^3) on its three planes: (x,y), (x,z), (z,y)."
     return torch.stack([points[..., [0, 1]], points[..., [0, 2]], points[..., [2, 1]]], 1)
 
+# %% ../nbs/12c_openlrm.ipynb #3f80c31f
 class TriplaneDecoder(nn.Module):
     "The NeRF MLP on concatenated plane features (4 linear layers, ReLU): raw density and colour, OpenLRM's `OSGDecoder`."
     def __init__(self, n_features: int, hidden: int = 64, layers: int = 4):
@@ -251,6 +261,7 @@ class TriplaneDecoder(nn.Module):
         x = self.net(feats)
         return x[..., 0], torch.sigmoid(x[..., 1:]) * (1 + 2e-3) - 1e-3      # raw σ; colour with MipNeRF's widened sigmoid
 
+# %% ../nbs/12c_openlrm.ipynb #a3155940
 class TriplaneSynthesizer(nn.Module):
     "Holds the decoder under OpenLRM's name; the renderer itself has no weights (see `OpenLRM.render`)."
     def __init__(self, triplane_dim: int):
@@ -259,6 +270,7 @@ class TriplaneSynthesizer(nn.Module):
 # %% ../nbs/12c_openlrm.ipynb #3c488723
 def shifted_softplus(x: torch.Tensor) -> torch.Tensor: return F.softplus(x - 1)
 
+# %% ../nbs/12c_openlrm.ipynb #605dd4d6
 def march_midpoints(sigma_raw, rgb, depths, background: float = 1.0) -> dict:
     """OpenLRM's ray marcher (MipNeRF style): between consecutive samples t_i, t_{i+1} take the mean raw density and colour,
     σ = softplus(mean - 1), δ = t_{i+1} - t_i, then α_i = 1 - e^{-σδ}, w_i = α_i Π_{j<i}(1 - α_j + 1e-10).
@@ -274,6 +286,7 @@ def march_midpoints(sigma_raw, rgb, depths, background: float = 1.0) -> dict:
     return {'rgb': (w[..., None] * col).sum(-2) + background * (1 - opacity)[..., None], 'opacity': opacity,
             'depth': (w * mid).sum(-1) / opacity.clamp(min=1e-6), 'weights': w, 'mid': mid}
 
+# %% ../nbs/12c_openlrm.ipynb #f642c8f3
 def importance_depths(depths, weights, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """`n` depths per ray drawn from the coarse pass's weights `[R,S-1]` (EG3D / OpenLRM): smooth them (max-pool then
     mean-pool over 2, + 0.01), then invert the piecewise-linear CDF over the midpoints of the coarse depths `[R,S]`.
@@ -337,6 +350,7 @@ def openlrm_intrinsics(res: int, focal: float = 0.75, centre: float = 0.5) -> np
     "OpenLRM's inference camera in pixels: focal 0.75 and principal point 0.5 of the image size (a 67° field of view)."
     return np.array([[focal * res, 0, centre * res], [0, focal * res, centre * res], [0, 0, 1]], np.float32)
 
+# %% ../nbs/12c_openlrm.ipynb #70f8dd99
 def openlrm_rays(c2w: torch.Tensor, res: int, focal: float = 0.75, centre: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """Origins and unit directions `[N,res*res,3]` of the pixel centres (row-major) of OpenGL cameras `c2w` `[N,4,4]`,
     computed in the order of OpenLRM's ray sampler (lift to an OpenCV point at depth 1, flip to OpenGL, transform, subtract
@@ -352,6 +366,7 @@ def openlrm_rays(c2w: torch.Tensor, res: int, focal: float = 0.75, centre: float
     d = F.normalize(torch.bmm(cv, pts.transpose(1, 2)).transpose(1, 2)[..., :3] - origin[:, None], dim=-1)
     return origin[:, None].expand_as(d), d
 
+# %% ../nbs/12c_openlrm.ipynb #f3cc9d8a
 def openlrm_source_camera(distance: float = 2.0, focal: float = 0.75, centre: float = 0.5) -> torch.Tensor:
     """OpenLRM's canonical source camera as the 16 conditioning numbers `[1,16]`: the 3x4 camera-to-world matrix (OpenGL
     axes, z-up world: at (0, -distance, 0) looking along +y) flattened, then fx, fy, cx, cy as fractions of the image size."""
@@ -444,6 +459,7 @@ def save_openlrm(model: OpenLRM, folder) -> Path:
     save_json(folder/LRM_CONFIG, model.cfg.to_dict())
     return folder
 
+# %% ../nbs/12c_openlrm.ipynb #2f7a304f
 def is_openlrm_folder(folder) -> bool:
     "Whether `folder/config.json` reads as an OpenLRM config (its `transformer_dim` and `encoder_type` keys)."
     try: d = json.loads((Path(folder)/LRM_CONFIG).read_text())
@@ -480,6 +496,7 @@ def load_openlrm(folder, image_res: int | None = None, dtype: torch.dtype = torc
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
     return model.to(dtype).eval()
 
+# %% ../nbs/12c_openlrm.ipynb #1cb66f67
 def load_any_lrm(folder=None):
     "A toy LRM (`lrm.load_lrm`) or an OpenLRM release (`load_openlrm`), whichever `folder/config.json` describes; None: the shipped toy LRM."
     if folder is None: return load_lrm(None)
@@ -490,6 +507,7 @@ def load_any_lrm(folder=None):
                            f"or an OpenLRM v1.1 release; {openlrm_download_hint(folder)}")
     return load_lrm(folder)
 
+# %% ../nbs/12c_openlrm.ipynb #27649a62
 def image_to_3d_cli(argv=None) -> int:
     "`dreamvid image-to-3d`: `lrm.image_to_3d_cli` whose `--model DIR` also takes an OpenLRM release folder."
     from dreamvid_lib.lrm import image_to_3d_cli as cli

@@ -26,6 +26,7 @@ def _source_fingerprint(src: Path) -> str:
     folder = src.parent if src.is_file() else src
     return files_fingerprint(folder, pattern='*')
 
+# %% ../nbs/12a_personalize.ipynb #809e2109
 def run_prep(src, out, class_noun: str | None = None, k: int = 4, size: int = 256, remover: str = 'auto', strict: bool = False,
              up: str | None = None, identifier: str = 'sks', weights=None, overwrite: bool = False, keep_flagged: bool = False) -> dict:
     """`dreamvid prep`: read a folder of photos, a `transforms.json` capture or the 3DreamBooth layout; mask, score, crop;
@@ -68,6 +69,7 @@ def load_prep(prep_dir) -> tuple[MultiViewSet, dict]:
         raise AssetError(f"{prep_dir} is not a finished prep folder (no prep.json / views.npz): run `dreamvid prep SRC --out {prep_dir} ...` again")
     return MultiViewSet.load(prep_dir/'views.npz'), load_json(prep_dir/'prep.json')
 
+# %% ../nbs/12a_personalize.ipynb #81d1bf06
 def check_toy_vocabulary(mv: MultiViewSet, prep_dir, out) -> None:
     "The toy backbone knows only its own classes: refuse a real class noun with the command that runs the same thing on Wan."
     if mv.class_noun.lower() in tw.CLASSES: return
@@ -76,6 +78,7 @@ def check_toy_vocabulary(mv: MultiViewSet, prep_dir, out) -> None:
                       f"`dreamvid personalize {prep_dir} --out {out} --backbone wan --weights /path/to/Wan2.1-T2V-1.3B-Diffusers` "
                       "(a GPU; see the README's Wan section)")
 
+# %% ../nbs/12a_personalize.ipynb #254bf7ae
 def run_personalize(prep_dir, out, backbone: str = 'toy', weights=None, method: str = '3db', steps: int = 400, k: int | None = None,
                     dapter=None, seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
     """`dreamvid personalize`: 3DreamBooth (`method='3db'`) or 3Dapter + 3DreamBooth (`'joint'`, with the prep's conditioning
@@ -128,6 +131,7 @@ def _adapter_files(adapter_dir: Path, method: str) -> list[Path]:
         load_json(s/'adapter_config.json'); check_safetensors(s/'pytorch_lora_weights.safetensors', f'adapter {s}:')
     return subs
 
+# %% ../nbs/12a_personalize.ipynb #6c0be55c
 def run_generate(adapter, prompt: str, out, seeds=(0,), steps: int = 30, backbone: str | None = None, weights=None,
                  num_frames: int | None = None, overwrite: bool = False) -> dict:
     """`dreamvid generate`: videos of the personalized subject from `adapter` (a `dreamvid personalize` output folder) for
@@ -209,6 +213,7 @@ def add_commands(sub) -> None:
     g.add_argument('--steps', type=int, default=30, help='sampling steps')
     g.add_argument('--overwrite', action='store_true', help='discard videos in --out made from another adapter or prompt')
 
+# %% ../nbs/12a_personalize.ipynb #1ad1daaa
 def run_command(args) -> str | None:
     "Run a parsed `prep` / `personalize` / `generate` command; returns the line to print (None for other commands)."
     if args.cmd == 'prep':

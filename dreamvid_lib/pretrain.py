@@ -51,6 +51,7 @@ class PretrainConfig(TrainConfig):
     first_frame_prob: float = 0.0    # share of orbit videos whose frame 0 is given clean (image-to-video training)
     cond_sigma: float = 0.0          # frame 0 given noised to σ_c ~ U(0, cond_sigma) (noise augmentation; 0: clean)
 
+# %% ../nbs/05_toy_pretrain.ipynb #ce5dc807
 class OrbitStream:
     "Random orbit-video and single-image batches with captions from a ring dataset."
     def __init__(self, rings: dict, cfg: PretrainConfig, generator: torch.Generator, subjects=None, starts=None,
@@ -116,6 +117,7 @@ class VAEConfig(OneCycleConfig):
     latent_channels: int = 8
     block_out_channels: tuple = (16, 32, 64)
 
+# %% ../nbs/05_toy_pretrain.ipynb #16408169
 def _frame_batch(rings: dict, n: int, rng: np.random.Generator, context_prob: float, backs: dict) -> torch.Tensor:
     "`n` random ring frames in [-1, 1] `[n, 3, H, W]`, a share composited into random contexts."
     rgba = rings['rgba']; s = rng.integers(rgba.shape[0], size=n); v = rng.integers(rgba.shape[1], size=n)
@@ -125,6 +127,7 @@ def _frame_batch(rings: dict, n: int, rng: np.random.Generator, context_prob: fl
         if rng.random() < context_prob: rgb[k] = tw.composite(rgb[k:k + 1], a[k:k + 1], backs[ctx[rng.integers(len(ctx))]])[0]
     return torch.from_numpy(rgb).permute(0, 3, 1, 2) * 2 - 1
 
+# %% ../nbs/05_toy_pretrain.ipynb #32b2c492
 class VAELoss(nn.Module):
     "Stage 1's loss on frames `[n,3,H,W]`: L1 reconstruction of a posterior sample plus `kl_weight` × KL; logs the L1 as 'l1'."
     def __init__(self, vae, kl_weight: float = 1e-6): super().__init__(); self.vae, self.kl_weight = vae, kl_weight
@@ -134,6 +137,7 @@ class VAELoss(nn.Module):
         rec = (self.vae.decode(post.sample()).sample - x).abs().mean()
         return rec + self.kl_weight * post.kl().mean(), {'l1': rec.detach()}
 
+# %% ../nbs/05_toy_pretrain.ipynb #62830869
 def refuse_former_vae_checkpoints(*work_dirs):
     """Refuse (ConfigError naming each file) work folders holding `vae_checkpoint.pt`, the checkpoint of `train_toy_vae`'s
     loop before it ran on `train.train_loop`: it records no settings, so it cannot be resumed safely, and ignoring it would lose it."""
@@ -144,6 +148,7 @@ def refuse_former_vae_checkpoints(*work_dirs):
                           f"with, so it is not resumed: delete {it} (or use a new work folder) to train again; with the same "
                           "settings the weights come out as the former loop's, bit for bit")
 
+# %% ../nbs/05_toy_pretrain.ipynb #8e751eb7
 def train_toy_vae(rings: dict, cfg: VAEConfig, work_dir, init=None, progress: bool = True, stop_after: int | None = None) -> dict:
     """Train a toy `AutoencoderKL` (fresh from `make_toy_vae`, or continuing the AutoencoderKL `init`) on ring frames with
     `train.train_loop`; checkpoints in `work_dir/checkpoint.pt` and resumes from it, refusing other settings.
@@ -160,6 +165,7 @@ def train_toy_vae(rings: dict, cfg: VAEConfig, work_dir, init=None, progress: bo
                      progress=progress, stop_after=stop_after, desc='vae')
     return {**log, 'vae': vae.eval().requires_grad_(False)}
 
+# %% ../nbs/05_toy_pretrain.ipynb #eb8f2056
 VAE_STAGES = ((1200, 2e-3), (1500, 1e-3))   # (steps, peak lr) of assets/toy_t2v_latent's VAE, the second stage continuing the first
 
 @torch.no_grad()
@@ -171,6 +177,7 @@ def vae_heldout_psnr(vae, n_subjects: int = 8, seed: int = 0) -> float:
     y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
     return float((10 * torch.log10(1 / (((y - x) / 2) ** 2).mean((1, 2, 3)))).mean())
 
+# %% ../nbs/05_toy_pretrain.ipynb #b6e355f6
 @torch.no_grad()
 def set_latent_normalisation(vae, rings: dict, n: int = 1280, seed: int = 0):
     "Write the latents' mean and 1/std over `n` random frames into the VAE config (`shift_factor`, `scaling_factor`)."
@@ -203,6 +210,7 @@ def pretrain(backbone: ToyBackbone, rings: dict, cfg: PretrainConfig, work_dir, 
     return train_loop(params, batches, FlowMatchingLoss(backbone), cfg, work_dir, hooks, state=backbone, generator=gen,
                       progress=progress, stop_after=stop_after, desc='pretrain')
 
+# %% ../nbs/05_toy_pretrain.ipynb #156af458
 def finalize_pretrained(backbone: ToyBackbone, log: dict, cfg: PretrainConfig, out_dir, data_info: dict) -> Path:
     "Copy the EMA weights into `backbone`, save it to `out_dir` with its training log, loss curve and model card."
     import matplotlib.pyplot as plt
@@ -217,11 +225,13 @@ def finalize_pretrained(backbone: ToyBackbone, log: dict, cfg: PretrainConfig, o
     write_model_card(out_dir, backbone, cfg, data_info, hist)
     return out_dir
 
+# %% ../nbs/05_toy_pretrain.ipynb #ffc573d5
 def smooth(x, k: int = 50) -> np.ndarray:
     "Moving average over `k` points (valid part)."
     x = np.asarray(x, float); k = max(1, min(k, len(x)))
     return np.convolve(x, np.ones(k) / k, mode='valid')
 
+# %% ../nbs/05_toy_pretrain.ipynb #2aa50f4e
 def plot_loss(history: list, k: int = 50):
     "Loss curve of a training history, video and image steps separately, smoothed."
     import matplotlib.pyplot as plt
@@ -232,6 +242,7 @@ def plot_loss(history: list, k: int = 50):
     ax.set_xlabel('step'); ax.set_ylabel('velocity MSE (Eq. 1)'); ax.set_yscale('log'); ax.legend(); ax.grid(alpha=.3)
     return fig
 
+# %% ../nbs/05_toy_pretrain.ipynb #1d7173e5
 def _codec_row(backbone: ToyBackbone, data_info: dict) -> str:
     c, r, f = backbone.codec, backbone.config.resolution, backbone.config.num_frames
     if backbone.config.codec == 'pixel': return f'pixel space, {r}x{r} px, {f} frames'
@@ -240,6 +251,7 @@ def _codec_row(backbone: ToyBackbone, data_info: dict) -> str:
             f"{r // c.spatial_factor}x{r // c.spatial_factor}x{c.latent_channels} latents per frame, {f} frames; "
             f"{data_info.get('vae', 'trained with train_toy_vae')}")
 
+# %% ../nbs/05_toy_pretrain.ipynb #da54f267
 def write_model_card(out_dir, backbone: ToyBackbone, cfg: PretrainConfig, data_info: dict, history: list) -> None:
     "README.md for the shipped model: config, data, steps, CPU time, final loss."
     n_tr = sum(p.numel() for p in backbone.transformer.parameters()); n_te = sum(p.numel() for p in backbone.text_encoder.parameters())
@@ -326,6 +338,7 @@ def _orbit_latents(backbone: Backbone, rings: dict, s: int, start: int, directio
     idx = tw.orbit_indices(rings['rgba'].shape[1], frames, stride, start, direction)
     return backbone.encode_video(torch.from_numpy(rings['rgba'][s, idx, ..., :3].astype(np.float32) / 255)[None])[0]
 
+# %% ../nbs/05_toy_pretrain.ipynb #869bdbd2
 @torch.no_grad()
 def continuation_diagnostic(backbone: Backbone, rings: dict, subjects=None, starts=(0, 6, 12, 18), seed: int = 0,
                             frames: int = 8, stride: int = 2, directions=(1, -1)) -> dict:
@@ -371,6 +384,7 @@ def image_to_video(backbone: Backbone, first_frames: torch.Tensor, prompts, seed
                   first_latent=first, cond_sigma=cond_sigma)
     return backbone.decode_latents(lat)[:, :F_].float().cpu()
 
+# %% ../nbs/05_toy_pretrain.ipynb #33a1d1c2
 @torch.no_grad()
 def i2v_rotation(backbone: Backbone, subjects, azimuths=(20.0, 200.0), elevation: float = 15.0, steps: int = 20,
                  guidance: float = 1.0, seed: int = 0, grids: dict | None = None) -> dict:
@@ -407,6 +421,7 @@ def _hop_noise(backbone: Backbone, seeds, window: int, H: int, W: int, device):
         lat.append(torch.randn(shape, generator=g)); eps.append(torch.randn((shape[0], *shape[2:]), generator=g))
     return torch.stack(lat).to(device), torch.stack(eps).to(device)
 
+# %% ../nbs/05_toy_pretrain.ipynb #41a8a6e1
 @torch.no_grad()
 def rollout_video(backbone: Backbone, first_frames: torch.Tensor, prompts, seeds, num_frames: int = 8, window: int = 2,
                   steps: int = 4, cond_sigma: float = 0.0, guidance: float = 1.0, first_cond_sigma: float = 0.0) -> torch.Tensor:
@@ -462,6 +477,7 @@ def learnability_check(backbone: Backbone, rings: dict, cfg: PretrainConfig, wor
     backbone.eval()
     return rows
 
+# %% ../nbs/05_toy_pretrain.ipynb #ff3e0ba1
 def ladder_config(steps: int, **kw) -> PretrainConfig:
     "The ladder's recipe: lr 1e-3, orbit-only batches on white, frame 0 always clean, no caption dropout."
     base = dict(steps=steps, lr=1e-3, warmup=min(50, max(1, steps // 10)), image_every=0, context_prob=0.0, caption_dropout=0.0,
@@ -476,6 +492,7 @@ class Stage:
     cfg: PretrainConfig
     subjects: int | None = None
 
+# %% ../nbs/05_toy_pretrain.ipynb #9f982188
 def orbit_prior_recipe(window: int = 8, subjects: int = 3000, many_steps: int = 10000, scale: float = 1.0,
                        batch_scale: int = 1, first_subjects: int = 16, **kw) -> list[Stage]:
     """The orbit prior's chain (recipe table rows 22–37 on `first_subjects` subjects, then `many_steps` on `subjects`): a
@@ -500,6 +517,7 @@ def orbit_prior_recipe(window: int = 8, subjects: int = 3000, many_steps: int = 
                   st('many', many_steps, subjects, frames=8, sigma_sampling='high_mix', **aug)]
     return chain
 
+# %% ../nbs/05_toy_pretrain.ipynb #755a3ac1
 def pretrain_stages(backbone: ToyBackbone, rings: dict, stages: list[Stage], work_dir, progress: bool = True) -> list[dict]:
     "Run `stages` in order (each `pretrain` in `work_dir/NN_name`, resumable), each from the previous stage's EMA weights."
     too_many = [s.name for s in stages if s.subjects and s.subjects > rings['rgba'].shape[0]]
@@ -512,4 +530,3 @@ def pretrain_stages(backbone: ToyBackbone, rings: dict, stages: list[Stage], wor
         log['ema'].copy_to(params)                       # the next stage starts from these weights
         logs.append({**log, 'stage': st.name})
     return logs
-

@@ -33,6 +33,7 @@ def motion_phrase(direction: int | None) -> str:
     "' rotating clockwise' / ' rotating counterclockwise', or '' for a still (`direction=None`)."
     return '' if direction is None else f' rotating {direction_word(direction)}'
 
+# %% ../nbs/01a_prompts.ipynb #1db53334
 def parse_direction(prompt: str) -> int | None:
     "The direction `prompt` asks for: +1 ('rotating clockwise'), −1 ('rotating counterclockwise') or None."
     ws = prompt.lower().split()
@@ -54,6 +55,7 @@ def video_caption(subject: 'tw.Subject', direction: int | None = None, context: 
     "Caption of an orbit video (`direction` ±1) or of a single image (`direction=None`)."
     return f'a video of a {subject.description()}{motion_phrase(direction)}{context_phrase(context)}'
 
+# %% ../nbs/01a_prompts.ipynb #31d0b664
 def class_caption(class_noun: str, direction: int | None = None, context: str = 'white') -> str:
     "The same grammar naming only the class: 'a video of a mug rotating clockwise on a wooden table'."
     return f'a video of a {class_noun}{motion_phrase(direction)}{context_phrase(context)}'
@@ -65,6 +67,7 @@ def identity_prompt(identifier: str, class_noun: str, template: str = IDENTITY_T
     "3DreamBooth's universal prompt: 'a video of a sks mug'."
     return template.format(identifier=identifier, class_noun=class_noun)
 
+# %% ../nbs/01a_prompts.ipynb #b7d6467b
 def orbit_prompt(subject_prompt: str, direction: int | None, context: str = 'white') -> str:
     "`subject_prompt` turning in `direction` in `context`: 'a video of a sks mug rotating clockwise on a wooden table'."
     return f'{subject_prompt}{motion_phrase(direction)}{context_phrase(context)}'
@@ -74,6 +77,7 @@ def subject_prompt(subject: 'tw.Subject', identifier: str | None = None) -> str:
     "The class prompt of a toy subject, or its identity prompt with `identifier`."
     return identity_prompt(identifier, subject.cls) if identifier else class_caption(subject.cls)
 
+# %% ../nbs/01a_prompts.ipynb #ba26d851
 def orbit_prompts(subject, n: int, identifier: str | None = None) -> list[str]:
     "`n` orbit prompts of a toy subject (or of a subject prompt string), alternating the direction."
     base = subject if isinstance(subject, str) else subject_prompt(subject, identifier)

@@ -45,6 +45,7 @@ class ReferenceLayout:
         "Bool `[frames]`: which latent frames are references."
         return torch.arange(self.frames) >= self.video_frames
 
+# %% ../nbs/04_references.ipynb #2da44da1
 class FrameIndexRope(nn.Module):
     "Wrapper of Wan's rotary embedding that can use explicit temporal indices (set by `references`); identical to it otherwise."
     def __init__(self, rope: nn.Module):
@@ -68,6 +69,7 @@ class FrameIndexRope(nn.Module):
             out.append(grid.reshape(1, nf * nh * nw, 1, -1))
         return tuple(out)
 
+# %% ../nbs/04_references.ipynb #4a814d53
 class TokenRouter:
     """Per-token routing of the `3db` and `3dapter` LoRA branches through forward hooks on each `lora_B`.
     Installed once per transformer by `install_router`; its state is set by `references(...)`."""
@@ -106,6 +108,7 @@ class TokenRouter:
         for h in self.handles: h.remove()
         self.handles = []
 
+# %% ../nbs/04_references.ipynb #4578bab3
 def install_router(transformer) -> TokenRouter:
     "Install (once) the frame-index RoPE wrapper and the token router on a Wan transformer; return the router."
     if not isinstance(transformer.rope, FrameIndexRope): transformer.rope = FrameIndexRope(transformer.rope)
@@ -114,6 +117,7 @@ def install_router(transformer) -> TokenRouter:
     else: r.attach()
     return r
 
+# %% ../nbs/04_references.ipynb #5e00ea6d
 @contextmanager
 def references(transformer, layout: ReferenceLayout | None):
     "Inside: the transformer sees `layout` (reference frames routed to 3Dapter, their RoPE indices). `None`: no references."
@@ -124,6 +128,7 @@ def references(transformer, layout: ReferenceLayout | None):
     try: yield r
     finally: transformer.rope.temporal_index, r._state.frame_is_ref = old
 
+# %% ../nbs/04_references.ipynb #c787ddfb
 def activate_branches(transformer, names: list[str] | None = None):
     "Make adapters `names` (default: all present) active together; routing decides which tokens each one touches."
     present = list(getattr(transformer, 'peft_config', {}))
@@ -136,6 +141,7 @@ def activate_branches(transformer, names: list[str] | None = None):
         if n in grads: p.requires_grad_(grads[n])
     install_router(transformer)
 
+# %% ../nbs/04_references.ipynb #4505f4f6
 def joint_velocity(backbone, latents: torch.Tensor, sigmas: torch.Tensor, text: torch.Tensor,
                    ref_latents: torch.Tensor | None = None, mode: str = 'sequential',
                    attention_kwargs: dict | None = None) -> torch.Tensor:

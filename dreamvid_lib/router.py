@@ -31,6 +31,7 @@ def mass_array(records: list, steps: int | None = None, cond_only: bool = True) 
     if cond_only and a.shape[2] % 2 == 0: a = a[:, :, a.shape[2] // 2:]
     return a
 
+# %% ../nbs/09_router.ipynb #4a276dda
 def routed_views(mass: np.ndarray, layer: int | None = None, head: int | None = None, step: int | None = None) -> np.ndarray:
     "Most-attended reference view per generated frame `[B, T]`, averaging over the axes not picked."
     m = mass
@@ -39,11 +40,13 @@ def routed_views(mass: np.ndarray, layer: int | None = None, head: int | None = 
     m = m[:, :, :, [head]] if head is not None else m
     return m.mean((0, 1, 3)).argmax(-1)
 
+# %% ../nbs/09_router.ipynb #6af79ad2
 def nearest_reference(frame_azimuths, ref_azimuths) -> np.ndarray:
     "Index of the reference view nearest (wrapped azimuth) to each frame azimuth."
     f = np.asarray(frame_azimuths, float)[..., None]; r = np.asarray(ref_azimuths, float)
     return np.abs(wrap_deg(f - r)).argmin(-1)
 
+# %% ../nbs/09_router.ipynb #d872298c
 def routing_accuracy(mass: np.ndarray, frame_azimuths, ref_azimuths, **pick) -> float:
     "Fraction of frames routed to the reference nearest their view-matched azimuth (`pick`: layer/head/step)."
     rv = routed_views(mass, **pick)
@@ -51,6 +54,7 @@ def routing_accuracy(mass: np.ndarray, frame_azimuths, ref_azimuths, **pick) -> 
     if rv.shape != near.shape: raise ConfigError(f"routed views {rv.shape} and frame azimuths {near.shape} differ in shape")
     return float((rv == near).mean())
 
+# %% ../nbs/09_router.ipynb #9b8086da
 def routing_by_layer(mass: np.ndarray, frame_azimuths, ref_azimuths) -> list[float]:
     "Routing accuracy of each layer alone."
     return [routing_accuracy(mass, frame_azimuths, ref_azimuths, layer=l) for l in range(mass.shape[1])]
@@ -66,6 +70,7 @@ def token_maps(records: list, tokens_hw: tuple[int, int], video: int = 0, frame:
     h, w = tokens_hw; n = h * w
     return t[video, frame * n:(frame + 1) * n].T.reshape(-1, h, w)
 
+# %% ../nbs/09_router.ipynb #dd620222
 def plot_token_maps(records, video_frames, refs, tokens_hw, video: int = 0, frame: int = 0, layer=None, step=None):
     "Figure: the generated frame, then each reference view with its per-token mass map."
     import matplotlib.pyplot as plt

@@ -110,11 +110,13 @@ class SamplerHook:
     def end(self, state: DenoiseState):
         "Once, after the last step, also when the loop raised: switch off what `begin` switched on."
 
+# %% ../nbs/04b_sample.ipynb #1db2b452
 class StepCallback(SamplerHook):
     "A function `fn(state)` run after every step (what `denoise` makes of a plain callable in `callbacks`)."
     def __init__(self, fn: Callable[[DenoiseState], None]): self.fn, self.name = fn, getattr(fn, '__name__', 'callback')
     def step_end(self, state: DenoiseState): self.fn(state)
 
+# %% ../nbs/04b_sample.ipynb #09aedbd0
 def as_hooks(callbacks: Sequence) -> list[SamplerHook]:
     "Hooks as they are, functions wrapped as `StepCallback`s; anything else is refused."
     out = []
@@ -138,12 +140,14 @@ def conditioning_sigmas(backbone: Backbone, latents: torch.Tensor, sigmas: torch
 def _velocity(backbone, x, sigma, text, refs, ref_layout):
     return backbone.predict_velocity(x, sigma, text) if refs is None else joint_velocity(backbone, x, sigma, text, refs, ref_layout)
 
+# %% ../nbs/04b_sample.ipynb #afe6790a
 def _timesteps(sch, steps: int, sigmas, device):
     if sigmas is None: return sch.set_timesteps(steps, device=device)
     if 'sigmas' not in inspect.signature(sch.set_timesteps).parameters:
         raise ConfigError(f"{type(sch).__name__} takes no custom sigmas: pass steps=, or an Euler scheduler (make_scheduler(backbone, euler=True))")
     sch.set_timesteps(sigmas=[float(s) for s in sigmas], device=device)
 
+# %% ../nbs/04b_sample.ipynb #2aa36cf7
 @torch.no_grad()
 def denoise(backbone: Backbone, latents: torch.Tensor, text: torch.Tensor, negative_text: torch.Tensor | None = None,
             guidance: float = 1.0, steps: int = 30, scheduler=None, sigmas: Sequence[float] | None = None,

@@ -45,6 +45,7 @@ class Experiment:
             if int(getattr(self, k)) < 1: raise ConfigError(f"Experiment.{k}={getattr(self, k)} must be ≥ 1")
         return self
 
+# %% ../nbs/12_sweeps.ipynb #5b471c43
 def run_experiment(exp: Experiment | None = None, backbone: str = 'toy', weights=None, progress: bool = False, **knobs) -> dict:
     "Train, generate and score one experiment (`experiments.run_method`); returns the knobs, the metrics, timings and the videos (`_videos`)."
     exp = replace_exp(exp or Experiment(), **knobs).validate()
@@ -57,6 +58,7 @@ def run_experiment(exp: Experiment | None = None, backbone: str = 'toy', weights
     return {**asdict(exp), 'subject': subject.description(), **r.mean_scores(), 'final_loss': r.final_loss,
             'train_seconds': round(r.train_seconds, 1), 'gen_seconds': round(r.gen_seconds, 1), '_videos': r.videos}
 
+# %% ../nbs/12_sweeps.ipynb #f4dd05d5
 def replace_exp(exp: Experiment, **knobs) -> Experiment:
     "A copy of `exp` with `knobs` changed; unknown knob names are an error naming the valid ones."
     valid = set(asdict(exp))
@@ -76,6 +78,7 @@ def plot_runs(runs: Sequence[dict], metric: str = 'psnr', ax=None):
     ax.set_title(f'{metric} per run', fontsize=9)
     return ax
 
+# %% ../nbs/12_sweeps.ipynb #0a3c2c6f
 class SweepPanel:
     "ipywidgets controls for `Experiment`, a Run button, a results table and a comparison plot."
     def __init__(self, backbone: str = 'toy', weights=None, defaults: Experiment | None = None):
@@ -141,6 +144,7 @@ class SweepPanel:
             fig = self.figure(); display(fig); plt.close(fig)
             display(self.table().round(3))
 
+# %% ../nbs/12_sweeps.ipynb #06d2ed7c
 def sweep_panel(backbone: str = 'toy', weights=None, **defaults) -> SweepPanel:
     "Show the widget panel (in Jupyter) and return it; `defaults` set the initial knobs."
     from IPython.display import display
@@ -156,13 +160,16 @@ def grid_points(grid: dict) -> list[dict]:
     if bad: raise ConfigError(f"grid values must be non-empty lists; fix {bad}")
     return [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())]
 
+# %% ../nbs/12_sweeps.ipynb #91bacf80
 def point_name(params: dict) -> str:
     "A file-name-safe name of one grid point, e.g. `k=4_rank=16`."
     return '_'.join(f'{k}={v}' for k, v in params.items()).replace('/', '-').replace(' ', '')
 
+# %% ../nbs/12_sweeps.ipynb #3acaaf82
 def default_experiment_notebook() -> Path:
     return assets_dir()/'notebooks'/'sweep_experiment.ipynb'
 
+# %% ../nbs/12_sweeps.ipynb #e27ac8e9
 def papermill_grid(grid: dict, out_dir, notebook=None, fixed: dict | None = None, timeout: int = 1800,
                    progress: bool = True) -> 'pd.DataFrame':
     """Execute `notebook` (default: the shipped experiment notebook) once per point of `grid` with papermill,

@@ -95,6 +95,7 @@ class Synthetic3DConfig:
                     {'name': f'true orbits {s * N}', 'data': 'true', 'size': s * N, 'steps': self.lrm_steps, 'init': None}]
         return out
 
+# %% ../nbs/12e_synthetic3d.ipynb #b5c03f6f
 def arm_slug(name: str) -> str:
     "A folder name for an arm."
     return re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')
@@ -147,6 +148,7 @@ def _arm_data(arm: dict, real: dict, synth: dict, cur: dict, truth: dict | None,
     if arm['data'] == 'true': return orbit_rings(truth, keep=first)
     raise ConfigError(f"unknown arm data {arm['data']!r}")
 
+# %% ../nbs/12e_synthetic3d.ipynb #bf1df687
 def run_synthetic_3d(engine: Callable, out_dir, cfg: Synthetic3DConfig | None = None, only: Sequence[str] | None = None,
                      progress: bool = True, overwrite: bool = False) -> dict:
     """Part 3 of the VFusion3D study, resumable in `out_dir`: the engine's orbits of `synthetic_factor x n_real` subjects
@@ -218,6 +220,7 @@ def study_table(study: dict) -> str:
         rows.append(f"| {name}{'' if r['trained'] else ' (' + r['why'] + ')'} | " + ' | '.join(cells) + ' |')
     return '\n'.join(rows)
 
+# %% ../nbs/12e_synthetic3d.ipynb #df0d6301
 def write_study_report(study: dict, out_dir) -> Path:
     "Write `summary.json` (the whole study dict) and `table.md` (`study_table` and the curation numbers) into `out_dir`; returns the table's path."
     out_dir = Path(out_dir)
@@ -247,6 +250,7 @@ def add_command(sub) -> None:
     p.add_argument('--seed', type=int, default=d.seed)
     p.add_argument('--overwrite', action='store_true', help='discard a study in --out made with other settings or another engine')
 
+# %% ../nbs/12e_synthetic3d.ipynb #322f1499
 def run_command(args) -> str:
     "Run a parsed `synthetic-3d` command; returns the table to print."
     from dreamvid_lib.vfusion3d import RolloutEngine, ToyEngine, load_orbit_prior

@@ -33,6 +33,7 @@ def _check(kind: str, value, valid) -> None:
     if value not in valid:
         raise ConfigError(f"unknown {kind} {value!r}: choose one of {', '.join(map(repr, valid))}")
 
+# %% ../nbs/01_toyworld.ipynb #a0116be5
 def decal_colour(colour: str) -> tuple[float, float, float]:
     "The decal colour for a subject colour: white on dark colours, black on light ones."
     _check('colour', colour, COLOURS)
@@ -66,6 +67,7 @@ class Subject:
 def _all_combos() -> list[tuple[str, str, str]]:
     return [(k, c, d) for k in CLASSES for c in COLOURS for d in DETAILS]
 
+# %% ../nbs/01_toyworld.ipynb #d3fbf47a
 def _heldout_combos(per_class: int = 4, seed: int = 20260301) -> frozenset:
     "`per_class` random (colour, detail) combinations of every class: 28 of 224 (12.5%)."
     rng = np.random.default_rng(seed)
@@ -73,6 +75,8 @@ def _heldout_combos(per_class: int = 4, seed: int = 20260301) -> frozenset:
     return frozenset((k, *pairs[i]) for k in CLASSES for i in rng.choice(len(pairs), per_class, replace=False))
 
 HELDOUT_COMBOS = _heldout_combos()
+
+# %% ../nbs/01_toyworld.ipynb #baf3897a
 _TRAIN_COMBOS = tuple(c for c in _all_combos() if c not in HELDOUT_COMBOS)
 _HELDOUT_LIST = tuple(c for c in _all_combos() if c in HELDOUT_COMBOS)
 
@@ -80,6 +84,7 @@ def is_heldout(subject: Subject) -> bool:
     "Is the subject's (class, colour, detail) combination held out from pre-training?"
     return subject.combo in HELDOUT_COMBOS
 
+# %% ../nbs/01_toyworld.ipynb #101fbccc
 def subject_from_seed(seed: int, split: str = 'train') -> Subject:
     "A deterministic subject for `seed`, drawn from the 'train' or the 'heldout' combinations."
     _check('split', split, ('train', 'heldout'))
@@ -88,6 +93,7 @@ def subject_from_seed(seed: int, split: str = 'train') -> Subject:
     cls, colour, detail = combos[rng.integers(len(combos))]
     return Subject(cls, colour, MATERIALS[rng.integers(len(MATERIALS))], detail, int(seed))
 
+# %% ../nbs/01_toyworld.ipynb #38c1962e
 def heldout_subjects(n: int, seed: int = 0) -> list[Subject]:
     "`n` distinct held-out subjects, deterministic in `seed`, cycling through the classes."
     rng = np.random.default_rng([int(seed), 2])
@@ -123,12 +129,14 @@ def _lathe(profile, n: int = 24, sx: float = 1.0, sz: float = 1.0, centre=(0., 0
             else: F += [[a[j], b[j], a[k]], [a[k], b[j], b[k]]]
     return np.asarray(V) + np.asarray(centre), np.asarray(F)
 
+# %% ../nbs/01_toyworld.ipynb #247a8333
 def _ellipsoid(radii, centre=(0., 0., 0.), n: int = 20):
     "An ellipsoid with semi-axes `radii` = (rx, ry, rz)."
     t = np.linspace(0, np.pi, n // 2 + 1)
     rx, ry, rz = radii
     return _lathe([(np.sin(a), -np.cos(a) * ry) for a in t], n, sx=rx, sz=rz, centre=centre)
 
+# %% ../nbs/01_toyworld.ipynb #1759edc3
 def _box(size, centre=(0., 0., 0.)):
     "An axis-aligned box with edge lengths `size` = (w, h, d)."
     c = np.array([[x, y, z] for x in (-.5, .5) for y in (-.5, .5) for z in (-.5, .5)]) * np.asarray(size) + centre
@@ -137,6 +145,7 @@ def _box(size, centre=(0., 0., 0.)):
     F = np.concatenate([[[4*i, 4*i+1, 4*i+2], [4*i, 4*i+2, 4*i+3]] for i in range(6)])
     return V, F
 
+# %% ../nbs/01_toyworld.ipynb #e005b860
 def _tube_arc(centre, radius, tube, a0, a1, n: int = 12, m: int = 10):
     "A tube of radius `tube` along a circular arc in the xy plane (angles in radians)."
     V = []
@@ -151,6 +160,7 @@ def _tube_arc(centre, radius, tube, a0, a1, n: int = 12, m: int = 10):
             F += [[a, c, b], [b, c, d]]
     return np.asarray(V), np.asarray(F)
 
+# %% ../nbs/01_toyworld.ipynb #7d41e602
 def _merge(parts):
     "Concatenate (V, F) meshes into one."
     V, F, off = [], [], 0
@@ -167,6 +177,7 @@ def _mug(rng):
              _tube_arc((side * r, 0, 0), R, 0.065, np.pi/2, 3*np.pi/2, 14)
     return {'body': [body, handle]}, (0.0, 0.0, min(1.05 * r, 0.6 * h))
 
+# %% ../nbs/01_toyworld.ipynb #4a84eb03
 def _bottle(rng):
     r, hb, rn, hn = rng.uniform(0.3, 0.4), rng.uniform(0.75, 0.95), rng.uniform(0.1, 0.14), rng.uniform(0.3, 0.42)
     flat = rng.uniform(0.55, 0.7)                                        # wider than deep: side != front
@@ -176,6 +187,7 @@ def _bottle(rng):
     cap = _lathe([(0, prof[-1][1] - 0.1), (rn * 1.25, prof[-1][1] - 0.1), (rn * 1.25, prof[-1][1] + 0.1), (0, prof[-1][1] + 0.1)], 16)
     return {'body': [_lathe(prof, 28, sz=flat)], 'dark': [cap]}, (0.0, y0 + 0.5*hb, min(1.6 * r, 0.75 * hb))
 
+# %% ../nbs/01_toyworld.ipynb #552f233a
 def _box_subject(rng):
     w, h, d = rng.uniform(1.0, 1.5), rng.uniform(0.7, 1.2), rng.uniform(0.45, 0.75)
     lid = _box((w + 0.06, 0.12, d + 0.06), (0, 0.06, d/2 + 0.03))       # lid hinged at the back top edge, ajar
@@ -184,6 +196,7 @@ def _box_subject(rng):
     lid = (lid[0] @ rot.T + [0, h/2 - 0.04, -d/2 - 0.03], lid[1])
     return {'body': [_box((w, h, d))], 'dark': [lid]}, (0.0, -0.06, 0.55 * min(w, h))
 
+# %% ../nbs/01_toyworld.ipynb #3405095c
 def _shoe(rng):
     L, toe = rng.uniform(1.5, 1.8), rng.choice([-1, 1])                # long along x, toe at +x or -x
     sole = _box((L, 0.12, 0.55), (0, -0.3, 0))
@@ -192,6 +205,7 @@ def _shoe(rng):
     heel = _box((0.22, 0.2, 0.5), (-toe * 0.42 * L, -0.38, 0))
     return {'body': [upper, collar], 'light': [sole, heel]}, (toe * 0.05 * L, -0.12, 0.46)
 
+# %% ../nbs/01_toyworld.ipynb #8c1745a7
 def _plushie(rng):
     b, hr = rng.uniform(0.38, 0.45), rng.uniform(0.3, 0.36)
     body = _ellipsoid((b, b * 1.1, b * 0.9), (0, -0.35, 0))
@@ -205,6 +219,7 @@ def _plushie(rng):
     tail = _ellipsoid((0.09, 0.09, 0.09), (0, -0.5, -b * 0.9), n=10)
     return {'body': [body, head, *ears, *arms, *feet, tail], 'light': [snout]}, (0.0, -0.33, 0.48 * b * 2)
 
+# %% ../nbs/01_toyworld.ipynb #1775336d
 def _lamp(rng):
     bw, bd = rng.uniform(0.5, 0.65), rng.uniform(0.9, 1.1)          # base long along z, pole at the back
     pz = -0.32 * bd
@@ -214,6 +229,7 @@ def _lamp(rng):
     shade = _lathe([(r1, 0.2), (r0, 0.2 + hs), (0, 0.2 + hs)], 28, centre=(0, 0, pz))
     return {'body': [base, shade], 'dark': [pole]}, (0.0, 0.2 + 0.45 * hs, 0.42 * hs + 0.05)
 
+# %% ../nbs/01_toyworld.ipynb #5129fb7c
 def _chair(rng):
     w, d, hs, hb = rng.uniform(0.8, 1.0), rng.uniform(0.75, 0.95), rng.uniform(0.6, 0.75), rng.uniform(0.65, 0.85)
     y0 = -(hs + hb) / 2
@@ -240,6 +256,7 @@ def _star_inside(u, v, k: int = 5, r_in: float = 0.42):
     cross = (p1[..., 0] - p0[0]) * (q[..., 1] - p0[1]) - (p1[..., 1] - p0[1]) * (q[..., 0] - p0[0])
     return cross <= 0
 
+# %% ../nbs/01_toyworld.ipynb #2f120554
 def _decal_inside(detail: str, u, v):
     "Indicator of the decal shape on the square [-1, 1]^2."
     if detail == 'dot': return u*u + v*v < 0.8**2
@@ -248,6 +265,7 @@ def _decal_inside(detail: str, u, v):
     if detail == 'star': return _star_inside(u, v)
     _check('detail', detail, DETAILS)
 
+# %% ../nbs/01_toyworld.ipynb #0870e15c
 def _front_z(tris, xy):
     "z of the first surface hit by rays along -z through the points `xy` (NaN where none)."
     a, b, c = tris[:, 0], tris[:, 1], tris[:, 2]
@@ -263,6 +281,7 @@ def _front_z(tris, xy):
     z = np.where(inside, z, -np.inf).max(1)
     return np.where(np.isfinite(z), z, np.nan)
 
+# %% ../nbs/01_toyworld.ipynb #42930b33
 def _decal_mesh(detail, tris, cx, cy, size, grid: int = 18, lift: float = 0.012):
     "Triangles of the decal: grid cells inside the shape, projected onto the front surface."
     g = np.linspace(-1, 1, grid + 1)
@@ -308,6 +327,7 @@ def intrinsics(res: int, fov_deg: float = FOV_DEG) -> np.ndarray:
     f = res / 2 / math.tan(math.radians(fov_deg) / 2)
     return np.array([[f, 0, res / 2], [0, f, res / 2], [0, 0, 1]], np.float32)
 
+# %% ../nbs/01_toyworld.ipynb #adc0da7a
 def camera_to_world(azimuth: float, elevation: float, distance: float = CAMERA_DISTANCE) -> np.ndarray:
     "OpenGL camera-to-world matrix of a camera on the orbit, looking at the origin."
     a, e = math.radians(azimuth), math.radians(elevation)
@@ -318,6 +338,7 @@ def camera_to_world(azimuth: float, elevation: float, distance: float = CAMERA_D
     m = np.eye(4); m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, up, back, eye
     return m.astype(np.float32)
 
+# %% ../nbs/01_toyworld.ipynb #2648ee38
 def project(points, K, c2w) -> np.ndarray:
     "Pixel coordinates (u, v) of world `points` [n,3] seen by a camera (`K`, OpenGL `c2w`)."
     p = (np.linalg.inv(c2w) @ np.c_[points, np.ones(len(points))].T).T[:, :3]
@@ -330,14 +351,17 @@ def _mi():
     if mi.variant() != 'scalar_rgb': mi.set_variant('scalar_rgb')
     return mi
 
+# %% ../nbs/01_toyworld.ipynb #148b2758
 def _srgb_to_linear(c):
     c = np.asarray(c, np.float64)
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
+# %% ../nbs/01_toyworld.ipynb #d450fe4a
 def _linear_to_srgb(c):
     c = np.clip(c, 0, 1)
     return np.where(c <= 0.0031308, c * 12.92, 1.055 * np.power(c, 1 / 2.4) - 0.055)
 
+# %% ../nbs/01_toyworld.ipynb #d67e55fd
 _NEUTRALS = {'light': (0.92, 0.92, 0.9), 'dark': (0.16, 0.16, 0.17)}
 
 def _bsdf(rgb, material: str = 'matte') -> dict:
@@ -346,6 +370,7 @@ def _bsdf(rgb, material: str = 'matte') -> dict:
             {'type': 'roughplastic', 'alpha': 0.12, 'diffuse_reflectance': {'type': 'rgb', 'value': lin}}
     return {'type': 'twosided', 'bsdf': inner}
 
+# %% ../nbs/01_toyworld.ipynb #85940927
 def _mesh(name, V, F, bsdf: dict):
     mi = _mi()
     props = mi.Properties(); props['bsdf'] = mi.load_dict(bsdf)
@@ -356,6 +381,7 @@ def _mesh(name, V, F, bsdf: dict):
     p.update(); m.recompute_vertex_normals()
     return m
 
+# %% ../nbs/01_toyworld.ipynb #37176e84
 def _subject_shapes(subject: Subject) -> dict:
     "Mitsuba meshes of a subject, one per material group."
     geo = subject_geometry(subject)
@@ -363,6 +389,7 @@ def _subject_shapes(subject: Subject) -> dict:
     return {k: _mesh(k, V, F, _bsdf(cols[k], subject.material if k == 'body' else 'matte'))
             for k, (V, F) in geo.items() if len(F)}
 
+# %% ../nbs/01_toyworld.ipynb #d3447490
 # Lights in camera coordinates (right, up, back): where each light comes from, and its irradiance.
 _STUDIO = {'key': ((-0.6, 0.8, 0.9), 2.6), 'fill': ((0.9, 0.1, 0.6), 1.0), 'rim': ((0.3, 0.9, -1.0), 1.4)}
 
@@ -372,11 +399,13 @@ def _light_to_world(c2w, came_from):
     up = [0., 1., 0.] if abs(d[1]) < 0.99 else [1., 0., 0.]
     return mi.ScalarTransform4f().look_at(origin=[0., 0., 0.], target=d.tolist(), up=up)
 
+# %% ../nbs/01_toyworld.ipynb #46743741
 def _sensor_to_world(c2w):
     mi = _mi()
     eye, back = c2w[:3, 3].astype(float), c2w[:3, 2].astype(float)
     return mi.ScalarTransform4f().look_at(origin=eye.tolist(), target=(eye - back).tolist(), up=c2w[:3, 1].astype(float).tolist())
 
+# %% ../nbs/01_toyworld.ipynb #a425799a
 def _scene_dict(shapes: dict, res: int, spp: int, with_depth: bool, lights: dict = _STUDIO, extra: dict | None = None):
     integ = {'type': 'path', 'max_depth': 3}
     if with_depth: integ = {'type': 'aov', 'aovs': 'dd.y:depth', 'integrator': integ}
@@ -391,9 +420,11 @@ def _scene_dict(shapes: dict, res: int, spp: int, with_depth: bool, lights: dict
                               'irradiance': {'type': 'rgb', 'value': irr}}
     return d
 
+# %% ../nbs/01_toyworld.ipynb #fb82860d
 def _view_seed(seed: int, azimuth: float, elevation: float) -> int:
     return (int(seed) * 1_000_003 + int(round(azimuth * 100)) * 7919 + int(round(elevation * 100)) * 104_729) % 2**31
 
+# %% ../nbs/01_toyworld.ipynb #5306f3f5
 def _render_scene(scene, params, c2w, seed, lights: dict = _STUDIO) -> np.ndarray:
     "Move camera and lights to `c2w` and render: float32 [H,W,C] (linear premultiplied RGB, alpha, [depth])."
     mi = _mi()
@@ -402,6 +433,7 @@ def _render_scene(scene, params, c2w, seed, lights: dict = _STUDIO) -> np.ndarra
     params.update()
     return np.array(mi.render(scene, seed=seed), dtype=np.float32)
 
+# %% ../nbs/01_toyworld.ipynb #964a870c
 def _develop(img: np.ndarray):
     "sRGB colour composited on white, alpha, and depth (mean ray distance of the hits in each pixel) from a raw render."
     alpha = np.clip(img[..., 3], 0, 1)
@@ -456,6 +488,7 @@ def _as_angles(azimuths, elevations):
     el = np.broadcast_to(np.atleast_1d(np.asarray(elevations, np.float64)), az.shape)
     return az, el
 
+# %% ../nbs/01_toyworld.ipynb #30bcab0e
 def render_views(subject: Subject, azimuths, elevations, res: int = 32, spp: int = 16, context: str = 'white',
                  seed: int = 0, with_depth: bool = True) -> Views:
     "Render `subject` from each (azimuth, elevation) in degrees; `context` other than 'white' composites a backdrop."
@@ -471,16 +504,19 @@ def render_views(subject: Subject, azimuths, elevations, res: int = 32, spp: int
     if context != 'white': rgb = composite(rgb, alpha, backdrop(context, res, seed))
     return Views(rgb, alpha, depth, intrinsics(res), c2ws, az.astype(np.float32), el.astype(np.float32), subject)
 
+# %% ../nbs/01_toyworld.ipynb #4562be7f
 def render_ring(subject: Subject, n: int = 24, elevation: float = 15.0, res: int = 32, spp: int = 16) -> Views:
     "A turntable ring: `n` views at azimuths i*360/n and one elevation."
     return render_views(subject, np.arange(n) * 360 / n, elevation, res=res, spp=spp)
 
+# %% ../nbs/01_toyworld.ipynb #5f3f5638
 def multiview_set(subject: Subject, n_views: int = 30, res: int = 32, seed: int = 0, spp: int = 16) -> Views:
     "A 3DreamBooth-style capture: azimuths evenly around with jitter, elevations uniform in [0, 30] degrees."
     rng = np.random.default_rng([int(seed), 3])
     az = (np.arange(n_views) + rng.uniform(-0.35, 0.35, n_views)) * 360 / n_views
     return render_views(subject, az, rng.uniform(0, 30, n_views), res=res, spp=spp, seed=seed)
 
+# %% ../nbs/01_toyworld.ipynb #6d16ee18
 def orbit_indices(n_ring: int, frames: int = 8, stride: int = 2, start: int = 0, direction: int = 1) -> np.ndarray:
     "Ring indices of a video orbiting `stride` ring steps per frame: (start + direction*stride*i) % n_ring."
     return (start + direction * stride * np.arange(frames)) % n_ring
@@ -513,6 +549,7 @@ def backdrop(context: str, res: int, seed: int = 0) -> np.ndarray:
         img[horizon:] = np.where(chk[..., None] > 0, 0.92, 0.12)
     return img.astype(np.float32)
 
+# %% ../nbs/01_toyworld.ipynb #c87a7463
 def composite(rgb_white: np.ndarray, alpha: np.ndarray, back: np.ndarray) -> np.ndarray:
     "Move a render composited on white onto the backdrop `back` ([H,W,3] or [N,H,W,3])."
     t = (1 - alpha)[..., None]
@@ -537,6 +574,7 @@ def _ground(context: str, y: float, seed: int):
             'bsdf': {'type': 'diffuse', 'reflectance': {'type': 'bitmap', 'bitmap': mi.Bitmap(tex), 'raw': True, 'filter_type': 'nearest'
                                                         if context == 'checkered floor' else 'bilinear'}}}
 
+# %% ../nbs/01_toyworld.ipynb #38018b47
 def render_pair(subject: Subject, res: int = 32, seed: int = 0, context: str | None = None) -> dict:
     "A single-view pre-training pair: a white-background reference view and a target in a context."
     mi = _mi()
@@ -568,6 +606,7 @@ def ring_elevation(subject: Subject) -> float:
     "The (deterministic) ring elevation of a subject, uniform in [0, 30] degrees."
     return float(np.random.default_rng([int(subject.seed), CLASSES.index(subject.cls), 7]).uniform(0, 30))
 
+# %% ../nbs/01_toyworld.ipynb #a25b59fd
 def _render_ring_rgba(subject: Subject, elevation: float, res: int, n_ring: int, spp: int) -> np.ndarray:
     "uint8 [n_ring,H,W,4] ring of a subject (RGB on white, alpha), without depth."
     mi = _mi()
@@ -579,15 +618,18 @@ def _render_ring_rgba(subject: Subject, elevation: float, res: int, n_ring: int,
         out[i, ..., :3] = np.round(rgb * 255); out[i, ..., 3] = np.round(alpha * 255)
     return out
 
+# %% ../nbs/01_toyworld.ipynb #9a27d858
 def _worker_init():
     _mi()
     import drjit as dr
     dr.set_thread_count(1)                 # one process per core beats threads on tiny images
 
+# %% ../nbs/01_toyworld.ipynb #1fdb8b32
 def _ring_task(args):
     sub, elevation, res, n_ring, spp = args
     return _render_ring_rgba(Subject.from_dict(sub), elevation, res, n_ring, spp)
 
+# %% ../nbs/01_toyworld.ipynb #d480865f
 def build_ring_dataset(root, n_subjects: int, res: int = 32, n_ring: int = 24, split: str = 'train', seed: int = 0,
                        workers: int = 2, spp: int = 16) -> Path:
     "Render (or reuse) the ring pre-training set; return the path of its `.npz`."
@@ -617,6 +659,7 @@ def build_ring_dataset(root, n_subjects: int, res: int = 32, n_ring: int = 24, s
                             subjects=json.dumps([s.to_dict() for s in subjects]), render_seconds=np.float64(dt))
     return path
 
+# %% ../nbs/01_toyworld.ipynb #176ea1b1
 def load_ring_dataset(path) -> dict:
     "Read a ring set: {'rgba': uint8 [S,n_ring,H,W,4], 'elevation': [S], 'azimuth': [n_ring], 'subjects': [Subject], 'render_seconds'}."
     with np.load(path) as z:

@@ -114,6 +114,7 @@ def sample_sigmas(backbone: Backbone, n: int, generator: torch.Generator, logit_
         sig = torch.where(hi, 1 - 0.1 * torch.rand(n, generator=generator), sig)
     return sig
 
+# %% ../nbs/04a_train.ipynb #955d0e77
 def config_sigmas(backbone: Backbone, n: int, generator: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
     "`sample_sigmas` with the scheme and its parameters from `cfg`."
     return sample_sigmas(backbone, n, generator, cfg.logit_mean, cfg.logit_std, cfg.sigma_sampling)
@@ -138,6 +139,7 @@ class FirstFrame:
     sigma: torch.Tensor | None = None
     noise: torch.Tensor | None = None
 
+# %% ../nbs/04a_train.ipynb #fd42f697
 def plain_velocity(backbone: Backbone, xs, x0, sigmas, text, clean_first=None):
     """The backbone's velocity; videos marked in `clean_first` (`[B]` flags or a `FirstFrame`) get frame 0 given (clean,
     or noised to its σ_c) and out of the loss."""
@@ -156,6 +158,7 @@ def plain_velocity(backbone: Backbone, xs, x0, sigmas, text, clean_first=None):
     keep = torch.ones_like(x0); keep[cf, :, 0] = 0
     return v, keep
 
+# %% ../nbs/04a_train.ipynb #1d69d9fc
 def reference_velocity(mode: str = 'sequential') -> Callable:
     "The velocity with reference views `[B,K,H,W,3]` (or `[K,H,W,3]`) as clean extra frames in joint attention (`mode`: the layout)."
     def velocity(backbone: Backbone, xs, x0, sigmas, text, references):
@@ -198,11 +201,13 @@ def config_diff(saved: dict, wanted: dict, resumable: Sequence[str] = RESUMABLE_
     keys = [k for k in dict.fromkeys([*saved, *wanted]) if k not in resumable and saved.get(k, '(absent)') != wanted.get(k, '(absent)')]
     return [f'{k}: {saved.get(k, "(absent)")!r} -> {wanted.get(k, "(absent)")!r}' for k in keys]
 
+# %% ../nbs/04a_train.ipynb #ef0a81ed
 def save_checkpoint(path, state: dict) -> Path:
     "Write a training checkpoint (`state` with 'config', 'step', 'model', ...) to `path` atomically."
     with atomic_path(path) as tmp: torch.save({'format': CHECKPOINT_FORMAT, **state}, tmp)
     return Path(path)
 
+# %% ../nbs/04a_train.ipynb #db66bfda
 def load_checkpoint(path, config: dict | None = None, resumable: Sequence[str] = RESUMABLE_KEYS) -> dict:
     """Read a checkpoint, naming the file if it is unreadable. With `config`: refuse (ConfigError, naming the keys)
     a checkpoint made with other settings, or one that does not record its settings."""
@@ -247,6 +252,7 @@ class TrainHook:
     def state_dict(self) -> dict: return {}
     def load_state_dict(self, state: dict): pass
 
+# %% ../nbs/04a_train.ipynb #4d7bd307
 class EMAHook(TrainHook):
     "An exponential moving average of the trained parameters (diffusers' `EMAModel`); the log gets it as 'ema'."
     name = 'ema'
@@ -257,6 +263,7 @@ class EMAHook(TrainHook):
     def state_dict(self): return self.ema.state_dict()
     def load_state_dict(self, state): self.ema.load_state_dict(state)
 
+# %% ../nbs/04a_train.ipynb #4c9a0ae1
 class StepEndHook(TrainHook):
     "Call `fn(run)` after every step (diagnostics, custom logging)."
     name = 'step_end'
@@ -289,10 +296,12 @@ class _Params:
         with torch.no_grad():
             for i, p in enumerate(self.params): p.copy_(st[str(i)])
 
+# %% ../nbs/04a_train.ipynb #8f928dc5
 class TrainRun:
     "What hooks see: `cfg`, `step` (steps done), `history`, `params`, `loss`, `main`, `work_dir`, `optimizer`."
     def __init__(self, **kw): self.__dict__.update(kw)
 
+# %% ../nbs/04a_train.ipynb #564ae909
 def _load_state(obj, st, source):
     try: obj.load_state_dict(st, source)
     except TypeError: obj.load_state_dict(st)
@@ -302,6 +311,7 @@ def loss_backbone(loss: nn.Module) -> Backbone | None:
     "The backbone of a flow-matching loss (also inside an `accelerate` wrapper); None for a loss that draws no σ."
     return getattr(loss, 'backbone', None) or getattr(getattr(loss, 'module', None), 'backbone', None)
 
+# %% ../nbs/04a_train.ipynb #cff4c56b
 def flow_matching_inputs(backbone: Backbone, batch: tuple, generator: torch.Generator, cfg: TrainConfig) -> tuple[tuple, dict]:
     "A flow-matching step's loss arguments `(video, captions, σ, noise, *cond)` from a batch `(video, captions, *cond)`, and what to log."
     video, caps, *cond = batch

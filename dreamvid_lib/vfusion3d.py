@@ -35,6 +35,7 @@ ELEVATION_RANGE = (0.0, 30.0)   # elevations of first frames and of the estimato
 class EngineError(DreamvidError, ValueError):
     "A multi-view engine returned something that is not one video per first frame."
 
+# %% ../nbs/12d_vfusion3d.ipynb #eda2fc4c
 @dataclass(frozen=True)
 class OrbitSpec:
     "Where an orbit starts and which way it turns: first-frame azimuth and elevation (degrees), direction +1 / -1."
@@ -42,14 +43,17 @@ class OrbitSpec:
     elevation: float
     direction: int
 
+# %% ../nbs/12d_vfusion3d.ipynb #6bf4d047
 def sample_orbit_spec(rng: np.random.Generator, elevation_range=ELEVATION_RANGE) -> OrbitSpec:
     "A random orbit: azimuth uniform in [0, 360), elevation uniform in `elevation_range`, direction +1 or -1."
     return OrbitSpec(float(rng.uniform(0, 360)), float(rng.uniform(*elevation_range)), int(rng.choice([1, -1])))
 
+# %% ../nbs/12d_vfusion3d.ipynb #f5a3e893
 def orbit_azimuths(spec: OrbitSpec, frames: int = ORBIT_FRAMES, step: float = ORBIT_STEP) -> np.ndarray:
     "Azimuth of each frame: `spec.azimuth + direction * step * i`, wrapped to [0, 360)."
     return (spec.azimuth + spec.direction * step * np.arange(frames)) % 360
 
+# %% ../nbs/12d_vfusion3d.ipynb #85fa2d5c
 def render_orbit(subject: tw.Subject, spec: OrbitSpec, frames: int = ORBIT_FRAMES, step: float = ORBIT_STEP, res: int = 32) -> np.ndarray:
     "The ground-truth orbit `[F,H,W,3]` of `subject`: what a perfect engine would return from its first frame."
     return tw.render_views(subject, orbit_azimuths(spec, frames, step), spec.elevation, res=res, with_depth=False).rgb
@@ -59,6 +63,7 @@ def engine_name(engine: Callable) -> str:
     "What a work record calls an engine: its `name` attribute, else its qualified name."
     return str(getattr(engine, 'name', None) or getattr(engine, '__qualname__', None) or type(engine).__name__)
 
+# %% ../nbs/12d_vfusion3d.ipynb #a1ab17c0
 def run_engine(engine: Callable, first_frames: np.ndarray, prompts: Sequence[str], seeds: Sequence[int],
                frames: int = ORBIT_FRAMES) -> np.ndarray:
     "Call `engine(first_frames [B,H,W,3], prompts, seeds)` and check it returned videos `[B,frames,H,W,3]` in [0, 1] (float32)."
@@ -72,6 +77,7 @@ def run_engine(engine: Callable, first_frames: np.ndarray, prompts: Sequence[str
     if not np.isfinite(out).all(): raise EngineError(f"engine {engine_name(engine)!r} returned NaN or infinite values")
     return np.clip(out, 0, 1).astype(np.float32)
 
+# %% ../nbs/12d_vfusion3d.ipynb #c149fa8e
 class ToyEngine:
     """The default engine: `pretrain.image_to_video` on the shipped toy model (`load_backbone('toy')`), frame 0 clamped to
     the given image. It does NOT turn subjects today (issue 12): its later frames drift into texture, so nearly all of its
@@ -117,6 +123,7 @@ def load_orbit_prior(path=None):
         raise AssetError(f"{path} is not an orbit-prior transformer state dict: {str(e).splitlines()[0][:300]}; {how}") from e
     return bb.eval()
 
+# %% ../nbs/12d_vfusion3d.ipynb #d4864482
 class RolloutEngine:
     """An engine that turns subjects (issue 12's orbit prior, `load_orbit_prior`): `pretrain.rollout_video` on `backbone`,
     `window`-frame hops of `steps` Euler steps each, every hop conditioned on the last frame made so far (shown at noise
@@ -141,6 +148,7 @@ SHARD_PATTERN = 'shard_{:05d}.npz'
 def _subjects_digest(subjects) -> str:
     return hashlib.sha1(json.dumps([s.to_dict() for s in subjects], sort_keys=True).encode()).hexdigest()[:12]
 
+# %% ../nbs/12d_vfusion3d.ipynb #764657ca
 def orbit_plan(subjects: Sequence[tw.Subject], seed: int = 0, elevation_range=ELEVATION_RANGE) -> list[tuple[OrbitSpec, int]]:
     "For each subject: its orbit (first-frame pose, direction) and engine seed, from `np.random.default_rng([seed, i])` alone."
     out = []
@@ -149,6 +157,7 @@ def orbit_plan(subjects: Sequence[tw.Subject], seed: int = 0, elevation_range=EL
         out.append((sample_orbit_spec(rng, elevation_range), int(rng.integers(2**31 - 1))))
     return out
 
+# %% ../nbs/12d_vfusion3d.ipynb #1d4d1180
 def make_synthetic_orbits(engine: Callable, subjects: Sequence[tw.Subject], out_dir, shard_size: int = 8, frames: int = ORBIT_FRAMES,
                           step: float = ORBIT_STEP, res: int = 32, seed: int = 0, elevation_range=ELEVATION_RANGE,
                           overwrite: bool = False, progress: bool = True) -> list[Path]:
@@ -187,6 +196,7 @@ def make_synthetic_orbits(engine: Callable, subjects: Sequence[tw.Subject], out_
     bar.close()
     return paths
 
+# %% ../nbs/12d_vfusion3d.ipynb #4d18c103
 def load_synthetic_orbits(out_dir) -> dict:
     """All shards of a finished `make_synthetic_orbits` folder, concatenated: videos float32 `[N,F,H,W,3]`, azimuth, elevation,
     direction, engine_seed, prompts, subjects. A missing shard is an error naming it."""
@@ -213,6 +223,7 @@ def orbit_grid(subject: tw.Subject, spec: OrbitSpec, res: int = 32, azimuth_step
     orbit's own frames so that a true orbit scores the renderer's noise, not zero."""
     return tw.render_views(subject, spec.azimuth + np.arange(0, 360, azimuth_step), spec.elevation, res=res, seed=seed, with_depth=False)
 
+# %% ../nbs/12d_vfusion3d.ipynb #6c98f73d
 def orbit_consistency(video: np.ndarray, grid: tw.Views, direction: int, max_error: float = GOOD_MAX_ERROR) -> dict:
     """The measured label of one orbit against its subject's ground truth (`orbit_grid`, or `evaluate.tracking_views`): **good**
     when the view-matched error (`evaluate.view_match`) of every frame is below `max_error` AND the view-matched azimuths
@@ -229,6 +240,7 @@ def _blur(video: np.ndarray, sigma: float) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
     return gaussian_filter(video, sigma=(0, sigma, sigma, 0), mode='nearest').astype(np.float32)
 
+# %% ../nbs/12d_vfusion3d.ipynb #17b18e6e
 def corrupt_orbit(kind: str, video: np.ndarray, rng: np.random.Generator, other: np.ndarray | None = None) -> np.ndarray:
     """A true orbit `[F,H,W,3]` made bad the way an engine fails: frames 1.. `shuffled`, `frozen` (frame 0 repeated),
     `blur` (Gaussian, sigma 0.3-2 px), `noise` (Gaussian, std 0.01-0.2), `spliced` (the second half from `other`, another
@@ -290,6 +302,7 @@ def build_filter_pool(subjects: Sequence[tw.Subject], engine: Callable | None = 
     return {'videos': np.stack(videos), 'kind': kind, 'subject': subj, 'direction': direction.astype(int), 'good': good,
             'max_error': err}
 
+# %% ../nbs/12d_vfusion3d.ipynb #f5feba5e
 def label_agreement(pool: dict) -> 'pd.DataFrame':
     "How the measured labels agree with how each orbit was made: orbits and share labelled good per construction kind."
     import pandas as pd
@@ -321,6 +334,7 @@ def train_quality_filter(X: np.ndarray, y: np.ndarray, C: float = 1.0, seed: int
     if y.all() or not y.any(): raise ConfigError(f"the filter needs good and bad orbits to learn from: got {int(y.sum())} good of {len(y)}")
     return make_pipeline(StandardScaler(), SVC(C=C, kernel='rbf', class_weight='balanced', random_state=seed)).fit(X, y)
 
+# %% ../nbs/12d_vfusion3d.ipynb #67c21355
 def precision_recall(y_true, y_pred) -> dict:
     "Precision and recall of predicted-good orbits, the share of positives, accuracy and counts (precision NaN when nothing is kept)."
     t, p = np.asarray(y_true, bool), np.asarray(y_pred, bool)
@@ -328,6 +342,7 @@ def precision_recall(y_true, y_pred) -> dict:
     return {'precision': tp / p.sum() if p.any() else float('nan'), 'recall': tp / t.sum() if t.any() else float('nan'),
             'positive_share': float(t.mean()), 'kept_share': float(p.mean()), 'accuracy': float((t == p).mean()), 'n': int(len(t))}
 
+# %% ../nbs/12d_vfusion3d.ipynb #0588d91d
 class SingleFeatureThreshold:
     "Baseline filter: the one feature and threshold (either sign) with the best balanced accuracy on the training orbits."
     def fit(self, X, y):
@@ -359,6 +374,7 @@ def elevation_set(subjects: Sequence[tw.Subject], per_subject: int = 4, n_frames
             elev.append(sp.elevation); subj.append(i)
     return {'frames': np.stack(out), 'elevation': np.array(elev, np.float32), 'subject': np.array(subj)}
 
+# %% ../nbs/12d_vfusion3d.ipynb #ab2212c9
 def train_elevation_mlp(X: np.ndarray, y: np.ndarray, hidden: int = 16, alpha: float = 10.0, seed: int = 0, max_iter: int = 3000):
     """VFusion3D's elevation estimator: a 2-layer MLP (one hidden ReLU layer of `hidden` units, L2 weight decay `alpha`) on
     standardized averaged features → elevation in degrees. Defaults chosen for a few hundred training orbits (16 units and
@@ -373,6 +389,7 @@ def train_elevation_mlp(X: np.ndarray, y: np.ndarray, hidden: int = 16, alpha: f
         warnings.simplefilter('ignore', ConvergenceWarning)
         return make_pipeline(StandardScaler(), mlp).fit(X, np.asarray(y, np.float64))
 
+# %% ../nbs/12d_vfusion3d.ipynb #65ff6adc
 def elevation_errors(model, X: np.ndarray, y: np.ndarray, train_mean: float) -> dict:
     "Mean absolute error (degrees) of the estimator and of predicting the training mean."
     y = np.asarray(y, np.float64)

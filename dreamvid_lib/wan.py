@@ -38,6 +38,7 @@ def _download_hint(weights) -> str:
             f"  huggingface-cli download {WAN_MODEL_ID} --local-dir /path/to/Wan2.1-T2V-1.3B-Diffusers\n"
             f"and pass that folder (load_backbone('wan', '/path/to/Wan2.1-T2V-1.3B-Diffusers'), or --weights on the command line)")
 
+# %% ../nbs/14_wan.ipynb #9177b6d4
 def resolve_wan_weights(weights: str | Path = WAN_MODEL_ID) -> Path:
     "The local folder of Wan weights `weights` (a folder, or a hub id looked up in the Hugging Face cache only); `AssetError` if absent."
     p = Path(weights).expanduser()
@@ -65,11 +66,13 @@ class LRUCache(OrderedDict):
         self[key] = value; self.move_to_end(key)
         while len(self) > self.size: self.popitem(last=False)
 
+# %% ../nbs/14_wan.ipynb #1f9078d5
 def tensor_key(t: torch.Tensor) -> str:
     "A content hash of tensor `t` (shape, dtype and bytes)."
     a = t.detach().to('cpu', torch.float32).contiguous().numpy()
     return f'{tuple(t.shape)}:{t.dtype}:' + hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest()
 
+# %% ../nbs/14_wan.ipynb #66b62087
 class WanCodec(nn.Module):
     "Latent codec over `AutoencoderKLWan`: 8x spatial and 4x causal temporal compression, per-channel normalised latents."
     def __init__(self, vae: AutoencoderKLWan, cache_size: int = 64):
@@ -170,6 +173,7 @@ def _restore_routing(transformer):
         return checkpoint(block, *args, use_reentrant=False, context_fn=lambda: (nullcontext(), replay()))
     return ckpt
 
+# %% ../nbs/14_wan.ipynb #8f42cebe
 class WanBackbone(Backbone):
     "Wan 2.1 text-to-video: UMT5 + `AutoencoderKLWan` codec + `WanTransformer3DModel` + flow matching with Wan's shift."
     name = 'wan'
@@ -306,6 +310,7 @@ def tiny_wan_words() -> list[str]:
     "The toy world's caption vocabulary (the tiny tokenizer's words)."
     return caption_vocabulary()
 
+# %% ../nbs/14_wan.ipynb #a1d20ebc
 def tiny_wan_parts(seed: int = 0, words: Sequence[str] | None = None, z_dim: int = 4, width: int = 32, layers: int = 2,
                    text_dim: int = 32, max_text_length: int = 32) -> dict:
     "Randomly initialised tiny Wan parts: {'tokenizer', 'text_encoder', 'vae', 'transformer', 'scheduler'}."
@@ -324,6 +329,7 @@ def tiny_wan_parts(seed: int = 0, words: Sequence[str] | None = None, z_dim: int
     sch = UniPCMultistepScheduler(prediction_type='flow_prediction', use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0)
     return {'tokenizer': tok, 'text_encoder': te, 'vae': vae, 'transformer': tr, 'scheduler': sch}
 
+# %% ../nbs/14_wan.ipynb #37cf8025
 def make_tiny_wan(path, seed: int = 0, resolution: int = 32, num_frames: int = 5, **sizes) -> Path:
     """Save a tiny random Wan 2.1 pipeline to `path` in the `Wan-AI/Wan2.1-T2V-1.3B-Diffusers` layout (loadable by
     `WanPipeline.from_pretrained` and `load_backbone('wan', path)`); `sizes` go to `tiny_wan_parts`."""
@@ -363,11 +369,13 @@ def comfy_key(key: str) -> str:
         if mm: return f"diffusion_model.{fn(mm)}.{m[2]}"
     raise ConfigError(f"no ComfyUI name for the Wan module {m[1]!r}")
 
+# %% ../nbs/14_wan.ipynb #8066b49b
 def _adapter_scale(path: Path) -> float:
     meta = load_json(path/'adapter_config.json') if (path/'adapter_config.json').exists() else None
     if not meta: raise AssetError(f"{path} lacks adapter_config.json (rank and alpha): export adapters saved by dreamvid's save_adapter")
     return meta['alpha'] / meta['rank']
 
+# %% ../nbs/14_wan.ipynb #f55b2e5c
 def export_comfy_lora(adapter_dir, out_file, include_patch_embedding: bool = True) -> Path:
     "Write an adapter saved by `save_adapter` as a ComfyUI Wan LoRA (`.safetensors`, α/r folded into `lora_B`)."
     adapter_dir, out_file = Path(adapter_dir), Path(out_file)
