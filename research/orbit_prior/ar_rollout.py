@@ -9,7 +9,9 @@ HELDOUT=1 (held-out subjects, rendered at 20° and 200°, elevation 15°), INIT=
 FIRST=text (text -> image -> video: frame 0 is generated from the subject's image caption by the shipped model,
 `generate(num_frames=1)` with CFG 4 and 30 steps, seeds 0 and 1 in place of the two start views; the truth is then the
 view-matched azimuth of frame 0 plus 30° per frame in the asked direction; FIRSTMODEL=assets/toy_t2v_latent draws frame 0
-with the latent model instead, FIRSTMODEL=self with the rollout's own model, trained on text-to-image batches too).
+with the latent model instead, FIRSTMODEL=self with the rollout's own model, trained on text-to-image batches too;
+RERANK=N: each frame 0 is the best of N drawings (seeds s*N .. s*N+N-1) by the toy feature encoder's image-text
+similarity to the caption, as DALL-E reranks with CLIP; the encoder never saw held-out subjects).
 
 Prints the image-to-video rotation scores (monotone rate, direction agreement, view error, frames whose view-matched
 azimuth is within 15° of the truth's, overall and by frame index, the ground truth's rate)
@@ -63,8 +65,16 @@ def text_first_frames(subject, seeds=(0, 1), steps=30, guidance=4.0, own=None):
         z = own.encode_video(torch.zeros(1, 1, 32, 32, 3))
         return [text_to_image(own, torch.randn(z.shape, generator=torch.Generator().manual_seed(int(sd))), [video_caption(subject, None)])[0]
                 for sd in seeds]
-    shipped = _shipped()
-    return [generate(shipped, video_caption(subject, None), int(sd), num_frames=1, steps=steps, guidance=guidance)[0, 0].float() for sd in seeds]
+    shipped, cap, n = _shipped(), video_caption(subject, None), int(os.environ.get('RERANK', 1))
+    draw = lambda sd: generate(shipped, cap, int(sd), num_frames=1, steps=steps, guidance=guidance)[0, 0].float()
+    if n == 1: return [draw(sd) for sd in seeds]
+    from dreamvid_lib.features import load_toy_features   # RERANK=N: the best of N drawings by toy-CLIP text similarity
+    enc, out = load_toy_features(), []
+    t = enc.encode_texts([cap])[0]
+    for sd in seeds:
+        cands = [draw(sd * n + j) for j in range(n)]
+        out.append(cands[int(np.argmax(enc.encode_images(torch.stack(cands).numpy()) @ t))])
+    return out
 
 def ar_rotation_text(bb, subjects, seeds=(0, 1), elevation=15.0, steps=20, seed=0, res=32):
     "As `ar_rotation` with frame 0 generated from text; the truth: frame 0's matched azimuth + 30° per frame."
