@@ -19,7 +19,7 @@ from .multiview import MultiViewSet
 from .backbones import load_backbone
 from .adapters import LORA_RANK, LORA_ALPHA
 from .references import activate_branches
-from .sample import denoise, make_scheduler
+from .sample import sdedit
 from .pretrain import rollout_video
 from .dreambooth import DreamBoothConfig, train_3dreambooth, train_lora, seeded_lora
 from .generate import generate
@@ -101,9 +101,7 @@ def personalized_refine(t2v, frames: np.ndarray, prompt: str, sigma: float = 0.5
     x = torch.from_numpy(np.asarray(frames, np.float32))[:, None]
     with torch.no_grad():
         x0 = t2v.encode_video(x)
-        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(int(seed)))
-        text = t2v.encode_prompt([prompt] * len(x))
-        lat = denoise(t2v, (1 - sigma) * x0 + sigma * eps, text, steps=steps, scheduler=make_scheduler(t2v, euler=True), start_sigma=sigma)
+        lat = sdedit(t2v, x0, t2v.encode_prompt([prompt] * len(x)), sigma, seed=seed, steps=steps)
         return t2v.decode_latents(lat)[:, 0].float().numpy()
 
 # %% ../nbs/12f_make_your_3d.ipynb #8a4f7277
@@ -189,10 +187,6 @@ class SingleViewStudyConfig:
         s = tw.heldout_subjects(self.n_subjects, seed=self.seed)[i]
         return SingleView.render(s, float(np.random.default_rng([self.seed, i, 31]).uniform(0, 360)), self.elevation, res)
 
-# %% ../nbs/12f_make_your_3d.ipynb #c1833b15
-def _fresh_t2v():
-    return load_backbone('toy')
-
 # %% ../nbs/12f_make_your_3d.ipynb #120961ea
 def run_single_view_method(method: str, view: SingleView, work_dir, cfg: SingleViewStudyConfig, co: CoEvolutionConfig,
                            progress: bool = False) -> dict:
@@ -203,14 +197,14 @@ def run_single_view_method(method: str, view: SingleView, work_dir, cfg: SingleV
         if method == 'engine': vids = engine_orbits(load_orbit_prior(), view, co.engine_steps, co.seed)['videos']
         else: vids = co_evolve(view, Path(work_dir)/'coevolution', co, progress=progress)['orbits'][-1]['videos']
     elif method in ('3db_1view', '3db_30views'):
-        bb = _fresh_t2v()
+        bb = load_backbone('toy')
         mv = subject_views(view.subject, 32) if method == '3db_30views' else \
              MultiViewSet(view.image[None], foreground(view.image[None]).astype(np.float32), view.subject.cls, 'sks', ['input'],
                           azimuth=np.array([view.azimuth], np.float32), elevation=np.array([view.elevation], np.float32))
         train_3dreambooth(bb, mv, DreamBoothConfig(steps=cfg.db_steps, seed=cfg.seed, preview_every=0), Path(work_dir)/method, progress=progress)
         vids = generate(bb, method_prompts(view.subject, '3db', len(seeds)), seeds, steps=cfg.gen_steps).numpy()
     elif method == '3dapter':
-        bb = _fresh_t2v(); load_pretrained_3dapter(bb); activate_branches(bb.transformer, ['3dapter'])
+        bb = load_backbone('toy'); load_pretrained_3dapter(bb); activate_branches(bb.transformer, ['3dapter'])
         vids = generate(bb, method_prompts(view.subject, '3dapter', len(seeds)), seeds, steps=cfg.gen_steps,
                         references=view.image[None]).numpy()
     else: raise ConfigError(f"unknown method {method!r}: choose from {list(SINGLE_VIEW_METHODS)}")
@@ -253,7 +247,9 @@ def single_view_means(study: dict) -> dict:
     for m, label in SINGLE_VIEW_METHODS.items():
         rows = [r for (i, mm), r in study['cells'].items() if mm == m]
         if not rows: continue
-        mean = lambda k: (lambda v: float(np.mean(v)) if v else None)([r[k] for r in rows if r.get(k) is not None and np.isfinite(r[k])])
+        def mean(k):
+            v = [r[k] for r in rows if r.get(k) is not None and np.isfinite(r[k])]
+            return float(np.mean(v)) if v else None
         out[label] = {'method': m, 'subjects': len(rows), **{k: mean(k) for k in SINGLE_VIEW_COLUMNS}}
     return out
 

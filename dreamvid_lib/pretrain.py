@@ -22,7 +22,7 @@ from .evaluate import tracking_views, view_match, rotation_direction
 from .prompts import DIRECTIONS, EXTRA_WORDS, context_phrase, video_caption, caption_vocabulary   # the captions (re-exported)
 from .train import (TrainConfig, OneCycleConfig, FirstFrame, EMAHook, StepEndHook, NumpyRNGHook, TorchRNGHook, train_loop, sample_sigmas, frame_token_sigmas,   # the engine
                                 FlowMatchingLoss, save_checkpoint, load_checkpoint, lr_lambda)   # (re-exported)
-from .sample import denoise, prepare_latents, make_scheduler, check_inputs   # the sampler (04b_sample)
+from .sample import denoise, prepare_latents, make_scheduler, check_inputs, sdedit   # the sampler (04b_sample)
 
 # %% auto #0
 __all__ = ['VAE_STAGES', 'ROLLOUT_SEED_STRIDE', 'PretrainConfig', 'OrbitStream', 'VAEConfig', 'VAELoss',
@@ -296,9 +296,7 @@ def rotation_after_partial_noise(backbone: Backbone, subjects, sigma0s=(0.0, 0.4
                 az = (np.arange(8) * 30 * d + 60 * i) % 360
                 gt = torch.from_numpy(tw.render_views(s, az, np.full(8, elevation), res=res).rgb)[None]
                 x0 = backbone.encode_video(gt); text = backbone.encode_prompt([video_caption(s, d)])
-                eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2 * i + (d > 0)))
-                lat = denoise(backbone, (1 - s0) * x0 + s0 * eps, text, steps=steps, scheduler=make_scheduler(backbone, euler=True),
-                              start_sigma=s0)                                  # only the Euler steps at σ ≤ σ0
+                lat = sdedit(backbone, x0, text, s0, seed=2 * i + (d > 0), steps=steps)   # only the Euler steps at σ ≤ σ0
                 r = rotation_direction(view_match(backbone.decode_latents(lat)[0], grid)[1])
                 ok.append(r != 0); right.append(r == d)
         rows.append({'sigma0': s0, 'rotation_monotone_rate': float(np.mean(ok)), 'right_direction_rate': float(np.mean(right))})

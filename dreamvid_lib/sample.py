@@ -20,7 +20,7 @@ from .train import frame_token_sigmas
 
 # %% auto #0
 __all__ = ['check_inputs', 'prepare_latents', 'prepare_references', 'make_scheduler', 'DenoiseState', 'SamplerHook',
-           'StepCallback', 'as_hooks', 'conditioning_sigmas', 'denoise']
+           'StepCallback', 'as_hooks', 'conditioning_sigmas', 'denoise', 'sdedit']
 
 # %% ../nbs/04b_sample.ipynb #c75fba34
 def check_inputs(backbone: Backbone, prompts: str | Sequence[str], seeds: int | Sequence[int] = 0, num_frames: int | None = None,
@@ -212,3 +212,11 @@ def denoise(backbone: Backbone, latents: torch.Tensor, text: torch.Tensor, negat
     lat = state.latents
     if first_latent is not None: lat[:, :, 0] = first
     return lat
+
+# %% ../nbs/04b_sample.ipynb #e3d6e4b9
+def sdedit(backbone: Backbone, x0: torch.Tensor, text: torch.Tensor, sigma: float, seed: int = 0, steps: int = 20) -> torch.Tensor:
+    """SDEdit: clean latents `x0` `[B,C,T,h,w]` noised to `sigma` along the path, (1-σ)·x0 + σ·ε with ε drawn from `seed`
+    (one draw for the batch), then denoised with `text` by the Euler steps at σ ≤ `sigma`; returns latents."""
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(int(seed))).to(x0)
+    return denoise(backbone, (1 - sigma) * x0 + sigma * eps, text, steps=steps, scheduler=make_scheduler(backbone, euler=True),
+                   start_sigma=sigma)
