@@ -138,9 +138,8 @@ class RolloutEngine:
     def __call__(self, first_frames, prompts, seeds) -> np.ndarray:
         from dreamvid_lib.pretrain import rollout_video
         x = torch.from_numpy(np.asarray(first_frames, np.float32))
-        with torch.no_grad():
-            return rollout_video(self.backbone, x, prompts, seeds, num_frames=ORBIT_FRAMES, window=self.window, steps=self.steps,
-                                 cond_sigma=self.cond_sigma, guidance=self.guidance).numpy()
+        return rollout_video(self.backbone, x, prompts, seeds, num_frames=ORBIT_FRAMES, window=self.window, steps=self.steps,
+                             cond_sigma=self.cond_sigma, guidance=self.guidance).numpy()   # rollout_video runs without gradients
 
 # %% ../nbs/12d_vfusion3d.ipynb #7888ceb2
 SHARD_PATTERN = 'shard_{:05d}.npz'
