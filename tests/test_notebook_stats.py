@@ -25,3 +25,19 @@ def test_the_repository_runs_and_prints_json():
     r = subprocess.run([sys.executable, str(ROOT/'scripts'/'notebook_stats.py'), '--json'], capture_output=True, text=True, check=True)
     s = json.loads(r.stdout)
     assert s['exported_cells'] > 0 and s['exported_definitions'] > 0 and '04a_train.ipynb' in s['per_notebook']
+
+def test_no_frozen_progress_bars_in_saved_outputs(tmp_path):
+    "tqdm's widget displays freeze in saved notebooks: scripts/strip_progress.py finds them, drops them, keeps real widgets."
+    import strip_progress as sp
+    r = subprocess.run([sys.executable, str(ROOT/'scripts'/'strip_progress.py'), '--check', *map(str, sorted((ROOT/'nbs').glob('*.ipynb')))],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, f"frozen progress bars in saved outputs: run python scripts/strip_progress.py nbs/*.ipynb\n{r.stdout}"
+    bar = {'output_type': 'display_data', 'data': {sp.WIDGET: {'model_id': 'a1'}, 'text/plain': 'rings:   0%|          | 0/8 [00:00<?, ?subject/s]'}}
+    panel = {'output_type': 'display_data', 'data': {sp.WIDGET: {'model_id': 'b2'}, 'text/plain': "VBox(children=(IntSlider(value=0),))"}}
+    state = {'a1': {'state': {}}, 'b2': {'state': {'children': ['IPY_MODEL_c3']}}, 'c3': {'state': {}}}
+    p = tmp_path/'n.ipynb'
+    p.write_text(json.dumps({'cells': [{'cell_type': 'code', 'source': 'x', 'metadata': {}, 'outputs': [bar, panel]}],
+                             'metadata': {'widgets': {sp.STATE: {'state': state}}}}))
+    assert sp.strip(str(p), check=True) == 1 and sp.strip(str(p)) == 1 and sp.strip(str(p)) == 0
+    nb = json.loads(p.read_text())
+    assert nb['cells'][0]['outputs'] == [panel] and sorted(nb['metadata']['widgets'][sp.STATE]['state']) == ['b2', 'c3']
