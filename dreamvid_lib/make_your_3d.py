@@ -26,7 +26,8 @@ from .generate import generate
 from .dapter import load_pretrained_3dapter
 from .experiments import subject_views, method_prompts
 from .geometry import geometric_fidelity
-from .vfusion3d import ORBIT_FRAMES, ORBIT_STEP, load_orbit_prior
+from .pretrain import load_orbit_prior
+from .vfusion3d import ORBIT_FRAMES, ORBIT_STEP
 
 # %% auto #0
 __all__ = ['SINGLE_VIEW_METHODS', 'SINGLE_VIEW_COLUMNS', 'SingleView', 'hidden_side_fidelity', 'score_orbits', 'engine_orbits',

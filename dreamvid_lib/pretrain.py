@@ -7,6 +7,7 @@ Docs: https://dreamvid.github.io/dreamvid/toy_pretrain.html.md"""
 # %% ../nbs/05_toy_pretrain.ipynb #1afe5a40
 from __future__ import annotations
 import copy, json, math, time, dataclasses
+import dreamvid_lib
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import numpy as np
@@ -25,11 +26,11 @@ from .train import (TrainConfig, OneCycleConfig, FirstFrame, EMAHook, StepEndHoo
 from .sample import denoise, prepare_latents, make_scheduler, check_inputs, sdedit   # the sampler (04b_sample)
 
 # %% auto #0
-__all__ = ['VAE_STAGES', 'ROLLOUT_SEED_STRIDE', 'PretrainConfig', 'OrbitStream', 'VAEConfig', 'VAELoss',
+__all__ = ['VAE_STAGES', 'ROLLOUT_SEED_STRIDE', 'ORBIT_PRIOR_CHECKPOINT', 'PretrainConfig', 'OrbitStream', 'VAEConfig', 'VAELoss',
            'refuse_former_vae_checkpoints', 'train_toy_vae', 'vae_heldout_psnr', 'set_latent_normalisation', 'pretrain',
            'finalize_pretrained', 'smooth', 'plot_loss', 'write_model_card', 'rotation_after_partial_noise',
            'check_first_frame_path', 'continuation_diagnostic', 'image_to_video', 'i2v_rotation', 'rollout_video',
-           'learnability_check', 'ladder_config', 'Stage', 'orbit_prior_recipe', 'pretrain_stages']
+           'load_orbit_prior', 'learnability_check', 'ladder_config', 'Stage', 'orbit_prior_recipe', 'pretrain_stages']
 
 # %% ../nbs/05_toy_pretrain.ipynb #8a34ada9
 @dataclass
@@ -456,6 +457,32 @@ def rollout_video(backbone: Backbone, first_frames: torch.Tensor, prompts, seeds
                       first_latent=first, cond_sigma=sc)
         frames.append(backbone.decode_latents(lat)[:, 1:window].float().clamp(0, 1).cpu())
     return torch.cat(frames, 1)[:, :num_frames]
+
+# %% ../nbs/05_toy_pretrain.ipynb #e3d6e4b9
+ORBIT_PRIOR_CHECKPOINT = 'research/orbit_prior/weights/row43_window2_h200.pt'   # issue 12's two-frame orbit prior (row 43), relative to the repository root
+
+def load_orbit_prior(path=None):
+    """The orbit prior of issue 12: a fresh `ToyBackbone.create(caption_vocabulary(), load_backbone('toy').config, seed=0)`
+    (its own text encoder, NOT the shipped backbone) with the transformer state dict at `path` (default: the repository's
+    `ORBIT_PRIOR_CHECKPOINT`) loaded, in eval mode. A missing file or one whose keys or shapes do not fit is an error naming it."""
+    path = Path(path) if path is not None else Path(dreamvid_lib.__file__).resolve().parents[1]/ORBIT_PRIOR_CHECKPOINT
+    how = (f"the orbit-prior checkpoints are research weights of issue 12, kept in the repository's {Path(ORBIT_PRIOR_CHECKPOINT).parent}/ "
+           "(see its README.md: check out that folder from git, or retrain it with research/orbit_prior/window_ladder.py as that README lists)")
+    if not path.is_file(): raise AssetError(f"no orbit-prior checkpoint at {path}: {how}")
+    bb = ToyBackbone.create(caption_vocabulary(), load_backbone('toy').config, seed=0)
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+        if not isinstance(state, dict): raise RuntimeError(f"it holds a {type(state).__name__}, not a state dict")
+        want = bb.transformer.state_dict()
+        missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+        if missing or unexpected:
+            raise RuntimeError(f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:2]})")
+        shapes = [k for k in want if tuple(state[k].shape) != tuple(want[k].shape)]
+        if shapes: raise RuntimeError(f"{len(shapes)} tensors of another shape (e.g. {shapes[0]}: {tuple(state[shapes[0]].shape)}, expected {tuple(want[shapes[0]].shape)})")
+        bb.transformer.load_state_dict(state)
+    except Exception as e:
+        raise AssetError(f"{path} is not an orbit-prior transformer state dict: {str(e).splitlines()[0][:300]}; {how}") from e
+    return bb.eval()
 
 # %% ../nbs/05_toy_pretrain.ipynb #130f637f
 def learnability_check(backbone: Backbone, rings: dict, cfg: PretrainConfig, work_dir, subjects=None, starts=None,

@@ -238,7 +238,7 @@ def add_command(sub) -> None:
     p.add_argument('--out', required=True, help='the study folder (orbits/, curation.npz, arms/, summary.json, table.md); rerun to resume')
     p.add_argument('--engine', default='orbit-prior', choices=['orbit-prior', 'toy'],
                    help="'orbit-prior': issue 12's two-frame model rolled out (vfusion3d.RolloutEngine); 'toy': the shipped model's image-to-video")
-    p.add_argument('--orbit-prior', default=None, help='orbit-prior checkpoint (default: vfusion3d.ORBIT_PRIOR_CHECKPOINT)')
+    p.add_argument('--orbit-prior', default=None, help='orbit-prior checkpoint (default: pretrain.ORBIT_PRIOR_CHECKPOINT)')
     p.add_argument('--n-real', type=int, default=d.n_real, help=f'N, subjects with ground-truth renders (default {d.n_real})')
     p.add_argument('--synthetic-factor', type=int, default=d.synthetic_factor, help=f'engine orbits per real subject (default {d.synthetic_factor})')
     p.add_argument('--scales', default=','.join(map(str, d.scales)), help='more synthetic sizes (x N) for the scaling curve, comma-separated')
@@ -253,7 +253,8 @@ def add_command(sub) -> None:
 # %% ../nbs/12e_synthetic3d.ipynb #322f1499
 def run_command(args) -> str:
     "Run a parsed `synthetic-3d` command; returns the table to print."
-    from dreamvid_lib.vfusion3d import RolloutEngine, ToyEngine, load_orbit_prior
+    from dreamvid_lib.vfusion3d import RolloutEngine, ToyEngine
+    from dreamvid_lib.pretrain import load_orbit_prior
     try: scales = tuple(int(s) for s in str(args.scales).split(',') if s.strip())
     except ValueError: raise ConfigError(f"--scales must be comma-separated integers, got {args.scales!r}") from None
     cfg = Synthetic3DConfig(n_real=args.n_real, synthetic_factor=args.synthetic_factor, scales=scales, n_heldout=args.heldout,

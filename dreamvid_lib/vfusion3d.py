@@ -20,12 +20,12 @@ from .prompts import video_caption
 from .features import FeatureEncoder, load_toy_features
 
 # %% auto #0
-__all__ = ['ORBIT_FRAMES', 'ORBIT_STEP', 'ELEVATION_RANGE', 'ORBIT_PRIOR_CHECKPOINT', 'SHARD_PATTERN', 'GOOD_MAX_ERROR',
-           'FAILURE_KINDS', 'EngineError', 'OrbitSpec', 'sample_orbit_spec', 'orbit_azimuths', 'render_orbit',
-           'engine_name', 'run_engine', 'ToyEngine', 'load_orbit_prior', 'RolloutEngine', 'orbit_plan',
-           'make_synthetic_orbits', 'load_synthetic_orbits', 'orbit_grid', 'orbit_consistency', 'corrupt_orbit',
-           'build_filter_pool', 'label_agreement', 'orbit_features', 'train_quality_filter', 'precision_recall',
-           'SingleFeatureThreshold', 'elevation_set', 'train_elevation_mlp', 'elevation_errors', 'curate_orbits']
+__all__ = ['ORBIT_FRAMES', 'ORBIT_STEP', 'ELEVATION_RANGE', 'SHARD_PATTERN', 'GOOD_MAX_ERROR', 'FAILURE_KINDS', 'EngineError',
+           'OrbitSpec', 'sample_orbit_spec', 'orbit_azimuths', 'render_orbit', 'engine_name', 'run_engine', 'ToyEngine',
+           'RolloutEngine', 'orbit_plan', 'make_synthetic_orbits', 'load_synthetic_orbits', 'orbit_grid',
+           'orbit_consistency', 'corrupt_orbit', 'build_filter_pool', 'label_agreement', 'orbit_features',
+           'train_quality_filter', 'precision_recall', 'SingleFeatureThreshold', 'elevation_set', 'train_elevation_mlp',
+           'elevation_errors', 'curate_orbits']
 
 # %% ../nbs/12d_vfusion3d.ipynb #6e0ef4f4
 ORBIT_FRAMES = 8                # frames of an orbit video (the toy model's clip length; VFusion3D: 16 views from EMU Video)
@@ -92,36 +92,6 @@ class ToyEngine:
         if self.backbone is None: self.backbone = load_backbone('toy')
         x = torch.from_numpy(np.asarray(first_frames, np.float32))
         return image_to_video(self.backbone, x, prompts, seeds, steps=self.steps, guidance=self.guidance).numpy()
-
-# %% ../nbs/12d_vfusion3d.ipynb #6adbbbe5
-ORBIT_PRIOR_CHECKPOINT = 'research/orbit_prior/weights/row43_window2_h200.pt'   # issue 12's two-frame orbit prior (row 43), relative to the repository root
-
-def load_orbit_prior(path=None):
-    """The orbit prior of issue 12: a fresh `ToyBackbone.create(caption_vocabulary(), load_backbone('toy').config, seed=0)`
-    (its own text encoder, NOT the shipped backbone) with the transformer state dict at `path` (default: the repository's
-    `ORBIT_PRIOR_CHECKPOINT`) loaded, in eval mode. A missing file or one whose keys or shapes do not fit is an error naming it."""
-    from dreamvid_lib.core import AssetError
-    from dreamvid_lib.backbones import ToyBackbone, load_backbone
-    from dreamvid_lib.prompts import caption_vocabulary
-    import dreamvid_lib
-    path = Path(path) if path is not None else Path(dreamvid_lib.__file__).resolve().parents[1]/ORBIT_PRIOR_CHECKPOINT
-    how = (f"the orbit-prior checkpoints are research weights of issue 12, kept in the repository's {Path(ORBIT_PRIOR_CHECKPOINT).parent}/ "
-           "(see its README.md: check out that folder from git, or retrain it with research/orbit_prior/window_ladder.py as that README lists)")
-    if not path.is_file(): raise AssetError(f"no orbit-prior checkpoint at {path}: {how}")
-    bb = ToyBackbone.create(caption_vocabulary(), load_backbone('toy').config, seed=0)
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-        if not isinstance(state, dict): raise RuntimeError(f"it holds a {type(state).__name__}, not a state dict")
-        want = bb.transformer.state_dict()
-        missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
-        if missing or unexpected:
-            raise RuntimeError(f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:2]})")
-        shapes = [k for k in want if tuple(state[k].shape) != tuple(want[k].shape)]
-        if shapes: raise RuntimeError(f"{len(shapes)} tensors of another shape (e.g. {shapes[0]}: {tuple(state[shapes[0]].shape)}, expected {tuple(want[shapes[0]].shape)})")
-        bb.transformer.load_state_dict(state)
-    except Exception as e:
-        raise AssetError(f"{path} is not an orbit-prior transformer state dict: {str(e).splitlines()[0][:300]}; {how}") from e
-    return bb.eval()
 
 # %% ../nbs/12d_vfusion3d.ipynb #d4864482
 class RolloutEngine:

@@ -10,7 +10,8 @@ from dreamvid_lib.backbones import load_backbone
 from dreamvid_lib.core import ConfigError, WorkFolderError
 from dreamvid_lib.make_your_3d import (SingleView, hidden_side_fidelity, score_orbits, engine_orbits, orbits_view_set, OrbitPairs,
                                        personalized_refine, CoEvolutionConfig, co_evolve, SingleViewStudyConfig, run_single_view_study)
-from dreamvid_lib.vfusion3d import OrbitSpec, render_orbit, load_orbit_prior
+from dreamvid_lib.vfusion3d import OrbitSpec, render_orbit
+from dreamvid_lib.pretrain import load_orbit_prior
 
 
 @pytest.fixture(scope='module')

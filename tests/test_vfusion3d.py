@@ -7,6 +7,7 @@ import torch
 from dreamvid_lib import toyworld as tw
 from dreamvid_lib.core import WorkFolderError
 from dreamvid_lib import vfusion3d as vf
+from dreamvid_lib.pretrain import load_orbit_prior
 
 torch.set_num_threads(1)
 
@@ -172,7 +173,7 @@ def _tiny_backbone():
 def test_orbit_prior_loader_names_a_missing_file_and_where_to_get_it(tmp_path):
     from dreamvid_lib.core import AssetError
     missing = tmp_path/'row43_window2_h200.pt'
-    with pytest.raises(AssetError, match='row43_window2_h200.pt') as e: vf.load_orbit_prior(missing)
+    with pytest.raises(AssetError, match='row43_window2_h200.pt') as e: load_orbit_prior(missing)
     assert 'research/orbit_prior/weights' in str(e.value)
     assert isinstance(e.value, FileNotFoundError)
 
@@ -181,11 +182,11 @@ def test_orbit_prior_loader_refuses_a_state_dict_that_does_not_fit(tmp_path):
     from dreamvid_lib.core import AssetError
     bogus = tmp_path/'bogus.pt'
     torch.save({'not_a_layer.weight': torch.zeros(3)}, bogus)
-    with pytest.raises(AssetError, match='bogus.pt.*not an orbit-prior') as e: vf.load_orbit_prior(bogus)
+    with pytest.raises(AssetError, match='bogus.pt.*not an orbit-prior') as e: load_orbit_prior(bogus)
     assert 'research/orbit_prior/weights' in str(e.value) and '1 unexpected keys' in str(e.value)
     small = tmp_path/'one_layer.pt'                # right key names for a 1-layer model, too few layers for the 4-layer config
     torch.save(_tiny_backbone().transformer.state_dict(), small)
-    with pytest.raises(AssetError, match='one_layer.pt.*missing keys'): vf.load_orbit_prior(small)
+    with pytest.raises(AssetError, match='one_layer.pt.*missing keys'): load_orbit_prior(small)
 
 
 def test_orbit_prior_loader_round_trips_a_fitting_state_dict(tmp_path):
@@ -193,7 +194,7 @@ def test_orbit_prior_loader_round_trips_a_fitting_state_dict(tmp_path):
     from dreamvid_lib.prompts import caption_vocabulary
     src = ToyBackbone.create(caption_vocabulary(), load_backbone('toy').config, seed=3)
     torch.save(src.transformer.state_dict(), tmp_path/'w.pt')
-    bb = vf.load_orbit_prior(tmp_path/'w.pt')
+    bb = load_orbit_prior(tmp_path/'w.pt')
     for k, v in src.transformer.state_dict().items(): assert torch.equal(bb.transformer.state_dict()[k], v), k
     assert not bb.transformer.training
 

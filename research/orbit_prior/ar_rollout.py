@@ -110,7 +110,7 @@ if __name__ == '__main__':
     if os.environ.get('INIT') == 'shipped':               # weights trained from the shipped model: its text encoder
         bb = load_backbone('toy'); bb.transformer.load_state_dict(torch.load(sys.argv[1])); bb.eval()
     else:                                                # window_ladder.py's fresh models own their seed-0 text encoder
-        from dreamvid_lib.vfusion3d import load_orbit_prior
+        from dreamvid_lib.pretrain import load_orbit_prior
         bb = load_orbit_prior(sys.argv[1])
     if os.environ.get('PARAM') == 'x':                   # PARAM=x: a model trained with window_ladder.py --param x
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__))); from window_ladder import use_x_prediction; use_x_prediction(bb)

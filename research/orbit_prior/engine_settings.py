@@ -11,7 +11,8 @@ import torch
 from dreamvid_lib import toyworld as tw
 from dreamvid_lib.evaluate import view_match
 from dreamvid_lib.prompts import video_caption
-from dreamvid_lib.vfusion3d import (RolloutEngine, load_orbit_prior, orbit_plan, render_orbit, orbit_grid, orbit_consistency,
+from dreamvid_lib.pretrain import load_orbit_prior
+from dreamvid_lib.vfusion3d import (RolloutEngine, orbit_plan, render_orbit, orbit_grid, orbit_consistency,
                                     run_engine)
 
 SETTINGS = [(4, 0.0, 1.0), (8, 0.0, 1.0), (16, 0.0, 1.0), (4, 0.05, 1.0), (8, 0.05, 1.0), (4, 0.0, 2.0), (8, 0.0, 2.0)]
