@@ -41,3 +41,17 @@ def test_no_frozen_progress_bars_in_saved_outputs(tmp_path):
     assert sp.strip(str(p), check=True) == 1 and sp.strip(str(p)) == 1 and sp.strip(str(p)) == 0
     nb = json.loads(p.read_text())
     assert nb['cells'][0]['outputs'] == [panel] and sorted(nb['metadata']['widgets'][sp.STATE]['state']) == ['b2', 'c3']
+
+def test_no_cell_mixes_imports_with_code():
+    "nbdev's docs step executes every cell that imports; one that also assigns or calls runs that code too (and warns)."
+    import ast
+    bad = []
+    for p in sorted((ROOT/'nbs').glob('*.ipynb')):
+        for c in json.loads(p.read_text())['cells']:
+            src = ''.join(c['source'])
+            if c['cell_type'] != 'code' or 'nbdev_export()' in src or src.lstrip().startswith(('#| export', '#| exports')): continue
+            try: body = ast.parse('\n'.join(l for l in src.splitlines() if not l.startswith('%') and not l.startswith('!'))).body
+            except SyntaxError: continue
+            if any(isinstance(t, (ast.Import, ast.ImportFrom)) for t in body) and any(isinstance(t, (ast.Expr, ast.Assign)) for t in body):
+                bad.append(f"{p.name} cell {c.get('id')}")
+    assert not bad, f"cells that mix imports with code (move the imports to the notebook's import cell): {bad}"
