@@ -11,7 +11,8 @@ FIRST=text (text -> image -> video: frame 0 is generated from the subject's imag
 view-matched azimuth of frame 0 plus 30° per frame in the asked direction; FIRSTMODEL=assets/toy_t2v_latent draws frame 0
 with the latent model instead, FIRSTMODEL=self with the rollout's own model, trained on text-to-image batches too;
 RERANK=N: each frame 0 is the best of N drawings (seeds s*N .. s*N+N-1) by the toy feature encoder's image-text
-similarity to the caption, as DALL-E reranks with CLIP; the encoder never saw held-out subjects).
+similarity to the caption, as DALL-E reranks with CLIP; the encoder never saw held-out subjects), BEAM=N (each hop draws
+N candidate frames and keeps the one whose toy-feature embedding is closest to frame 0's: a verifier for identity drift).
 
 Prints the image-to-video rotation scores (monotone rate, direction agreement, view error, frames whose view-matched
 azimuth is within 15° of the truth's, overall and by frame index, the ground truth's rate)
@@ -32,6 +33,16 @@ def ar_video(bb, first, prompt, seed, steps=20, n=8):
     if os.environ.get('WINDOW') == 'full':               # WINDOW=full: all n frames denoised jointly from frame 0 (no rollout)
         return image_to_video(bb, first[None], [prompt], [seed], steps, num_frames=n)[0].clamp(0, 1)
     c0 = float(os.environ.get('CSIG0', 0))               # CSIG0: the same for frame 0 itself (e.g. a generated one)
+    beam = int(os.environ.get('BEAM', 1))                # BEAM=N: each hop draws N candidates, keeps the one the toy
+    if beam > 1:                                         # feature encoder finds most like frame 0 (the subject's identity)
+        from dreamvid_lib.features import load_toy_features
+        enc = load_toy_features(); ref = enc.encode_images(first[None].numpy())[0]
+        frames = [first]
+        for k in range(1, n):
+            cands = torch.stack([rollout_video(bb, frames[-1][None], [prompt], [seed * 1000 + k * 10 + j], num_frames=2, steps=steps,
+                                               cond_sigma=cs, first_cond_sigma=c0 if k == 1 else cs)[0, 1] for j in range(beam)])
+            frames.append(cands[int(np.argmax(enc.encode_images(cands.numpy()) @ ref))])
+        return torch.stack(frames)
     return rollout_video(bb, first[None], [prompt], [seed], num_frames=n, steps=steps, cond_sigma=cs, first_cond_sigma=c0)[0]
 
 def score(video, grid, truth_az, d) -> dict:
