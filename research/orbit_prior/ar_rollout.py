@@ -34,6 +34,7 @@ def ar_video(bb, first, prompt, seed, steps=20, n=8):
         return image_to_video(bb, first[None], [prompt], [seed], steps, num_frames=n)[0].clamp(0, 1)
     c0 = float(os.environ.get('CSIG0', 0))               # CSIG0: the same for frame 0 itself (e.g. a generated one)
     beam = int(os.environ.get('BEAM', 1))                # BEAM=N: each hop draws N candidates, keeps the one the toy
+    if beam > 10: raise SystemExit(f"BEAM={beam}: at most 10 (hop k's candidate seeds are seed * 1000 + k * 10 + j)")
     if beam > 1:                                         # feature encoder finds most like frame 0 (the subject's identity)
         from dreamvid_lib.features import load_toy_features
         enc = load_toy_features(); ref = enc.encode_images(first[None].numpy())[0]
