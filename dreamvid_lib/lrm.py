@@ -8,6 +8,7 @@ Docs: https://dreamvid.github.io/dreamvid/lrm.html.md"""
 from __future__ import annotations
 import math, time, argparse
 from dataclasses import dataclass, asdict
+from typing import ClassVar
 from pathlib import Path
 import numpy as np
 import torch
@@ -18,17 +19,17 @@ from .core import (DreamvidError, ConfigError, AssetError, atomic_path, atomic_w
     assets_dir, check_work_folder, check_safetensors, check_out_dir, tensor_fingerprint)
 from . import toyworld as tw
 from . import metrics as mt
-from .train import save_checkpoint, load_checkpoint
+from .train import train_loop
 from .evaluate import masked_psnr, masked_ssim
 
 # %% auto #0
 __all__ = ['LRM_WEIGHTS', 'LRM_CONFIG', 'TOY_LRM_RECIPE', 'LRMError', 'LRMConfig', 'canonical_c2w', 'camera_features', 'rotate_y',
            'camera_rays', 'window_rays', 'ray_box', 'stratified_samples', 'volume_render', 'render_rays',
            'sample_triplane', 'TriplaneNeRF', 'ImageEncoder', 'ModLN', 'TriplaneBlock', 'TinyLRM', 'build_lrm',
-           'LRMTrainConfig', 'lrm_lr_factor', 'ring_batch', 'ToyPerceptual', 'lrm_losses', 'train_lrm', 'save_lrm',
-           'load_lrm', 'as_image', 'reconstruct', 'render_orbit', 'density_grid', 'density_level', 'extract_mesh',
-           'write_ply', 'heldout_rings', 'evaluate_lrm', 'compare_to_subject', 'image_to_3d', 'image_to_3d_cli',
-           'build_toy_lrm', 'write_lrm_card']
+           'LRMTrainConfig', 'lrm_lr_factor', 'ring_batch', 'ToyPerceptual', 'lrm_losses', 'LRMLoss', 'train_lrm',
+           'save_lrm', 'load_lrm', 'as_image', 'reconstruct', 'render_orbit', 'density_grid', 'density_level',
+           'extract_mesh', 'write_ply', 'heldout_rings', 'evaluate_lrm', 'compare_to_subject', 'image_to_3d',
+           'image_to_3d_cli', 'build_toy_lrm', 'write_lrm_card']
 
 # %% ../nbs/12b_lrm.ipynb #5ebdf214
 class LRMError(DreamvidError, ValueError):
@@ -100,8 +101,9 @@ def rotate_y(points, degrees: float) -> np.ndarray:
 # %% ../nbs/12b_lrm.ipynb #543b4201
 def camera_rays(c2w: torch.Tensor, res: int, K=None) -> tuple[torch.Tensor, torch.Tensor]:
     "Origins and unit directions `[B,res*res,3]` of the pixel centres of cameras `c2w` `[B,4,4]` (OpenGL: looking down -z, y up)."
-    K = torch.as_tensor(tw.intrinsics(res) if K is None else K, dtype=torch.float32)
-    j, k = torch.meshgrid(torch.arange(res, dtype=torch.float32) + 0.5, torch.arange(res, dtype=torch.float32) + 0.5, indexing='ij')
+    K = torch.as_tensor(tw.intrinsics(res) if K is None else K, dtype=torch.float32, device=c2w.device)
+    px = torch.arange(res, dtype=torch.float32, device=c2w.device) + 0.5
+    j, k = torch.meshgrid(px, px, indexing='ij')
     d = torch.stack([(k - K[0, 2]) / K[0, 0], -(j - K[1, 2]) / K[1, 1], -torch.ones_like(j)], -1).reshape(-1, 3)
     d = d @ c2w[:, :3, :3].transpose(1, 2)
     return c2w[:, None, :3, 3].expand_as(d), F.normalize(d, dim=-1)
@@ -112,7 +114,7 @@ def window_rays(origins: torch.Tensor, dirs: torch.Tensor, res: int, window=None
     (LRM's patch rendering), else all of them; returns (origins, dirs, side of the rendered square)."""
     if window is None: return origins, dirs, res
     corner, p = window
-    corner, r = corner.reshape(-1, 1, 1, 2), torch.arange(p)
+    corner, r = corner.reshape(-1, 1, 1, 2), torch.arange(p, device=corner.device)
     pix = ((corner[..., 0] + r[:, None]) * res + corner[..., 1] + r[None]).reshape(len(corner), -1)
     take = lambda x: x.gather(1, pix[..., None].expand(-1, -1, 3))
     return take(origins), take(dirs), p
@@ -128,10 +130,12 @@ def ray_box(origins: torch.Tensor, dirs: torch.Tensor, bound: float) -> tuple[to
 # %% ../nbs/12b_lrm.ipynb #53125ffd
 def stratified_samples(near: torch.Tensor, far: torch.Tensor, n: int, generator: torch.Generator | None = None):
     """`n` distances per ray, one uniformly at random in each of `n` equal bins between `near` and `far` (bin centres when
-    `generator` is None), and the bin widths δ used by the quadrature."""
-    u = torch.rand(*near.shape, n, generator=generator) if generator is not None else torch.full((*near.shape, n), 0.5)
+    `generator` is None), and the bin widths δ used by the quadrature. The draws come from the (CPU) `generator` whatever
+    the rays' device, so a run on a GPU draws the same numbers."""
+    dev = near.device
+    u = torch.rand(*near.shape, n, generator=generator).to(dev) if generator is not None else torch.full((*near.shape, n), 0.5, device=dev)
     span = (far - near)[..., None]
-    t = near[..., None] + span * (torch.arange(n, dtype=torch.float32) + u) / n
+    t = near[..., None] + span * (torch.arange(n, dtype=torch.float32, device=dev) + u) / n
     return t, (span / n).expand_as(t)
 
 # %% ../nbs/12b_lrm.ipynb #a60b128e
@@ -320,6 +324,12 @@ class LRMTrainConfig:
     grad_clip: float = 1.0
     checkpoint_every: int = 100
     seed: int = 0
+    mixed_precision: str = 'no'   # 'bf16' on a GPU (`train.train_loop` runs the step under `accelerate`'s autocast)
+    resumable: ClassVar[tuple] = ('checkpoint_every',)   # the stages and the schedule are shares of `steps`: a resume keeps them
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer):
+        "The run's learning-rate schedule for `train.train_loop`: `lrm_lr_factor` (warm-up, cosine, a restart at `restart_stage`)."
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lrm_lr_factor(self, s))
 
     def stage(self, step: int) -> tuple[int, int]:
         "(stage index, render resolution) at 0-based `step`."
@@ -411,49 +421,46 @@ def lrm_losses(out: dict, batch: dict, cfg: LRMTrainConfig, perceptual: ToyPerce
 def _rings_fingerprint(rings: dict) -> str:
     return tensor_fingerprint(rings['rgba'], rings['elevation'], rings['azimuth'])
 
+# %% ../nbs/12b_lrm.ipynb #9695c1a2
+class LRMLoss(nn.Module):
+    """One LRM training step as a `train.train_loop` loss: the triplanes of the batch's input images, the target patches
+    rendered from them (stratified samples drawn from the step's generator) and scored by `lrm_losses`. Takes the batch
+    `(ring_batch(...), render size, generator)` and returns (loss, {'res', 'mse', 'opacity', 'perceptual'}); the batch is
+    moved to the model's device."""
+    def __init__(self, model: TinyLRM, cfg: LRMTrainConfig, perceptual: ToyPerceptual | None = None):
+        super().__init__()
+        self.model, self.cfg, self.perceptual = model, cfg, perceptual
+    def forward(self, batch: dict, res: int, generator: torch.Generator):
+        m = self.model; dev = m.tokens.device
+        b = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+        window = (b['window'][0].to(dev), b['window'][1])
+        out = m.render(m.triplanes(b['image'], b['camera']), b['c2w'], res, generator=generator, window=window)
+        parts = lrm_losses(out, b, self.cfg, self.perceptual)
+        return parts.pop('loss'), {'res': res, **parts}
+
 # %% ../nbs/12b_lrm.ipynb #00d3d1af
 def train_lrm(model: TinyLRM, rings: dict, cfg: LRMTrainConfig, work_dir, progress: bool = True,
               stop_after: int | None = None, overwrite: bool = False, perceptual: ToyPerceptual | None = None) -> dict:
-    """Train `model` (in place) on ring set `rings`. `work_dir` holds `work.json` (model and training config and a
-    fingerprint of the data: resuming with other settings is refused, naming them) and `checkpoint.pt` (weights, optimiser,
-    schedule and random state, written atomically every `checkpoint_every` steps): a killed run resumes where it was and
-    ends with the same weights. `stop_after`: stop after that many steps in this call (a simulated kill)."""
+    """Train `model` (in place; on CUDA when there is one, back on the CPU at the end) on ring set `rings` with the one
+    training engine, `train.train_loop`. `work_dir` holds `work.json` (model and training config and a fingerprint of the
+    data: resuming with other settings is refused, naming them) and the engine's `checkpoint.pt` (weights, optimiser,
+    schedule and the generator's state, written atomically every `checkpoint_every` steps): a killed run resumes where it
+    was and ends with the same weights. `stop_after`: stop after that many steps in this call (a simulated kill).
+    Returns `train_loop`'s log ('history' with each step's 'res', 'loss', 'mse', 'opacity', 'perceptual', 'lr')."""
     if rings['rgba'].shape[2] != model.cfg.image_res:
         raise ConfigError(f"the rings are {rings['rgba'].shape[2]} px but the model takes {model.cfg.image_res} px images")
     if cfg.views < 1 or cfg.batch < 1 or cfg.steps < 1: raise ConfigError(f"steps, batch and views must be ≥ 1, got {cfg.steps}, {cfg.batch}, {cfg.views}")
-    work_dir = Path(work_dir)
-    check_work_folder(work_dir, {'config': asdict(cfg), 'model': asdict(model.cfg), 'inputs': {'rings': _rings_fingerprint(rings)}},
+    check_work_folder(Path(work_dir), {'config': asdict(cfg), 'model': asdict(model.cfg), 'inputs': {'rings': _rings_fingerprint(rings)}},
                       overwrite=overwrite, what='LRM training')
-    ckpt = work_dir/'checkpoint.pt'
     if cfg.perceptual_weight and perceptual is None: perceptual = ToyPerceptual()
-    gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lrm_lr_factor(cfg, s))
-    start, history = 0, []
-    if ckpt.exists():
-        st = load_checkpoint(ckpt)                                       # the settings are checked by work.json above
-        model.load_state_dict(st['model']); opt.load_state_dict(st['opt']); sched.load_state_dict(st['sched'])
-        gen.set_state(st['gen']); start, history = st['step'], st['history']
+    def batches(step, gen):
+        res = cfg.stage(step)[1]
+        return ring_batch(rings, cfg, gen, res, model.cfg.image_res), res, gen
     model.train()
-    t0, done = time.perf_counter(), 0
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc='lrm')
-    for step in bar:
-        stage, res = cfg.stage(step)
-        b = ring_batch(rings, cfg, gen, res, model.cfg.image_res)
-        out = model.render(model.triplanes(b['image'], b['camera']), b['c2w'], res, generator=gen, window=b['window'])
-        ls = lrm_losses(out, b, cfg, perceptual)
-        opt.zero_grad(set_to_none=True); ls['loss'].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step(); sched.step()
-        history.append({'step': step + 1, 'res': res, 'lr': sched.get_last_lr()[0], **{k: v.item() for k, v in ls.items()}})
-        done += 1
-        if (step + 1) % 20 == 0: bar.set_postfix(loss=np.mean([h['loss'] for h in history[-20:]]), res=res)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(ckpt, {'config': asdict(cfg), 'step': step + 1, 'model': model.state_dict(), 'opt': opt.state_dict(),
-                                   'sched': sched.state_dict(), 'gen': gen.get_state(), 'history': history})
-        if stop_after is not None and done >= stop_after: break
-    model.eval()
-    return {'history': history, 'step': start + done, 'seconds_this_call': time.perf_counter() - t0, 'steps_this_call': done}
+    log = train_loop(model.parameters(), batches, LRMLoss(model, cfg, perceptual), cfg, work_dir, state=model,
+                     generator=torch.Generator().manual_seed(cfg.seed), progress=progress, stop_after=stop_after, desc='lrm')
+    model.cpu().eval()
+    return log
 
 # %% ../nbs/12b_lrm.ipynb #748a8d52
 LRM_WEIGHTS, LRM_CONFIG = 'model.safetensors', 'config.json'

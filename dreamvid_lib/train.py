@@ -303,6 +303,8 @@ class TrainRun:
 
 # %% ../nbs/04a_train.ipynb #564ae909
 def _load_state(obj, st, source):
+    "Load a checkpoint's 'model' into `obj`: a module (its own `load_state_dict`), or a state object that names `source` in its errors."
+    if isinstance(obj, nn.Module): return obj.load_state_dict(st)
     try: obj.load_state_dict(st, source)
     except TypeError: obj.load_state_dict(st)
 
@@ -318,6 +320,11 @@ def flow_matching_inputs(backbone: Backbone, batch: tuple, generator: torch.Gene
     sig = config_sigmas(backbone, video.shape[0], generator, cfg)
     with torch.no_grad(): shape = backbone.encode_video(video).shape
     return (video, caps, sig, torch.randn(shape, generator=generator), *cond), {'frames': int(video.shape[1])}
+
+# %% ../nbs/04a_train.ipynb #bedbb66a
+def _logged(v):
+    "A loss part as the history keeps it: an int stays an int (a render size), a tensor becomes a detached float."
+    return v if isinstance(v, int) else float(v.detach() if torch.is_tensor(v) else v)
 
 # %% ../nbs/04a_train.ipynb #f56529fc
 def train_loop(params, batches: Callable, loss: nn.Module, cfg: TrainConfig, work_dir, hooks: Sequence[TrainHook] = (), *,
@@ -366,7 +373,7 @@ def train_loop(params, batches: Callable, loss: nn.Module, cfg: TrainConfig, wor
         if cfg.grad_clip: acc.clip_grad_norm_(flat, cfg.grad_clip)
         opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
         step_times.append(time.perf_counter() - ts)
-        run.history.append({'step': step + 1, 'loss': value.item(), **info, 'lr': sched.get_last_lr()[0], **{k: float(v) for k, v in parts.items()}})
+        run.history.append({'step': step + 1, 'loss': value.item(), **info, 'lr': sched.get_last_lr()[0], **{k: _logged(v) for k, v in parts.items()}})
         run.step = step + 1; done += 1
         if run.step % 10 == 0: bar.set_postfix(loss=np.mean([h['loss'] for h in run.history[-10:]]))
         for h in hooks: h.step_end(run)

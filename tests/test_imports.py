@@ -69,3 +69,16 @@ def test_no_import_circle():
     for n in sorted(g): 
         if n not in state: visit(n, [])
     assert not cycles, 'import circles:\n' + '\n'.join(cycles)
+
+
+def test_one_training_loop():
+    "Only `train` (the engine, nbs/04a) calls `.backward()` or steps an optimiser; every stage is a caller of `train_loop`."
+    found = []
+    for path in sorted(LIB.glob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ('backward', 'zero_grad'):
+                found.append(f'{path.stem}:{node.lineno} .{node.func.attr}()')
+            if isinstance(node, ast.Attribute) and node.attr in ('SGD', 'Adam', 'AdamW') and isinstance(node.value, ast.Attribute) \
+                    and node.value.attr == 'optim':
+                found.append(f'{path.stem}:{node.lineno} optim.{node.attr}')
+    assert found and all(f.startswith('train:') for f in found), [f for f in found if not f.startswith('train:')]

@@ -118,6 +118,16 @@ def test_config_mismatch_refused_by_name(tmp_path):
     with pytest.raises(WorkFolderError, match=r'inputs\.rings'):
         lrm.train_lrm(lrm.build_lrm(TINY), _rings(seed=5), TRAIN, tmp_path, progress=False)
 
+def test_trains_on_the_one_engine(tmp_path):
+    "train_lrm runs on train.train_loop: the engine's checkpoint format, the LRM schedule, each step's render size kept as an int."
+    from dreamvid_lib.train import CHECKPOINT_FORMAT, load_checkpoint
+    log = lrm.train_lrm(lrm.build_lrm(TINY), _rings(), TRAIN, tmp_path, progress=False)
+    st = load_checkpoint(tmp_path/'checkpoint.pt')
+    assert st['format'] == CHECKPOINT_FORMAT and st['step'] == TRAIN.steps and st['gen'] is not None
+    assert [h['res'] for h in log['history']] == [8, 8, 8, 16, 16, 16] and all(type(h['res']) is int for h in log['history'])
+    assert [h['lr'] for h in log['history']] == pytest.approx([TRAIN.lr * lrm.lrm_lr_factor(TRAIN, s + 1) for s in range(TRAIN.steps)])
+    assert {'loss', 'mse', 'opacity'} <= set(log['history'][0]) and 'perceptual' not in log['history'][0]   # perceptual_weight 0
+
 def test_save_load_and_missing_model(tmp_path):
     m = lrm.build_lrm(TINY, seed=3)
     lrm.save_lrm(m, tmp_path/'m', meta={'note': 'test'})
