@@ -10,130 +10,160 @@ import argparse, json, sys, time, platform
 from pathlib import Path
 import numpy as np
 import torch
-from .core import (DreamvidError, ConfigError, save_json, seed_everything, cache_dir, Timer, peak_memory_mb,
-                               check_out_dir, check_work_folder, remove_if_unused, files_fingerprint)
-from .backbones import load_backbone, ToyBackbone, ToyModelConfig
+import matplotlib.pyplot as plt
+from tqdm.auto import tqdm
+from .core import (DreamvidError, ConfigError, save_json, seed_everything, cache_dir, check_out_dir,
+                               check_work_folder, remove_if_unused, files_fingerprint)
+from .backbones import load_backbone, ToyBackbone, ToyModelConfig, default_toy_weights
 from . import toyworld as tw
 from .generate import generate, save_video, frames_grid
-from .prompts import video_caption, class_caption, orbit_prompt, parse_direction, alternating_directions, caption_vocabulary
+from .prompts import video_caption, orbit_prompt, parse_direction, alternating_directions, caption_vocabulary
 from .metrics import tracking_views, view_match, rotation_direction, rotation_monotone_rate, binding_matrix, text_binding_rate
+from .multiview import select_conditioning_views, contact_sheet
+from .dreambooth import DreamBoothConfig, mean_fidelity
+from .dapter import JointConfig, check_dapter
+from .router import probe_of, mass_array, routing_accuracy, routing_by_layer
+from .pretrain import (PretrainConfig, pretrain, finalize_pretrained, VAEConfig, VAE_STAGES, orbit_prior_recipe,
+                                   pretrain_stages, train_toy_vae, set_latent_normalisation, vae_heldout_psnr, refuse_former_vae_checkpoints)
+from .experiments import run_method
+from .bench import BenchConfig, METHODS, run_bench
+from . import personalize, synthetic3d, make_your_3d
+from .openlrm import image_to_3d_cli
 
 # %% auto #0
-__all__ = ['DEMO_OUTPUTS', 'evaluate_base', 'demo_dreambooth', 'demo_joint', 'demo_record', 'run_demo', 'build_parser',
-           'run_pretrain', 'bench_config', 'main']
+__all__ = ['DEMO_OUTPUTS', 'save_videos', 'save_figure', 'base_prompts', 'base_video_record', 'evaluate_base', 'loss_first_last',
+           'demo_dreambooth', 'router_report', 'demo_joint', 'demo_record', 'run_demo', 'add_demo_command',
+           'add_bench_command', 'add_pretrain_command', 'build_parser', 'check_pretrain_args', 'vae_backbone',
+           'run_pretrain', 'bench_config', 'demo_summary', 'run_command', 'main']
 
-# %% ../nbs/13_cli.ipynb #2fabd13d
-def evaluate_base(backbone, subjects, out_dir, seeds_per_subject: int = 2, steps: int = 30, guidance: float = 4.0,
-                  num_frames: int | None = None, progress: bool = True) -> dict:
-    "Generate orbits of `subjects` from their captions; rotation and text-binding rates against ground truth."
-    from tqdm.auto import tqdm
-    out_dir = Path(out_dir); (out_dir/'videos').mkdir(parents=True, exist_ok=True)
-    res = backbone.config.resolution
-    views = [tracking_views(s, res, verbose=progress) for s in tqdm(subjects, desc='ground truth', disable=not progress)]
+# %% ../nbs/13_cli.ipynb #ff8013e4
+def save_videos(videos, folder, prefix: str) -> list[Path]:
+    "Write each video `[F,H,W,3]` of `videos` as `folder/videos/{prefix}_{j:02d}.mp4` and `.gif`; returns the MP4 paths."
+    d = Path(folder)/'videos'; d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for j, v in enumerate(videos):
+        for ext in ('mp4', 'gif'): save_video(v, d/f'{prefix}_{j:02d}.{ext}')
+        paths.append(d/f'{prefix}_{j:02d}.mp4')
+    return paths
+
+# %% ../nbs/13_cli.ipynb #0262b308
+def save_figure(fig, path) -> Path:
+    "Save a matplotlib figure (110 dpi, tight) and close it."
+    fig.savefig(path, dpi=110, bbox_inches='tight'); plt.close(fig)
+    return Path(path)
+
+# %% ../nbs/13_cli.ipynb #b4faa691
+def base_prompts(subjects, seeds_per_subject: int = 2) -> tuple[list[str], list[int], list[int]]:
+    "The base model's test set: per subject `seeds_per_subject` captions (clockwise first, then alternating), their seeds and owners."
     prompts, seeds, owner = [], [], []
     for i, s in enumerate(subjects):
         for k in range(seeds_per_subject):
             prompts.append(video_caption(s, 1 if k % 2 == 0 else -1)); seeds.append(1000 * i + k); owner.append(i)
-    videos = []
-    for b in tqdm(range(0, len(prompts), 8), desc='generating', disable=not progress):
-        videos.append(generate(backbone, prompts[b:b + 8], seeds[b:b + 8], num_frames=num_frames, steps=steps, guidance=guidance))
-    videos = torch.cat(videos)
-    per_video, tracks = [], []
-    for j, (v, p, i) in enumerate(zip(videos, prompts, owner)):
-        _, az, err = view_match(v, views[i]); tracks.append(az)
-        stem = f'base_{j:02d}'
-        save_video(v, out_dir/'videos'/f'{stem}.mp4'); save_video(v, out_dir/'videos'/f'{stem}.gif')
-        per_video.append({'video': f'videos/{stem}.mp4', 'prompt': p, 'subject': subjects[i].description(),
-                          'matched_azimuths': np.round(az, 1).tolist(), 'direction': rotation_direction(az),
-                          'asked_direction': parse_direction(p), 'view_error': float(err.mean())})
-    m = binding_matrix([v for v in videos], views)
-    fig = frames_grid(videos[:min(8, len(videos))], prompts[:8]); fig.savefig(out_dir/'frames_grid.png', dpi=110, bbox_inches='tight')
-    import matplotlib.pyplot as plt; plt.close(fig)
-    return {'rotation_monotone_rate': rotation_monotone_rate(tracks), 'text_binding_rate': text_binding_rate(m, owner),
-            'direction_agreement': float(np.mean([pv['direction'] == pv['asked_direction'] for pv in per_video])),
-            'n_subjects': len(subjects), 'n_videos': len(videos), 'per_video': per_video}
+    return prompts, seeds, owner
 
-# %% ../nbs/13_cli.ipynb #82de1d95
+# %% ../nbs/13_cli.ipynb #05eb48bb
+def base_video_record(video, prompt: str, subject, grid, path: str) -> tuple[dict, np.ndarray]:
+    """One base-model video's entry in the report (its matched azimuths to 0.1°, the direction it turns and the one asked,
+    the view error) and its unrounded azimuth track."""
+    _, az, err = view_match(video, grid)
+    return {'video': path, 'prompt': prompt, 'subject': subject.description(), 'matched_azimuths': np.round(az, 1).tolist(),
+            'direction': rotation_direction(az), 'asked_direction': parse_direction(prompt), 'view_error': float(err.mean())}, az
+
+# %% ../nbs/13_cli.ipynb #09c8ed33
+def evaluate_base(backbone, subjects, out_dir, seeds_per_subject: int = 2, steps: int = 30, guidance: float = 4.0,
+                  num_frames: int | None = None, progress: bool = True) -> dict:
+    "Generate orbits of `subjects` from their captions (`base_prompts`, 8 per batch); rotation and text-binding rates against ground truth."
+    out_dir = Path(out_dir)
+    res = backbone.config.resolution
+    grids = [tracking_views(s, res, verbose=progress) for s in tqdm(subjects, desc='ground truth', disable=not progress)]
+    prompts, seeds, owner = base_prompts(subjects, seeds_per_subject)
+    videos = torch.cat([generate(backbone, prompts[b:b + 8], seeds[b:b + 8], num_frames=num_frames, steps=steps, guidance=guidance)
+                        for b in tqdm(range(0, len(prompts), 8), desc='generating', disable=not progress)])
+    paths = save_videos(videos, out_dir, 'base')
+    per_video, tracks = zip(*[base_video_record(v, p, subjects[i], grids[i], f'videos/{f.name}')
+                              for v, p, i, f in zip(videos, prompts, owner, paths)])
+    save_figure(frames_grid(videos[:min(8, len(videos))], prompts[:8]), out_dir/'frames_grid.png')
+    return {'rotation_monotone_rate': rotation_monotone_rate(list(tracks)),
+            'text_binding_rate': text_binding_rate(binding_matrix(list(videos), grids), owner),
+            'direction_agreement': float(np.mean([pv['direction'] == pv['asked_direction'] for pv in per_video])),
+            'n_subjects': len(subjects), 'n_videos': len(videos), 'per_video': list(per_video)}
+
+# %% ../nbs/13_cli.ipynb #817e0fd7
+def loss_first_last(history: list, n: int = 20) -> list[float]:
+    "Mean training loss of the first and of the last `n` steps of a `train_loop` history."
+    loss = [h['loss'] for h in history]
+    return [float(np.mean(loss[:n])), float(np.mean(loss[-n:]))]
+
+# %% ../nbs/13_cli.ipynb #ab6171a2
 def demo_dreambooth(backbone_name: str, weights, subject, out_dir, steps: int = 400, seeds=(0, 1, 2, 3),
                     gen_steps: int = 30, progress: bool = True) -> dict:
     """Prep → 3DreamBooth → generation → figures for one toy subject; fidelity against the base model
     prompted with the class noun (same seeds). Both are `experiments.run_method` calls on one backbone."""
-    import matplotlib.pyplot as plt
-    from dreamvid_lib.multiview import select_conditioning_views, contact_sheet
-    from dreamvid_lib.dreambooth import DreamBoothConfig, mean_fidelity
-    from dreamvid_lib.experiments import run_method
     out_dir = Path(out_dir); (out_dir/'videos').mkdir(parents=True, exist_ok=True)
     bb = load_backbone(backbone_name, weights)
     base = run_method(subject, 'base', bb=bb, prompts='class', seeds=seeds, gen_steps=gen_steps)
     mv = base.truth.mv
     chosen = select_conditioning_views(mv, k=4)
-    fig = contact_sheet(mv, chosen); fig.savefig(out_dir/'prep_contact_sheet.png', dpi=100, bbox_inches='tight'); plt.close(fig)
-    dirs = alternating_directions(len(seeds))
-    orbit_prompts = [orbit_prompt(mv.prompt(), d) for d in dirs]
+    save_figure(contact_sheet(mv, chosen), out_dir/'prep_contact_sheet.png')
+    orbit_prompts = [orbit_prompt(mv.prompt(), d) for d in alternating_directions(len(seeds))]
     scene_prompts = [orbit_prompt(mv.prompt(), 1, 'wooden table'), orbit_prompt(mv.prompt(), -1, 'space')]
     db = run_method(subject, '3db', bb=bb, truth=base.truth, cfg=DreamBoothConfig(steps=steps), work_dir=out_dir/'3db_work',
                     out_dir=out_dir/'adapter_3db', progress=progress, prompts=orbit_prompts + scene_prompts,
                     seeds=list(seeds) + [100, 101], gen_steps=gen_steps)
-    log, vids = db.log, db.videos
-    for j, v in enumerate(vids):
-        for ext in ('mp4', 'gif'): save_video(v, out_dir/'videos'/f'dreambooth_{j:02d}.{ext}')
+    save_videos(db.videos, out_dir, 'dreambooth')
     labels = ['base: ' + base.prompts[0]] + orbit_prompts + scene_prompts
-    fig = frames_grid([base.videos[0]] + list(vids), labels); fig.savefig(out_dir/'dreambooth_grid.png', dpi=110, bbox_inches='tight'); plt.close(fig)
-    loss = [h['loss'] for h in log['history']]
+    save_figure(frames_grid([base.videos[0]] + list(db.videos), labels), out_dir/'dreambooth_grid.png')
+    log = db.log
     return {'subject': subject.description(), 'prompt': mv.prompt(), 'steps': steps, 'train_seconds': round(log['seconds_total'], 1),
-            'step_ms': round(1000 * log['step_seconds'], 1), 'loss_first_last': [float(np.mean(loss[:20])), float(np.mean(loss[-20:]))],
+            'step_ms': round(1000 * log['step_seconds'], 1), 'loss_first_last': loss_first_last(log['history']),
             'dreambooth': mean_fidelity(db.scores[:len(seeds)]),
             'base_class_prompt': {k: v for k, v in base.fidelity.items() if k != 'rotation_monotone_rate'},
             'conditioning_views': [int(i) for i in chosen]}
 
-# %% ../nbs/13_cli.ipynb #dc66a27b
+# %% ../nbs/13_cli.ipynb #20288894
+def router_report(backbone, videos, subject, res: int, reference_azimuths) -> dict:
+    "Routing accuracy (overall and per layer) of the attention captured while `videos` were generated, against their matched azimuths."
+    mass = mass_array(probe_of(backbone).records)
+    grid = tracking_views(subject, res)
+    frame_az = np.stack([view_match(v, grid)[1] for v in videos])
+    tf = getattr(backbone.codec, 'temporal_factor', 1)                  # the router sees latent frames: Wan packs 4 frames in one
+    frame_az = frame_az[:, [min(j * tf, videos.shape[1] - 1) for j in range(mass.shape[-2])]]
+    per_layer = routing_by_layer(mass, frame_az, reference_azimuths)
+    return {'routing_accuracy': routing_accuracy(mass, frame_az, reference_azimuths), 'chance': 1 / len(reference_azimuths),
+            'per_layer': per_layer, 'sharpest_layer': int(np.argmax(per_layer)), 'frame_azimuths': np.round(frame_az, 1).tolist()}
+
+# %% ../nbs/13_cli.ipynb #da9faf26
 def demo_joint(backbone_name: str, weights, subject, out_dir, steps: int = 400, seeds=(0, 1, 2, 3), gen_steps: int = 30,
                k: int = 4, progress: bool = True, dapter=None) -> dict:
     """Joint 3Dapter + 3DreamBooth (Eq. 4) on the same subject with K conditioning views (`experiments.run_method`); generation
-    with the references and router capture; fidelity and routing accuracy (most-attended reference = the one nearest each
-    frame's azimuth)."""
-    import matplotlib.pyplot as plt
-    from dreamvid_lib.dapter import JointConfig
-    from dreamvid_lib.experiments import run_method
-    from dreamvid_lib.router import probe_of, mass_array, routing_accuracy, routing_by_layer
+    with the references and router capture; fidelity and routing accuracy (`router_report`)."""
     out_dir = Path(out_dir); (out_dir/'videos').mkdir(parents=True, exist_ok=True)
     jt = run_method(subject, 'joint', backbone_name, weights, cfg=JointConfig(steps=steps, k=k), dapter=dapter,
                     work_dir=out_dir/'joint_work', out_dir=out_dir/'adapter_joint', progress=progress, seeds=seeds,
                     gen_steps=gen_steps, capture=True)
-    bb, log, vids, prompts, mv = jt.backbone, jt.log, jt.videos, jt.prompts, jt.truth.mv
-    ci = log['conditioning_views']; ref_az = mv.azimuth[ci]
-    mass = mass_array(probe_of(bb).records)
-    grid = tracking_views(subject, jt.truth.res, verbose=progress)
-    frame_az = np.stack([view_match(v, grid)[1] for v in vids])
-    tf = getattr(bb.codec, 'temporal_factor', 1)                       # the router sees latent frames: Wan packs 4 frames in one
-    frame_az = frame_az[:, [min(j * tf, vids.shape[1] - 1) for j in range(mass.shape[-2])]]
-    for j, v in enumerate(vids):
-        for ext in ('mp4', 'gif'): save_video(v, out_dir/'videos'/f'joint_{j:02d}.{ext}')
-    fig = frames_grid(list(vids), prompts); fig.savefig(out_dir/'joint_grid.png', dpi=110, bbox_inches='tight'); plt.close(fig)
-    per_layer = routing_by_layer(mass, frame_az, ref_az)
-    loss = [h['loss'] for h in log['history']]
+    log, ci = jt.log, jt.log['conditioning_views']
+    ref_az = jt.truth.mv.azimuth[ci]
+    router = router_report(jt.backbone, jt.videos, subject, jt.truth.res, ref_az)
+    save_videos(jt.videos, out_dir, 'joint')
+    save_figure(frames_grid(list(jt.videos), jt.prompts), out_dir/'joint_grid.png')
     return {'joint': {**jt.fidelity, 'steps': steps, 'k': k, 'train_seconds': round(log['seconds_total'], 1),
                       'dapter': str(dapter) if dapter else 'shipped (assets/toy_3dapter)',
-                      'step_ms': round(1000 * log['step_seconds'], 1), 'loss_first_last': [float(np.mean(loss[:20])), float(np.mean(loss[-20:]))],
+                      'step_ms': round(1000 * log['step_seconds'], 1), 'loss_first_last': loss_first_last(log['history']),
                       'conditioning_views': ci, 'reference_azimuths': np.round(ref_az, 1).tolist()},
-            'router': {'routing_accuracy': routing_accuracy(mass, frame_az, ref_az), 'chance': 1 / len(ci),
-                       'per_layer': per_layer, 'sharpest_layer': int(np.argmax(per_layer)),
-                       'frame_azimuths': np.round(frame_az, 1).tolist()}}
+            'router': router}
 
-# %% ../nbs/13_cli.ipynb #22696227
+# %% ../nbs/13_cli.ipynb #98738e4e
 DEMO_OUTPUTS = ('report.json', '3db_work', 'joint_work', 'adapter_3db', 'adapter_joint', 'videos')
 
 def demo_record(subject_seed: int, fast: bool, backbone: str, weights, dapter) -> dict:
     "What a demo folder is made from: its settings and the fingerprints of the weights it loads (checked before any work)."
-    from dreamvid_lib.backbones import default_toy_weights
-    from dreamvid_lib.dapter import check_dapter
     w = weights or (default_toy_weights() if backbone == 'toy' else None)
     d = None if dapter == 'random' else check_dapter(dapter)                 # a bad --dapter fails here, not after training
     return {'config': {'subject_seed': subject_seed, 'fast': fast, 'backbone': backbone, 'weights': str(weights), 'dapter': str(dapter)},
             'inputs': {'weights': files_fingerprint(w) if w and Path(w).exists() else str(w),
                        'dapter': 'random' if d is None else files_fingerprint(d)}}
 
-# %% ../nbs/13_cli.ipynb #35d4cd35
+# %% ../nbs/13_cli.ipynb #8620e5cb
 def run_demo(out: str | Path, subject_seed: int = 0, fast: bool = False, backbone: str = 'toy',
              weights: str | None = None, progress: bool = True, dapter: str | None = None, overwrite: bool = False) -> dict:
     """The main job; writes `out/report.json` and returns the report. `dapter`: a pre-trained 3Dapter folder for the joint
@@ -146,28 +176,24 @@ def run_demo(out: str | Path, subject_seed: int = 0, fast: bool = False, backbon
                       what='demo', flag='--overwrite')
     seed_everything(subject_seed)
     bb = load_backbone(backbone, weights)
-    n_subjects = 4 if fast else 8
-    subjects = tw.heldout_subjects(n_subjects, seed=subject_seed)
-    base = evaluate_base(bb, subjects, out, seeds_per_subject=1 if fast else 2, steps=12 if fast else 30, progress=progress)
-    db = demo_dreambooth(backbone, weights, subjects[0], out, steps=40 if fast else 400, seeds=(0, 1) if fast else (0, 1, 2, 3),
-                         gen_steps=12 if fast else 30, progress=progress)
-    jt = demo_joint(backbone, weights, subjects[0], out, steps=40 if fast else 400, seeds=(0, 1) if fast else (0, 1, 2, 3),
-                    gen_steps=12 if fast else 30, progress=progress, dapter=dapter)
+    subjects = tw.heldout_subjects(4 if fast else 8, seed=subject_seed)
+    steps, gen_steps, seeds = (40, 12, (0, 1)) if fast else (400, 30, (0, 1, 2, 3))
+    base = evaluate_base(bb, subjects, out, seeds_per_subject=1 if fast else 2, steps=gen_steps, progress=progress)
+    db = demo_dreambooth(backbone, weights, subjects[0], out, steps=steps, seeds=seeds, gen_steps=gen_steps, progress=progress)
+    jt = demo_joint(backbone, weights, subjects[0], out, steps=steps, seeds=seeds, gen_steps=gen_steps, progress=progress, dapter=dapter)
+    keep = ('subject', 'prompt', 'steps', 'train_seconds', 'step_ms', 'loss_first_last', 'conditioning_views')
     report = {'backbone': backbone, 'fast': fast, 'subject_seed': subject_seed,
               'subjects': [s.description() for s in subjects], 'base': base,
-              'dreambooth': {**db['dreambooth'], 'subject': db['subject'], 'prompt': db['prompt'], 'steps': db['steps'],
-                             'train_seconds': db['train_seconds'], 'step_ms': db['step_ms'], 'loss_first_last': db['loss_first_last'],
-                             'conditioning_views': db['conditioning_views']},
+              'dreambooth': {**db['dreambooth'], **{k: db[k] for k in keep}},
               'base_class_prompt': db['base_class_prompt'], 'joint': jt['joint'], 'router': jt['router'],
               'seconds': round(time.perf_counter() - t0, 1),
               'machine': f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}"}
     save_json(out/'report.json', report)
     return report
 
-# %% ../nbs/13_cli.ipynb #e468fff5
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='dreamvid', description='3D-aware subject-driven video generation (3DreamBooth + 3Dapter) on a toy world or a real backbone.')
-    sub = p.add_subparsers(dest='cmd', required=True)
+# %% ../nbs/13_cli.ipynb #5525a35f
+def add_demo_command(sub) -> argparse.ArgumentParser:
+    "`dreamvid demo`: its options."
     d = sub.add_parser('demo', help='run the full pipeline on built-in toy subjects held out from pre-training')
     d.add_argument('--out', required=True, help='output folder (report.json, videos/, frames_grid.png)')
     d.add_argument('--subject-seed', type=int, default=0, help='picks the held-out toy subjects deterministically')
@@ -180,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument('--weights', default=None, help='folder of the backbone weights (default: assets/toy_t2v; for wan: '
                    'a Wan2.1-T2V-1.3B-Diffusers folder or a hub id in the local cache, e.g. one made by dreamvid_lib.wan.make_tiny_wan; '
                    'for hunyuan: a HunyuanVideo-1.5-480p_t2v folder, e.g. one made by dreamvid_lib.hunyuan.make_tiny_hunyuan)')
+    return d
+
+# %% ../nbs/13_cli.ipynb #5e4a5b18
+def add_bench_command(sub) -> argparse.ArgumentParser:
+    "`dreamvid bench`: its options (read by `bench_config`)."
     b = sub.add_parser('bench', help="the toy 3D-CustomBench: every method on held-out toy subjects, the paper's tables (resumable)")
     b.add_argument('--out', required=True, help='run folder (cells/, per_video.csv, per_subject.csv, summary.json, tables.md, plots/); rerun to resume')
     b.add_argument('--subjects', type=int, default=8, help='held-out toy subjects (default 8)')
@@ -194,14 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--dino', default=None, help='DINOv2 model folder or hub id in the local cache: adds DINO-I')
     b.add_argument('--backbone', default='toy', choices=['toy', 'wan', 'hunyuan']); b.add_argument('--weights', default=None, help='backbone weights folder')
     b.add_argument('--dapter', default=None, help="pre-trained 3Dapter folder (default: the shipped toy one) or 'random' (joint methods)")
-    from dreamvid_lib.personalize import add_commands     # your own subject: prep, personalize, generate (12a_personalize)
-    add_commands(sub)
-    from dreamvid_lib.synthetic3d import add_command      # VFusion3D's comparison on the toy (12e_synthetic3d)
-    add_command(sub)
-    from dreamvid_lib.make_your_3d import add_command as add_single_view   # how many real views a 3D subject needs (12f_make_your_3d)
-    add_single_view(sub)
-    sub.add_parser('image-to-3d', add_help=False, help='one image to 3D with the tiny LRM or an OpenLRM release (--model DIR): novel views, an orbit video and a mesh '
-                   '(its own options: dreamvid image-to-3d --help)')
+    return b
+
+# %% ../nbs/13_cli.ipynb #526481e8
+def add_pretrain_command(sub) -> argparse.ArgumentParser:
+    "`dreamvid pretrain`: its options (the arguments of `run_pretrain`)."
     t = sub.add_parser('pretrain', help='render the pre-training set and train the toy text-to-video model')
     t.add_argument('--out', required=True, help='where to save the trained model (e.g. assets/toy_t2v)')
     t.add_argument('--subjects', type=int, default=3000); t.add_argument('--steps', type=int, default=10000)
@@ -216,45 +244,66 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--recipe-scale', type=float, default=1.0, help='orbit-prior: multiply the step counts of the 16-subject stages')
     t.add_argument('--recipe-batch', type=int, default=1, help='orbit-prior: multiply the batch sizes (e.g. 16 on a GPU)')
     t.add_argument('--mixed-precision', default='no', choices=['no', 'bf16', 'fp16'], help="'bf16' on a GPU")
+    return t
+
+# %% ../nbs/13_cli.ipynb #3afd8453
+def build_parser() -> argparse.ArgumentParser:
+    "The `dreamvid` parser: demo, bench, your own subject (prep, personalize, generate), the 3D studies, image-to-3d, pretrain."
+    p = argparse.ArgumentParser(prog='dreamvid', description='3D-aware subject-driven video generation (3DreamBooth + 3Dapter) on a toy world or a real backbone.')
+    sub = p.add_subparsers(dest='cmd', required=True)
+    add_demo_command(sub); add_bench_command(sub)
+    personalize.add_commands(sub)           # your own subject: prep, personalize, generate (12a_personalize)
+    synthetic3d.add_command(sub)            # VFusion3D's comparison on the toy (12e_synthetic3d)
+    make_your_3d.add_command(sub)           # how many real views a 3D subject needs (12f_make_your_3d)
+    sub.add_parser('image-to-3d', add_help=False, help='one image to 3D with the tiny LRM or an OpenLRM release (--model DIR): novel views, an orbit video and a mesh '
+                   '(its own options: dreamvid image-to-3d --help)')
+    add_pretrain_command(sub)
     return p
 
-# %% ../nbs/13_cli.ipynb #f4a5cc36
-def run_pretrain(out, subjects: int = 3000, steps: int = 10000, work=None, workers: int = 2, seed: int = 0,
-                 init_from=None, codec: str = 'pixel', recipe: str = 'plain', window: int = 8, recipe_scale: float = 1.0,
-                 recipe_batch: int = 1, mixed_precision: str = 'no') -> Path:
-    """Render rings for `subjects` training subjects and pre-train a toy model into `out` (resumable); `init_from` continues
-    a saved model. `codec='vae'` first trains the toy AutoencoderKL in `pretrain.VAE_STAGES` and diffuses its latents.
-    `recipe='orbit-prior'` runs `pretrain.orbit_prior_recipe` (from random weights, `steps` in its many-subject stage)."""
-    from dreamvid_lib.pretrain import (PretrainConfig, pretrain, finalize_pretrained, VAEConfig, VAE_STAGES, orbit_prior_recipe,
-                                       pretrain_stages, train_toy_vae, set_latent_normalisation, vae_heldout_psnr, refuse_former_vae_checkpoints)
+# %% ../nbs/13_cli.ipynb #cedc4f43
+def check_pretrain_args(codec: str, recipe: str, init_from=None, subjects: int = 0, stages=None):
+    "Refuse (ConfigError, naming the fix) an unknown codec or recipe, or a combination the recipe cannot run, before any work."
     if codec not in ('vae', 'pixel'): raise ConfigError(f"unknown codec {codec!r}: use 'vae' or 'pixel'")
     if recipe not in ('plain', 'orbit-prior'): raise ConfigError(f"unknown recipe {recipe!r}: use 'plain' or 'orbit-prior'")
     if recipe == 'orbit-prior' and (init_from or codec != 'pixel'):
         raise ConfigError("--recipe orbit-prior starts from random weights in pixel space: drop --init-from and --codec vae")
-    stages = orbit_prior_recipe(window, subjects, steps, recipe_scale, recipe_batch, seed=seed, mixed_precision=mixed_precision) \
-             if recipe == 'orbit-prior' else None
     need = max([st.subjects or 0 for st in stages or []], default=0)
     if need > subjects: raise ConfigError(f"--recipe orbit-prior trains its first stages on {need} subjects: pass --subjects {need} or more")
+
+# %% ../nbs/13_cli.ipynb #d66ae26c
+def vae_backbone(rings: dict, vae_dirs, seed: int, vae_seconds: float = 0.0) -> tuple:
+    """The latent route's untrained toy model on a trained toy VAE: `pretrain.VAE_STAGES` in `vae_dirs` (each resumes from its
+    own checkpoint), then the latent normalisation. Returns (backbone, VAE seconds so far, the model card's note)."""
+    vae = None
+    for k, (n, lr) in enumerate(VAE_STAGES):
+        r = train_toy_vae(rings, VAEConfig(steps=n, lr=lr, seed=seed), vae_dirs[k], init=vae)
+        vae, vae_seconds = r['vae'], vae_seconds + r['seconds_this_call']
+    set_latent_normalisation(vae, rings, seed=seed)
+    note = (f"trained first on single ring frames: " + ' + '.join(f'{n} steps at lr {lr:g}' for n, lr in VAE_STAGES) +
+            f", batch 64, L1 + 1e-6 KL, {vae_seconds/60:.1f} min; held-out PSNR {vae_heldout_psnr(vae):.1f} dB")
+    return ToyBackbone.create(caption_vocabulary(), ToyModelConfig(patch=1, codec='vae'), seed=seed, vae=vae), vae_seconds, note
+
+# %% ../nbs/13_cli.ipynb #2ca51657
+def run_pretrain(out, subjects: int = 3000, steps: int = 10000, work=None, workers: int = 2, seed: int = 0,
+                 init_from=None, codec: str = 'pixel', recipe: str = 'plain', window: int = 8, recipe_scale: float = 1.0,
+                 recipe_batch: int = 1, mixed_precision: str = 'no') -> Path:
+    """Render rings for `subjects` training subjects and pre-train a toy model into `out` (resumable); `init_from` continues
+    a saved model. `codec='vae'` first trains the toy AutoencoderKL (`vae_backbone`) and diffuses its latents.
+    `recipe='orbit-prior'` runs `pretrain.orbit_prior_recipe` (from random weights, `steps` in its many-subject stage)."""
+    check_pretrain_args(codec, recipe, init_from)
+    stages = orbit_prior_recipe(window, subjects, steps, recipe_scale, recipe_batch, seed=seed, mixed_precision=mixed_precision) \
+             if recipe == 'orbit-prior' else None
+    check_pretrain_args(codec, recipe, init_from, subjects, stages)
     out = Path(out); work = Path(work) if work else out.with_name(out.name + '.work')
     vae_dirs = [work/f'vae_stage{k}' for k in range(len(VAE_STAGES))]      # each stage's checkpoint.pt (train.train_loop's)
     if codec == 'vae' and not init_from: refuse_former_vae_checkpoints(*vae_dirs)   # before any rendering: name every old file
-    rings_path = tw.build_ring_dataset(cache_dir()/'rings', subjects, res=32, workers=workers, seed=seed)
-    rings = tw.load_ring_dataset(rings_path)
+    rings = tw.load_ring_dataset(tw.build_ring_dataset(cache_dir()/'rings', subjects, res=32, workers=workers, seed=seed))
     cfg = PretrainConfig(steps=steps, seed=seed, mixed_precision=mixed_precision)
     log_path = work/'timing.json'
     prev = json.loads(log_path.read_text()) if log_path.exists() else {'train_seconds': 0.0, 'vae_seconds': 0.0}
     vae_note = None
     if init_from: bb = ToyBackbone.from_pretrained(init_from).train()
-    elif codec == 'vae':
-        vae, vsecs = None, 0.0
-        for k, (n, lr) in enumerate(VAE_STAGES):                     # each stage resumes from its own checkpoints
-            r = train_toy_vae(rings, VAEConfig(steps=n, lr=lr, seed=seed), vae_dirs[k], init=vae)
-            vae, vsecs = r['vae'], vsecs + r['seconds_this_call']
-        set_latent_normalisation(vae, rings, seed=seed)
-        prev['vae_seconds'] = prev.get('vae_seconds', 0.0) + vsecs
-        vae_note = (f"trained first on single ring frames: " + ' + '.join(f'{n} steps at lr {lr:g}' for n, lr in VAE_STAGES) +
-                    f", batch 64, L1 + 1e-6 KL, {prev['vae_seconds']/60:.1f} min; held-out PSNR {vae_heldout_psnr(vae):.1f} dB")
-        bb = ToyBackbone.create(caption_vocabulary(), ToyModelConfig(patch=1, codec='vae'), seed=seed, vae=vae)
+    elif codec == 'vae': bb, prev['vae_seconds'], vae_note = vae_backbone(rings, vae_dirs, seed, prev.get('vae_seconds', 0.0))
     else: bb = ToyBackbone.create(caption_vocabulary(), seed=seed)
     if stages:
         logs = pretrain_stages(bb, rings, stages, work)
@@ -265,64 +314,67 @@ def run_pretrain(out, subjects: int = 3000, steps: int = 10000, work=None, worke
             'train_seconds': prev['train_seconds'] + secs, 'vae_seconds': prev.get('vae_seconds', 0.0),
             'render_seconds': rings['render_seconds'], 'init_from': str(init_from) if init_from else None, 'out': str(out)}
     if vae_note: info['vae'] = vae_note
-    if stages: info['rebuild_flags'] = (f' --recipe orbit-prior --window {window} --recipe-scale {recipe_scale:g} --recipe-batch {recipe_batch}'
-                                        + (f' --mixed-precision {mixed_precision}' if mixed_precision != 'no' else ''))
-    if stages: info['recipe'] = ', '.join(f'{st.name} ({st.cfg.steps} steps, {st.cfg.frames} frames, {st.subjects or subjects} subjects)' for st in stages)
+    if stages:
+        info['rebuild_flags'] = (f' --recipe orbit-prior --window {window} --recipe-scale {recipe_scale:g} --recipe-batch {recipe_batch}'
+                                 + (f' --mixed-precision {mixed_precision}' if mixed_precision != 'no' else ''))
+        info['recipe'] = ', '.join(f'{st.name} ({st.cfg.steps} steps, {st.cfg.frames} frames, {st.subjects or subjects} subjects)' for st in stages)
     save_json(log_path, info)
     return finalize_pretrained(bb, log, cfg, out, info)
 
-# %% ../nbs/13_cli.ipynb #bdce29ef
-def bench_config(args) -> 'BenchConfig':
+# %% ../nbs/13_cli.ipynb #839984e0
+def bench_config(args) -> BenchConfig:
     "The `BenchConfig` of parsed `dreamvid bench` arguments."
-    from dreamvid_lib.bench import BenchConfig, METHODS
     methods = tuple(m.strip() for m in args.methods.split(',') if m.strip()) if args.methods else tuple(METHODS)
     return BenchConfig(n_subjects=args.subjects, subject_seed=args.subject_seed, methods=methods, train_steps=args.steps,
                        gen_steps=args.gen_steps, n_videos=args.videos, geometry=not args.no_geometry, backbone=args.backbone,
                        weights=args.weights, dapter=args.dapter, num_frames=8 if args.backbone == 'toy' else None,
                        feature_models={k: v for k, v in (('clip', args.clip), ('dino', args.dino)) if v}).validate()
 
-# %% ../nbs/13_cli.ipynb #47534952
+# %% ../nbs/13_cli.ipynb #3325573c
+def demo_summary(r: dict, out) -> str:
+    "The lines `dreamvid demo` prints from its report `r`: base model, 3DreamBooth against the class prompt, the joint method and the router."
+    b, d, c, j, ro = r['base'], r['dreambooth'], r['base_class_prompt'], r['joint'], r['router']
+    return '\n'.join([
+        f"base model: rotation_monotone_rate={b['rotation_monotone_rate']:.2f} text_binding_rate={b['text_binding_rate']:.2f} "
+        f"({b['n_videos']} videos, {b['n_subjects']} held-out subjects)",
+        f"3DreamBooth on '{d['subject']}': PSNR {d['psnr']:.2f} / SSIM {d['ssim']:.3f} vs base class prompt "
+        f"PSNR {c['psnr']:.2f} / SSIM {c['ssim']:.3f}; rotation_monotone_rate={d['rotation_monotone_rate']:.2f}",
+        f"3Dapter+3DB: PSNR {j['psnr']:.2f} / SSIM {j['ssim']:.3f}; rotation_monotone_rate={j['rotation_monotone_rate']:.2f}; "
+        f"routing accuracy {ro['routing_accuracy']:.2f} (chance {ro['chance']:.2f})",
+        f"done in {r['seconds']:.0f} s -> {Path(out)/'report.json'}"])
+
+# %% ../nbs/13_cli.ipynb #c73a12ea
+def run_command(args) -> str | None:
+    "Run a parsed subcommand other than image-to-3d; returns what to print."
+    if args.cmd == 'demo':
+        r = run_demo(args.out, args.subject_seed, args.fast, args.backbone, args.weights, dapter=args.dapter, overwrite=args.overwrite)
+        return demo_summary(r, args.out)
+    if args.cmd == 'bench':
+        s = run_bench(args.out, bench_config(args), workers=args.workers)
+        if not s: return None                                             # not the main process of an accelerate launch
+        return (Path(args.out)/'tables.md').read_text() + f"\n{s['cells_done']}/{s['cells_total']} cells -> {Path(args.out)/'summary.json'}"
+    if args.cmd in ('prep', 'personalize', 'generate'): return personalize.run_command(args)
+    if args.cmd == 'synthetic-3d': return synthetic3d.run_command(args)
+    if args.cmd == 'single-view-3d': return make_your_3d.run_command(args)
+    if args.cmd == 'pretrain':
+        p = run_pretrain(args.out, args.subjects, args.steps, args.work, args.workers, args.seed, args.init_from, args.codec,
+                         args.recipe, args.window, args.recipe_scale, args.recipe_batch, args.mixed_precision)
+        return f'saved the pre-trained toy model to {p}'
+    raise ConfigError(f"unknown command {args.cmd!r}")
+
+# %% ../nbs/13_cli.ipynb #f4723c17
 def main(argv=None) -> int:
+    "The console script: parse, run, print; a `DreamvidError` is printed as `dreamvid: error: ...` with exit code 2 (no empty --out left)."
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ['image-to-3d']:                                     # its own parser (lrm.image_to_3d_cli; --model: toy or OpenLRM)
-        from dreamvid_lib.openlrm import image_to_3d_cli
         try: return image_to_3d_cli(argv[1:])
         except DreamvidError as e: print(f'dreamvid: error: {e}', file=sys.stderr); return 2
     args = build_parser().parse_args(argv)
     out_existed = None
     try:
         if getattr(args, 'out', None) is not None: out_existed = check_out_dir(args.out)[1]
-        if args.cmd == 'demo':
-            r = run_demo(args.out, args.subject_seed, args.fast, args.backbone, args.weights, dapter=args.dapter, overwrite=args.overwrite)
-            b = r['base']
-            d, c = r['dreambooth'], r['base_class_prompt']
-            print(f"base model: rotation_monotone_rate={b['rotation_monotone_rate']:.2f} text_binding_rate={b['text_binding_rate']:.2f} "
-                  f"({b['n_videos']} videos, {b['n_subjects']} held-out subjects)")
-            print(f"3DreamBooth on '{d['subject']}': PSNR {d['psnr']:.2f} / SSIM {d['ssim']:.3f} vs base class prompt "
-                  f"PSNR {c['psnr']:.2f} / SSIM {c['ssim']:.3f}; rotation_monotone_rate={d['rotation_monotone_rate']:.2f}")
-            j, ro = r['joint'], r['router']
-            print(f"3Dapter+3DB: PSNR {j['psnr']:.2f} / SSIM {j['ssim']:.3f}; rotation_monotone_rate={j['rotation_monotone_rate']:.2f}; "
-                  f"routing accuracy {ro['routing_accuracy']:.2f} (chance {ro['chance']:.2f})")
-            print(f"done in {r['seconds']:.0f} s -> {Path(args.out)/'report.json'}")
-        elif args.cmd == 'bench':
-            from dreamvid_lib.bench import run_bench
-            s = run_bench(args.out, bench_config(args), workers=args.workers)
-            if s:                                                            # the main process of an accelerate launch
-                print((Path(args.out)/'tables.md').read_text())
-                print(f"{s['cells_done']}/{s['cells_total']} cells -> {Path(args.out)/'summary.json'}")
-        elif args.cmd in ('prep', 'personalize', 'generate'):
-            from dreamvid_lib.personalize import run_command
-            print(run_command(args))
-        elif args.cmd == 'synthetic-3d':
-            from dreamvid_lib.synthetic3d import run_command as run_synthetic3d
-            print(run_synthetic3d(args))
-        elif args.cmd == 'single-view-3d':
-            from dreamvid_lib.make_your_3d import run_command as run_single_view
-            print(run_single_view(args))
-        elif args.cmd == 'pretrain':
-            p = run_pretrain(args.out, args.subjects, args.steps, args.work, args.workers, args.seed, args.init_from, args.codec,
-                             args.recipe, args.window, args.recipe_scale, args.recipe_batch, args.mixed_precision)
-            print(f'saved the pre-trained toy model to {p}')
+        text = run_command(args)
+        if text is not None: print(text)
     except DreamvidError as e:
         if out_existed is False: remove_if_unused(args.out, out_existed)       # leave no empty --out folder behind
         print(f'dreamvid: error: {e}', file=sys.stderr); return 2

@@ -16,7 +16,7 @@ from torch import nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .core import (DreamvidError, ConfigError, AssetError, atomic_path, atomic_write_text, save_json, load_json,
-    assets_dir, check_work_folder, check_safetensors, check_out_dir, tensor_fingerprint)
+    assets_dir, cache_dir, check_work_folder, check_safetensors, check_out_dir, tensor_fingerprint)
 from . import toyworld as tw
 from . import metrics as mt
 from .train import train_loop
@@ -586,7 +586,6 @@ def write_ply(path, vertices, faces=None, colors=None) -> Path:
 # %% ../nbs/12b_lrm.ipynb #529d2747
 def heldout_rings(n: int, root=None, res: int = 32, n_ring: int = 24, workers: int = 1) -> dict:
     "The held-out evaluation rings (`toyworld.build_ring_dataset(..., split='heldout')`, cached)."
-    from dreamvid_lib.core import cache_dir
     return tw.load_ring_dataset(tw.build_ring_dataset(root or cache_dir(), n, res=res, n_ring=n_ring, split='heldout', workers=workers))
 
 # %% ../nbs/12b_lrm.ipynb #0726d44a
@@ -762,7 +761,6 @@ def build_toy_lrm(out_dir, n_subjects: int = 128, n_heldout: int = 16, steps: in
     rings and write `out_dir` (`model.safetensors`, `config.json` with the recipe and numbers, `eval.json`,
     `loss_curve.png`, `README.md`). Returns {'model', 'log', 'eval', 'meta'}."""
     import matplotlib.pyplot as plt
-    from dreamvid_lib.core import cache_dir
     rings = tw.load_ring_dataset(tw.build_ring_dataset(cache_dir(), n_subjects, res=32, n_ring=24, split='train', seed=seed, workers=1))
     held = heldout_rings(n_heldout)
     cfg = LRMTrainConfig(steps=steps, seed=seed, **train_kw)

@@ -19,8 +19,8 @@ from .prompts import IDENTITY_TEMPLATE, identity_prompt
 __all__ = ['IMAGE_SUFFIXES', 'BIREFNET_ID', 'MASK_METHODS', 'LOO_MIN_AGREEMENT', 'MultiViewError', 'load_image', 'birefnet_dir',
            'remove_background', 'subject_box', 'crop_to_subject', 'crop_intrinsics', 'MultiViewSet', 'from_views',
            'from_folder', 'detect_up_axis', 'look_at_point', 'to_y_up', 'angles_about', 'Capture', 'read_capture',
-           'from_transforms_json', 'subject_radius', 'geometry_seeds', 'visual_hull', 'hull_silhouettes', 'hull_votes',
-           'carve', 'splat_silhouette', 'leave_one_out_silhouettes', 'capture_masks', 'score_masks',
+           'from_transforms_json', 'subject_radius', 'geometry_seeds', 'hull_silhouettes', 'hull_votes', 'carve',
+           'visual_hull', 'splat_silhouette', 'leave_one_out_silhouettes', 'capture_masks', 'score_masks',
            'select_conditioning_views', 'contact_sheet', 'render_cluttered_capture', 'mask_iou_against_truth',
            'prepare_capture']
 
@@ -478,13 +478,6 @@ def _grabcut_seeded(img: np.ndarray, seed: np.ndarray, iters: int = 5, max_side:
     fg = ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).astype(np.uint8)
     return (cv2.resize(fg * 255, (w, h), interpolation=cv2.INTER_LINEAR) / 255).astype(np.float32)
 
-# %% ../nbs/02_multiview.ipynb #2a69acc7
-def _project(points: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    "Pixel (u, v) and depth of world points seen by an OpenGL camera."
-    p = (np.linalg.inv(np.asarray(c2w, np.float64)) @ np.c_[points, np.ones(len(points))].T).T[:, :3]
-    z = -p[:, 2]; zs = np.where(np.abs(z) < 1e-9, 1e-9, z)
-    return np.stack([K[0, 2] + K[0, 0] * p[:, 0] / zs, K[1, 2] - K[1, 1] * p[:, 1] / zs], 1), z
-
 # %% ../nbs/02_multiview.ipynb #b3969057
 def subject_radius(cap: Capture, masks: list) -> float:
     "The subject's radius around the look-at point, from the median extent of plausible masks (sizes in the frame, scaled by depth)."
@@ -492,7 +485,7 @@ def subject_radius(cap: Capture, masks: list) -> float:
     for m, K, T in zip(masks, cap.K, cap.c2w):
         frac = float((m > .5).mean())
         if K is None or not 0.01 < frac < 0.6: continue
-        (uv,), (z,) = _project(cap.centre[None], K, T)
+        (uv,), (z,) = tw.project(cap.centre[None], K, np.asarray(T, np.float64), depth=True)
         ys, xs = np.nonzero(m > .5)
         d = np.hypot(xs + .5 - uv[0], ys + .5 - uv[1])
         rs.append(np.percentile(d, 95) * z / K[0, 0])
@@ -508,7 +501,7 @@ def geometry_seeds(cap: Capture, radius: float, grow: float = 1.15) -> list:
     out = []
     for img, K, T in zip(cap.images, cap.K, cap.c2w):
         h, w = img.shape[:2]
-        (uv,), (z,) = _project(cap.centre[None], K, T)
+        (uv,), (z,) = tw.project(cap.centre[None], K, np.asarray(T, np.float64), depth=True)
         r = K[0, 0] * radius / max(z, 1e-6)
         yy, xx = np.mgrid[:h, :w]
         d = np.hypot(xx + .5 - uv[0], yy + .5 - uv[1])
@@ -518,24 +511,6 @@ def geometry_seeds(cap: Capture, radius: float, grow: float = 1.15) -> list:
         out.append(seed)
     return out
 
-# %% ../nbs/02_multiview.ipynb #9a9e4310
-def visual_hull(cap: Capture, masks: list, radius: float, n: int = 40, agree: float = 0.6):
-    """Carve a voxel grid (n³ over the bounding cube of the subject's sphere): a voxel stays when it falls inside the mask
-    in at least `agree` of the views that see it (a soft intersection, so one bad mask does not cut the subject).
-    Returns the kept voxel centres [M,3] and the voxel size."""
-    g = (np.arange(n) + .5) / n * 2 - 1
-    P = np.stack(np.meshgrid(g, g, g, indexing='ij'), -1).reshape(-1, 3) * radius * 1.2 + cap.centre
-    inside, seen = np.zeros(len(P)), np.zeros(len(P))
-    for m, K, T in zip(masks, cap.K, cap.c2w):
-        h, w = m.shape
-        uv, z = _project(P, K, T)
-        u, v = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)
-        ok = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-        seen += ok
-        inside[ok] += m[v[ok], u[ok]] > .5
-    keep = (seen > 0) & (inside >= agree * np.maximum(seen, 1))
-    return P[keep], 2.4 * radius / n
-
 # %% ../nbs/02_multiview.ipynb #09f6048f
 def hull_silhouettes(cap: Capture, voxels: np.ndarray, size: float) -> list:
     "The carved hull projected into each view: splatted voxels, closed."
@@ -544,7 +519,7 @@ def hull_silhouettes(cap: Capture, voxels: np.ndarray, size: float) -> list:
     for img, K, T in zip(cap.images, cap.K, cap.c2w):
         h, w = img.shape[:2]; sil = np.zeros((h, w), np.uint8)
         if len(voxels):
-            uv, z = _project(voxels, K, T)
+            uv, z = tw.project(voxels, K, np.asarray(T, np.float64), depth=True)
             r = np.maximum(1, np.round(0.75 * K[0, 0] * size / np.maximum(z, 1e-6))).astype(int)
             for (u, v), rr in zip(uv.astype(int), r):
                 if -rr <= u < w + rr and -rr <= v < h + rr: cv2.circle(sil, (int(u), int(v)), int(rr), 1, -1)
@@ -572,7 +547,7 @@ def hull_votes(cap: Capture, masks: list, radius: float, n: int = 64):
     seen = np.zeros((len(masks), len(P)), bool); inside = np.zeros_like(seen)
     for i, (m, K, T) in enumerate(zip(masks, cap.K, cap.c2w)):
         h, w = m.shape
-        uv, z = _project(P, K, T)
+        uv, z = tw.project(P, K, np.asarray(T, np.float64), depth=True)
         u, v = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)
         ok = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
         seen[i] = ok; inside[i, ok] = m[v[ok], u[ok]] > .5
@@ -586,13 +561,21 @@ def carve(votes, agree: float = 0.6, leave_out: int | None = None) -> np.ndarray
     if leave_out is not None: s, ins = s - seen[leave_out], ins - inside[leave_out]
     return P[(s > 0) & (ins >= agree * np.maximum(s, 1))]
 
+# %% ../nbs/02_multiview.ipynb #9a9e4310
+def visual_hull(cap: Capture, masks: list, radius: float, n: int = 40, agree: float = 0.6):
+    """Carve a voxel grid (n³ over the bounding cube of the subject's sphere): a voxel stays when it falls inside the mask
+    in at least `agree` of the views that see it (a soft intersection, so one bad mask does not cut the subject).
+    Returns the kept voxel centres [M,3] and the voxel size: `carve` of `hull_votes`."""
+    votes = hull_votes(cap, masks, radius, n)
+    return carve(votes, agree), votes[3]
+
 # %% ../nbs/02_multiview.ipynb #f689a4a5
 def splat_silhouette(cap: Capture, i: int, voxels: np.ndarray, size: float, shape) -> np.ndarray:
     "Voxels projected into view `i`: each pixel hit, dilated by half a voxel's projected size and closed (fast, vectorised)."
     import cv2
     h, w = shape; sil = np.zeros((h, w), np.uint8)
     if len(voxels):
-        uv, z = _project(voxels, cap.K[i], cap.c2w[i])
+        uv, z = tw.project(voxels, cap.K[i], np.asarray(cap.c2w[i], np.float64), depth=True)
         r = 0.5 * cap.K[i][0, 0] * size / max(float(np.median(z)), 1e-6)
         u, v = np.round(uv[:, 0] - .5).astype(int), np.round(uv[:, 1] - .5).astype(int)
         ok = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h); sil[v[ok], u[ok]] = 1

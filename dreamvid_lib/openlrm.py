@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .core import ConfigError, AssetError, atomic_path, save_json, check_safetensors
 from . import toyworld as tw
 from .lrm import LRMError, load_lrm, LRM_CONFIG, LRM_WEIGHTS, window_rays
+from .lrm import image_to_3d_cli as toy_image_to_3d_cli
 
 # %% auto #0
 __all__ = ['OPENLRM_REPOS', 'OPENLRM_SOURCE_SIZE', 'DINOV2_ARCHS', 'YUP_TO_ZUP', 'OpenLRMError', 'openlrm_download_hint',
@@ -510,5 +511,4 @@ def load_any_lrm(folder=None):
 # %% ../nbs/12c_openlrm.ipynb #27649a62
 def image_to_3d_cli(argv=None) -> int:
     "`dreamvid image-to-3d`: `lrm.image_to_3d_cli` whose `--model DIR` also takes an OpenLRM release folder."
-    from dreamvid_lib.lrm import image_to_3d_cli as cli
-    return cli(argv, load=load_any_lrm)
+    return toy_image_to_3d_cli(argv, load=load_any_lrm)

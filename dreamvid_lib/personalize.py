@@ -13,6 +13,12 @@ from .core import (DreamvidError, ConfigError, AssetError, PromptError, save_jso
                                check_work_folder, files_fingerprint, check_safetensors)
 from .multiview import MultiViewSet, MultiViewError, prepare_capture, contact_sheet
 from . import toyworld as tw
+from .backbones import load_backbone, default_toy_weights
+from .adapters import load_adapter
+from .references import activate_branches
+from .generate import generate, save_video
+from .dreambooth import DreamBoothConfig, train_3dreambooth, views_fingerprint
+from .dapter import JointConfig, train_joint, check_dapter
 
 # %% auto #0
 __all__ = ['PREP_OUTPUTS', 'PERSONALIZE_OUTPUTS', 'run_prep', 'load_prep', 'check_toy_vocabulary', 'run_personalize',
@@ -84,9 +90,6 @@ def run_personalize(prep_dir, out, backbone: str = 'toy', weights=None, method: 
     """`dreamvid personalize`: 3DreamBooth (`method='3db'`) or 3Dapter + 3DreamBooth (`'joint'`, with the prep's conditioning
     views) on a prepared subject; resumable from `out/work`; the adapter goes to `out/adapter`. Every input is validated
     (prep folder, class noun on the toy, weights, 3Dapter, output folder) before the backbone is loaded."""
-    from dreamvid_lib.backbones import load_backbone, default_toy_weights
-    from dreamvid_lib.dreambooth import DreamBoothConfig, train_3dreambooth, views_fingerprint
-    from dreamvid_lib.dapter import JointConfig, train_joint, check_dapter
     if method not in ('3db', 'joint'): raise ConfigError(f"unknown method {method!r}: use '3db' (3DreamBooth) or 'joint' (3Dapter + 3DreamBooth)")
     out, _ = check_out_dir(out, 'personalize')
     mv, prep = load_prep(prep_dir)
@@ -138,10 +141,6 @@ def run_generate(adapter, prompt: str, out, seeds=(0,), steps: int = 30, backbon
     `prompt` (it should hold the identifier, e.g. 'a video of a sks lamp on a wooden table'); one video per seed in
     `out/videos/`, `out/generate.json`. The adapter files are validated before the backbone is loaded; a rerun skips the
     videos already made for the same adapter and prompt."""
-    from dreamvid_lib.backbones import load_backbone
-    from dreamvid_lib.adapters import load_adapter
-    from dreamvid_lib.references import activate_branches
-    from dreamvid_lib.generate import generate, save_video
     adapter = Path(adapter)
     if not (adapter/'personalize.json').exists():
         raise AssetError(f"{adapter} is not a `dreamvid personalize` output folder (no personalize.json): run "

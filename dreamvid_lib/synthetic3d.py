@@ -20,6 +20,8 @@ from .lrm import LRMTrainConfig, build_lrm, train_lrm, evaluate_lrm, heldout_rin
 from .vfusion3d import (ORBIT_STEP, GOOD_MAX_ERROR, OrbitSpec, render_orbit, make_synthetic_orbits, load_synthetic_orbits,
     build_filter_pool, orbit_features, train_quality_filter, precision_recall, elevation_set, train_elevation_mlp, curate_orbits,
     orbit_consistency, orbit_grid, engine_name)
+from .vfusion3d import RolloutEngine, ToyEngine
+from .pretrain import load_orbit_prior
 
 # %% auto #0
 __all__ = ['REPORT_COLUMNS', 'orbit_rings', 'true_orbits', 'Synthetic3DConfig', 'arm_slug', 'curate_study_orbits',
@@ -253,8 +255,6 @@ def add_command(sub) -> None:
 # %% ../nbs/12e_synthetic3d.ipynb #322f1499
 def run_command(args) -> str:
     "Run a parsed `synthetic-3d` command; returns the table to print."
-    from dreamvid_lib.vfusion3d import RolloutEngine, ToyEngine
-    from dreamvid_lib.pretrain import load_orbit_prior
     try: scales = tuple(int(s) for s in str(args.scales).split(',') if s.strip())
     except ValueError: raise ConfigError(f"--scales must be comma-separated integers, got {args.scales!r}") from None
     cfg = Synthetic3DConfig(n_real=args.n_real, synthetic_factor=args.synthetic_factor, scales=scales, n_heldout=args.heldout,

@@ -339,10 +339,13 @@ def camera_to_world(azimuth: float, elevation: float, distance: float = CAMERA_D
     return m.astype(np.float32)
 
 # %% ../nbs/01_toyworld.ipynb #2648ee38
-def project(points, K, c2w) -> np.ndarray:
-    "Pixel coordinates (u, v) of world `points` [n,3] seen by a camera (`K`, OpenGL `c2w`)."
+def project(points, K, c2w, depth: bool = False):
+    """Pixel coordinates (u, v) `[n,2]` of world `points` `[n,3]` seen by a camera (`K`, OpenGL `c2w`: it looks down -z);
+    `depth=True`: also their depth along the viewing axis (negative behind the camera). Computed in the inputs' precision."""
     p = (np.linalg.inv(c2w) @ np.c_[points, np.ones(len(points))].T).T[:, :3]
-    return np.stack([K[0, 2] + K[0, 0] * p[:, 0] / -p[:, 2], K[1, 2] - K[1, 1] * p[:, 1] / -p[:, 2]], 1)
+    z = -p[:, 2]; zs = np.where(np.abs(z) < 1e-9, 1e-9, z)             # a point in the camera's plane: far off, not a NaN
+    uv = np.stack([K[0, 2] + K[0, 0] * p[:, 0] / zs, K[1, 2] - K[1, 1] * p[:, 1] / zs], 1)
+    return (uv, z) if depth else uv
 
 # %% ../nbs/01_toyworld.ipynb #63694ee0
 def _mi():

@@ -18,6 +18,8 @@ from . import toyworld as tw
 from .evaluate import view_match, rotation_direction
 from .prompts import video_caption
 from .features import FeatureEncoder, load_toy_features
+from .backbones import load_backbone
+from .pretrain import image_to_video, rollout_video
 
 # %% auto #0
 __all__ = ['ORBIT_FRAMES', 'ORBIT_STEP', 'ELEVATION_RANGE', 'SHARD_PATTERN', 'GOOD_MAX_ERROR', 'FAILURE_KINDS', 'EngineError',
@@ -87,8 +89,6 @@ class ToyEngine:
     @property
     def name(self) -> str: return f'toy-image_to_video(steps={self.steps}, guidance={self.guidance})'
     def __call__(self, first_frames, prompts, seeds) -> np.ndarray:
-        from dreamvid_lib.backbones import load_backbone
-        from dreamvid_lib.pretrain import image_to_video
         if self.backbone is None: self.backbone = load_backbone('toy')
         x = torch.from_numpy(np.asarray(first_frames, np.float32))
         return image_to_video(self.backbone, x, prompts, seeds, steps=self.steps, guidance=self.guidance).numpy()
@@ -106,7 +106,6 @@ class RolloutEngine:
         return (f'{self.label}-rollout_video(steps={self.steps}, window={self.window}, cond_sigma={self.cond_sigma}, '
                 f'guidance={self.guidance})')
     def __call__(self, first_frames, prompts, seeds) -> np.ndarray:
-        from dreamvid_lib.pretrain import rollout_video
         x = torch.from_numpy(np.asarray(first_frames, np.float32))
         return rollout_video(self.backbone, x, prompts, seeds, num_frames=ORBIT_FRAMES, window=self.window, steps=self.steps,
                              cond_sigma=self.cond_sigma, guidance=self.guidance).numpy()   # rollout_video runs without gradients

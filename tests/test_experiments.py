@@ -99,7 +99,7 @@ def test_callers_go_through_run_method(monkeypatch, tmp_path):
         calls.append((ex.method_of(method).key, kw.get('prompts', 'orbit'))); raise Stop
     monkeypatch.setattr(sweeps, 'run_method', fake)
     with pytest.raises(Stop): sweeps.run_experiment(method='joint', tab=True, erae=True, steps=1, k=2)
-    monkeypatch.setattr(ex, 'run_method', fake)
+    monkeypatch.setattr(ex, "run_method", fake); monkeypatch.setattr(cli, "run_method", fake)
     with pytest.raises(Stop): ex.compare_on_subject('toy', None, SUBJ, DreamBoothConfig(steps=1))
     with pytest.raises(Stop): cli.demo_dreambooth('toy', None, SUBJ, tmp_path/'d', steps=1)
     with pytest.raises(Stop): cli.demo_joint('toy', None, SUBJ, tmp_path/'j', steps=1)

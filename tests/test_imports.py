@@ -82,3 +82,23 @@ def test_one_training_loop():
                     and node.value.attr == 'optim':
                 found.append(f'{path.stem}:{node.lineno} optim.{node.attr}')
     assert found and all(f.startswith('train:') for f in found), [f for f in found if not f.startswith('train:')]
+
+
+# function-level imports of the library that must stay: a spawned worker imports the library's copy of its own module,
+# and core finds the package folder
+FUNCTION_LEVEL_ALLOWED = {('core', 'dreamvid_lib'), ('dapter', 'dreamvid_lib.dapter'), ('toyworld', 'dreamvid_lib.toyworld')}
+
+def test_library_imports_at_module_level():
+    "A module imports the library's modules at its top (one-way imports are then visible at a glance), except FUNCTION_LEVEL_ALLOWED."
+    found = set()
+    for path in sorted(LIB.glob('*.py')):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)): continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or '').startswith('dreamvid_lib')):
+                    found |= {(path.stem, ('.' * node.level) + (node.module or '') + ('' if node.module else a.name)) if node.level
+                              else (path.stem, node.module if node.module != 'dreamvid_lib' else f'dreamvid_lib.{a.name}')
+                              for a in node.names}
+                elif isinstance(node, ast.Import):
+                    found |= {(path.stem, a.name) for a in node.names if a.name.split('.')[0] == 'dreamvid_lib'}
+    assert found == FUNCTION_LEVEL_ALLOWED, sorted(found ^ FUNCTION_LEVEL_ALLOWED)
