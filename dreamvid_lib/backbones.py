@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 import numpy as np
 import torch
+from fastcore.basics import patch
 from torch import nn
 from diffusers import WanTransformer3DModel, FlowMatchEulerDiscreteScheduler, AutoencoderKL
 from transformers import UMT5Config, UMT5EncoderModel, PreTrainedTokenizerFast
@@ -231,72 +232,76 @@ class ToyBackbone(Backbone):
         super().__init__(transformer, text_encoder, tokenizer, VAECodec(vae) if vae is not None else PixelCodec(), scheduler)
         self.config = config
 
-    @classmethod
-    def create(cls, words: Sequence[str], config: ToyModelConfig | None = None, seed: int = 0,
-               vae: AutoencoderKL | None = None) -> 'ToyBackbone':
-        "A randomly initialised toy model over the vocabulary `words` (with `config.codec='vae'`: on the trained `vae`)."
-        cfg = (config or ToyModelConfig()).validate()
-        if cfg.codec == 'vae' and vae is None: raise ConfigError("codec='vae' needs a trained AutoencoderKL: pass vae= (see pretrain.train_toy_vae)")
-        ch = vae.config.latent_channels if vae is not None else 3
-        if vae is not None and (cfg.resolution // 2 ** (len(vae.config.block_out_channels) - 1)) % cfg.patch:
-            raise ConfigError(f"patch {cfg.patch} does not divide the VAE's latent size at {cfg.resolution} px: use patch 1")
-        torch.manual_seed(seed)
-        tok = build_word_tokenizer(words, cfg.max_text_length)
-        te = UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=cfg.text_dim, d_kv=cfg.text_dim // cfg.text_heads,
-                                         d_ff=cfg.text_dim * 2, num_layers=cfg.text_layers, num_heads=cfg.text_heads,
-                                         relative_attention_num_buckets=8, relative_attention_max_distance=32,
-                                         dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
-        tr = WanTransformer3DModel(patch_size=(1, cfg.patch, cfg.patch), num_attention_heads=cfg.num_heads,
-                                   attention_head_dim=cfg.head_dim, in_channels=ch, out_channels=ch,
-                                   text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim,
-                                   num_layers=cfg.num_layers, cross_attn_norm=True, rope_max_seq_len=64)
-        sch = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=cfg.flow_shift)
-        return cls(tr, te, tok, sch, cfg, vae)
+# %% ../nbs/03_backbones.ipynb #f7a833e0
+@patch(cls_method=True)
+def create(cls: ToyBackbone, words: Sequence[str], config: ToyModelConfig | None = None, seed: int = 0,
+           vae: AutoencoderKL | None = None) -> 'ToyBackbone':
+    "A randomly initialised toy model over the vocabulary `words` (with `config.codec='vae'`: on the trained `vae`)."
+    cfg = (config or ToyModelConfig()).validate()
+    if cfg.codec == 'vae' and vae is None: raise ConfigError("codec='vae' needs a trained AutoencoderKL: pass vae= (see pretrain.train_toy_vae)")
+    ch = vae.config.latent_channels if vae is not None else 3
+    if vae is not None and (cfg.resolution // 2 ** (len(vae.config.block_out_channels) - 1)) % cfg.patch:
+        raise ConfigError(f"patch {cfg.patch} does not divide the VAE's latent size at {cfg.resolution} px: use patch 1")
+    torch.manual_seed(seed)
+    tok = build_word_tokenizer(words, cfg.max_text_length)
+    te = UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=cfg.text_dim, d_kv=cfg.text_dim // cfg.text_heads,
+                                     d_ff=cfg.text_dim * 2, num_layers=cfg.text_layers, num_heads=cfg.text_heads,
+                                     relative_attention_num_buckets=8, relative_attention_max_distance=32,
+                                     dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    tr = WanTransformer3DModel(patch_size=(1, cfg.patch, cfg.patch), num_attention_heads=cfg.num_heads,
+                               attention_head_dim=cfg.head_dim, in_channels=ch, out_channels=ch,
+                               text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim,
+                               num_layers=cfg.num_layers, cross_attn_norm=True, rope_max_seq_len=64)
+    sch = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=cfg.flow_shift)
+    return cls(tr, te, tok, sch, cfg, vae)
 
-    def save_pretrained(self, path) -> Path:
-        "Save every part under `path` (safetensors weights + JSON configs)."
-        path = Path(path); path.mkdir(parents=True, exist_ok=True)
-        self.transformer.save_pretrained(path/'transformer', safe_serialization=True)
-        self.text_encoder.save_pretrained(path/'text_encoder', safe_serialization=True)
-        self.tokenizer.save_pretrained(path/'tokenizer')
-        self.scheduler.save_pretrained(path/'scheduler')
-        if isinstance(self.codec, VAECodec): self.codec.vae.save_pretrained(path/'vae', safe_serialization=True)
-        save_json(path/'backbone.json', {'backbone': 'toy', 'config': asdict(self.config)})
-        return path
+# %% ../nbs/03_backbones.ipynb #a6a968d4
+@patch
+def save_pretrained(self: ToyBackbone, path) -> Path:
+    "Save every part under `path` (safetensors weights + JSON configs)."
+    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    self.transformer.save_pretrained(path/'transformer', safe_serialization=True)
+    self.text_encoder.save_pretrained(path/'text_encoder', safe_serialization=True)
+    self.tokenizer.save_pretrained(path/'tokenizer')
+    self.scheduler.save_pretrained(path/'scheduler')
+    if isinstance(self.codec, VAECodec): self.codec.vae.save_pretrained(path/'vae', safe_serialization=True)
+    save_json(path/'backbone.json', {'backbone': 'toy', 'config': asdict(self.config)})
+    return path
 
-    @classmethod
-    def from_pretrained(cls, path, device: str | torch.device = 'cpu') -> 'ToyBackbone':
-        "Load a toy backbone saved by `save_pretrained`, with errors naming any missing or malformed part."
-        path = Path(path)
-        if not path.is_dir():
-            raise AssetError(f"toy model folder {path} not found: it ships in the repository as assets/toy_t2v "
-                             "(clone with assets/), or re-create it by running nbs/05_toy_pretrain.ipynb")
-        missing = [p for p in ('backbone.json',) + _PARTS if not (path/p).exists()]
-        if missing:
-            raise AssetError(f"toy model folder {path} lacks {', '.join(missing)}: restore it from the repository's "
-                             "assets/toy_t2v or re-run nbs/05_toy_pretrain.ipynb to rebuild it")
-        meta = load_json(path/'backbone.json')
-        if not isinstance(meta, dict) or meta.get('backbone') != 'toy' or 'config' not in meta:
-            raise ConfigError(f"{path/'backbone.json'} must hold {{'backbone': 'toy', 'config': {{...}}}}; got {str(meta)[:80]}")
-        cfg = ToyModelConfig.from_dict(meta['config'], str(path/'backbone.json'))
-        if cfg.codec == 'vae' and not (path/'vae').exists():
-            raise AssetError(f"toy model folder {path} lacks vae/ (its config says codec='vae'): restore it from the repository's "
-                             "assets/toy_t2v or re-run nbs/05_toy_pretrain.ipynb to rebuild it")
-        from transformers.utils import logging as hf_logging
-        bars = hf_logging.is_progress_bar_enabled(); hf_logging.disable_progress_bar()   # no per-load bars for tiny models
-        try:
-            tr = WanTransformer3DModel.from_pretrained(path/'transformer')
-            te = UMT5EncoderModel.from_pretrained(path/'text_encoder')
-            tok = PreTrainedTokenizerFast.from_pretrained(path/'tokenizer')
-            sch = FlowMatchEulerDiscreteScheduler.from_pretrained(path/'scheduler')
-            vae = AutoencoderKL.from_pretrained(path/'vae') if cfg.codec == 'vae' else None
-        except (OSError, ValueError, json.JSONDecodeError) as e:
-            raise ConfigError(f"could not load the toy model from {path}: {e}. Restore the folder from the repository "
-                              "or rebuild it with nbs/05_toy_pretrain.ipynb") from e
-        finally:
-            if bars: hf_logging.enable_progress_bar()
-        bb = cls(tr, te, tok, sch, cfg, vae).to(device)
-        return bb.eval()
+# %% ../nbs/03_backbones.ipynb #4378ec3c
+@patch(cls_method=True)
+def from_pretrained(cls: ToyBackbone, path, device: str | torch.device = 'cpu') -> 'ToyBackbone':
+    "Load a toy backbone saved by `save_pretrained`, with errors naming any missing or malformed part."
+    path = Path(path)
+    if not path.is_dir():
+        raise AssetError(f"toy model folder {path} not found: it ships in the repository as assets/toy_t2v "
+                         "(clone with assets/), or re-create it by running nbs/05_toy_pretrain.ipynb")
+    missing = [p for p in ('backbone.json',) + _PARTS if not (path/p).exists()]
+    if missing:
+        raise AssetError(f"toy model folder {path} lacks {', '.join(missing)}: restore it from the repository's "
+                         "assets/toy_t2v or re-run nbs/05_toy_pretrain.ipynb to rebuild it")
+    meta = load_json(path/'backbone.json')
+    if not isinstance(meta, dict) or meta.get('backbone') != 'toy' or 'config' not in meta:
+        raise ConfigError(f"{path/'backbone.json'} must hold {{'backbone': 'toy', 'config': {{...}}}}; got {str(meta)[:80]}")
+    cfg = ToyModelConfig.from_dict(meta['config'], str(path/'backbone.json'))
+    if cfg.codec == 'vae' and not (path/'vae').exists():
+        raise AssetError(f"toy model folder {path} lacks vae/ (its config says codec='vae'): restore it from the repository's "
+                         "assets/toy_t2v or re-run nbs/05_toy_pretrain.ipynb to rebuild it")
+    from transformers.utils import logging as hf_logging
+    bars = hf_logging.is_progress_bar_enabled(); hf_logging.disable_progress_bar()   # no per-load bars for tiny models
+    try:
+        tr = WanTransformer3DModel.from_pretrained(path/'transformer')
+        te = UMT5EncoderModel.from_pretrained(path/'text_encoder')
+        tok = PreTrainedTokenizerFast.from_pretrained(path/'tokenizer')
+        sch = FlowMatchEulerDiscreteScheduler.from_pretrained(path/'scheduler')
+        vae = AutoencoderKL.from_pretrained(path/'vae') if cfg.codec == 'vae' else None
+    except (OSError, ValueError, json.JSONDecodeError) as e:
+        raise ConfigError(f"could not load the toy model from {path}: {e}. Restore the folder from the repository "
+                          "or rebuild it with nbs/05_toy_pretrain.ipynb") from e
+    finally:
+        if bars: hf_logging.enable_progress_bar()
+    bb = cls(tr, te, tok, sch, cfg, vae).to(device)
+    return bb.eval()
 
 # %% ../nbs/03_backbones.ipynb #82e4a4c5
 def default_toy_weights() -> Path:

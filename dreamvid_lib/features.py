@@ -18,6 +18,7 @@ from .core import AssetError, assets_dir, save_json, load_json
 from . import toyworld as tw
 from .evaluate import MetricError, _as_video, foreground
 from .train import TrainConfig, OneCycleConfig, NumpyRNGHook, train_loop
+from .prompts import caption_vocabulary
 
 # %% auto #0
 __all__ = ['HF_MODELS', 'TOY_WORDS', 'isolate_foreground', 'subject_similarity', 'text_similarity', 'temporal_consistency',
@@ -190,8 +191,7 @@ def make_tiny_hf_encoders(folder, seed: int = 0, image_size: int = 32) -> dict:
     from tokenizers import Tokenizer, models, pre_tokenizers, normalizers
     from tokenizers.processors import TemplateProcessing
     folder = Path(folder); torch.manual_seed(seed)
-    words = ['[PAD]', '[UNK]', '[BOS]', '[EOS]', 'a', 'video', 'photo', 'of', 'with', 'on', 'white', 'background', 'sks',
-             'rotating', 'clockwise', *tw.CLASSES, *tw.COLOURS, *tw.MATERIALS, *tw.DETAILS]
+    words = ['[PAD]', '[UNK]', '[BOS]', '[EOS]', *dict.fromkeys([*caption_vocabulary(), 'sks'])]   # the toy captions' words
     tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token='[UNK]'))
     tok.normalizer, tok.pre_tokenizer = normalizers.Lowercase(), pre_tokenizers.Whitespace()
     tok.post_processor = TemplateProcessing(single='[BOS] $A [EOS]', special_tokens=[('[BOS]', 2), ('[EOS]', 3)])

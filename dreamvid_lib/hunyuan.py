@@ -19,6 +19,7 @@ from diffusers import AutoencoderKLHunyuanVideo15, HunyuanVideo15Transformer3DMo
 from diffusers.models.embeddings import get_1d_rotary_pos_embed, apply_rotary_emb
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel, ByT5Tokenizer
 from safetensors.torch import load_file, save_file
+from fastcore.basics import patch
 from .core import DreamvidError, ConfigError, AssetError, PromptError, load_json, save_json
 from .backbones import Backbone, build_word_tokenizer
 from .references import FrameIndexRope, TokenRouter, REF_BRANCH
@@ -479,7 +480,6 @@ class HunyuanBackbone(Backbone):
         self.offload_device, self._offload_hooks = None, []
         install_hunyuan_hooks(self.transformer)
 
-    # -- devices, precision, memory ------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return self.offload_device if self.offload_device is not None else next(self.transformer.parameters()).device
@@ -496,145 +496,172 @@ class HunyuanBackbone(Backbone):
         self.training = mode
         self.transformer.train(mode); self.text_encoder.eval(); self.text_encoder_2.eval(); self.codec.eval()
         return self
-    def enable_gradient_checkpointing(self) -> 'HunyuanBackbone':
-        "Recompute each transformer block in the backward pass; the token routing and per-token timesteps are replayed."
-        self.transformer.enable_gradient_checkpointing(_replay_state(self.transformer)); return self
-    def disable_gradient_checkpointing(self) -> 'HunyuanBackbone':
-        self.transformer.disable_gradient_checkpointing(); return self
-    def enable_vae_tiling(self, **kw) -> 'HunyuanBackbone': self.codec.enable_tiling(**kw); return self
-    def enable_vae_slicing(self) -> 'HunyuanBackbone': self.codec.enable_slicing(); return self
-    def _offloadable(self): return (self.text_encoder, self.text_encoder_2, self.transformer, self.codec.vae)
-    def enable_model_cpu_offload(self, device: str | torch.device = 'cuda') -> 'HunyuanBackbone':
-        "Keep both text encoders, transformer and VAE on the CPU; each moves to `device` only while it runs (for generation)."
-        from accelerate import cpu_offload_with_hook
-        self.disable_model_cpu_offload()
-        self.text_cache.clear(); self.codec.cache.clear()
-        hook = None
-        for m in self._offloadable():
-            _, hook = cpu_offload_with_hook(m, torch.device(device), prev_module_hook=hook)
-            self._offload_hooks.append(hook)
-        self.offload_device = torch.device(device)
-        return self
-    def disable_model_cpu_offload(self) -> 'HunyuanBackbone':
-        from accelerate.hooks import remove_hook_from_module
-        for h in self._offload_hooks: h.offload()
-        for m in self._offloadable(): remove_hook_from_module(m)
-        self._offload_hooks, self.offload_device = [], None
-        return self
 
-    # -- text ------------------------------------------------------------------------------------------------
     @property
     def vocabulary(self) -> list[str]:
         "Tokens the Qwen tokenizer knows (special tokens excluded). Any text is accepted: unknown words split into pieces."
         sp = set(self.tokenizer.all_special_tokens)
         return sorted(w for w in self.tokenizer.get_vocab() if w not in sp)
-    def check_prompt(self, prompt: str, allow_empty: bool = False) -> int:
-        "Raise `PromptError` for a non-string, an empty prompt (unless `allow_empty`) or one over `max_text_length` tokens; return its token count."
-        if not isinstance(prompt, str): raise PromptError(f"prompt must be a string, got {type(prompt).__name__}")
-        if not prompt.strip() and not (allow_empty and prompt == ''):
-            raise PromptError(f"empty prompt {prompt!r}: describe the video, e.g. 'a video of a sks mug rotating on a wooden table'")
-        n = len(self.tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids)
-        L = self.config.max_text_length
-        if n > L: raise PromptError(f"prompt {prompt[:60]!r}... has {n} tokens; HunyuanVideo-1.5 reads at most {L}: shorten it")
-        return n
     @property
     def text_dims(self) -> tuple[int, int, int, int]:
         "(Qwen tokens, Qwen width, byT5 tokens, byT5 width) of the packed text tensor (widths: what the transformer reads)."
         c = self.transformer.config
         return (self.config.max_text_length, c.text_embed_dim, self.config.byt5_max_length, c.text_embed_2_dim)
-    @torch.no_grad()
-    def encode_prompt(self, prompts: str | Sequence[str], allow_empty: bool = False) -> torch.Tensor:
-        """Both text encoders exactly as `HunyuanVideo15Pipeline` runs them (Qwen2.5-VL: chat template, 3rd-last hidden state,
-        system prompt cropped; byT5: quoted text only), packed into one tensor `[B, L1 + L2, max(D1, D2) + 1]` whose last
-        channel is the attention mask (so CFG can concatenate it like any embedding); cached per prompt."""
-        from diffusers import HunyuanVideo15Pipeline as P
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        for p in prompts: self.check_prompt(p, allow_empty)
-        dev = self.device
-        L1, D1, L2, D2 = self.text_dims
-        out = {p: self.text_cache.get_or_none(p) for p in dict.fromkeys(prompts)}
-        todo = [p for p, e in out.items() if e is None]
-        if todo:
-            if not getattr(self.tokenizer, 'chat_template', None):
-                raise ConfigError("the Qwen tokenizer has no chat template (tokenizer/tokenizer_config.json or chat_template.jinja): "
-                                  "HunyuanVideo-1.5 encodes prompts through it; restore the tokenizer folder from the model repository")
-            e1, m1 = P._get_mllm_prompt_embeds(self.text_encoder, self.tokenizer, todo, dev, tokenizer_max_length=L1,
-                                               crop_start=self.config.crop_start)
-            e2, m2 = P._get_byt5_prompt_embeds(self.tokenizer_2, self.text_encoder_2, todo, dev, tokenizer_max_length=L2)
-            packed = torch.zeros(len(todo), L1 + L2, max(D1, D2) + 1, device=dev)
-            packed[:, :L1, :D1], packed[:, :L1, -1] = e1.float(), m1.float()
-            packed[:, L1:, :D2], packed[:, L1:, -1] = e2.float().to(dev), m2.float().to(dev)
-            for p, e in zip(todo, packed): out[p] = e; self.text_cache.put(p, e)
-        return torch.stack([out[p].to(dev) for p in prompts])
-    def unpack_text(self, text: torch.Tensor, dtype: torch.dtype) -> dict:
-        "The transformer's text arguments from a packed text tensor."
-        L1, D1, L2, D2 = self.text_dims
-        if text.ndim != 3 or text.shape[1] != L1 + L2:
-            raise ConfigError(f"text embeddings {tuple(text.shape)} are not this backbone's packed [B, {L1 + L2}, ...]: make them with encode_prompt")
-        return {'encoder_hidden_states': text[:, :L1, :D1].to(dtype), 'encoder_attention_mask': text[:, :L1, -1].round().long(),
-                'encoder_hidden_states_2': text[:, L1:, :D2].to(dtype), 'encoder_attention_mask_2': text[:, L1:, -1].round().long()}
 
-    # -- denoiser and schedules ------------------------------------------------------------------------------
-    def predict_velocity(self, latents: torch.Tensor, sigmas: torch.Tensor, text: torch.Tensor,
-                         attention_kwargs: dict | None = None) -> torch.Tensor:
-        """Velocity (float32). `sigmas`: `[B]`, or per token `[B, seq_len]` in [0, 1] (reference frames at 0): video tokens are then
-        modulated at their own σ (`token_timesteps`), the text stream at the sample's largest σ (the target's)."""
-        tr, dt = self.transformer, self.dtype
-        B, C, T, h, w = latents.shape
-        dev = latents.device
-        t = sigmas.to(dev, torch.float32) * self.scheduler.config.num_train_timesteps
-        extra = tr.config.in_channels - C                          # i2v condition latents + mask: zeros for text-to-video
-        if extra < 0: raise ConfigError(f"latents have {C} channels but the transformer reads {tr.config.in_channels}")
-        x = torch.cat([latents, latents.new_zeros(B, extra, T, h, w)], 1).to(dt)
-        img = torch.zeros(B, self.config.image_tokens, tr.config.image_embed_dim, device=dev, dtype=dt)
-        per_token = t.ndim == 2 and not bool((t == t[:, :1]).all())
-        t_sample = t.amax(1) if t.ndim == 2 else t
-        txt = self.unpack_text(text.to(dev), dt)
-        probe = getattr(tr, '_dreamvid_probe', None)
-        if probe is not None: probe.text_offset = txt['encoder_attention_mask_2'].sum(1)   # ERAE: valid byT5 tokens precede the Qwen ones
-        with token_timesteps(tr, t.to(dt) if per_token else None):
-            out = tr(hidden_states=x, timestep=t_sample.to(dt), image_embeds=img, attention_kwargs=attention_kwargs,
-                     return_dict=False, **txt)[0]
-        return out.float()
-    def sampling_scheduler(self):
-        "A fresh sampler for one generation: Euler with the pipeline's σ spacing and HunyuanVideo-1.5's shift."
-        return HunyuanSampler(num_train_timesteps=self.scheduler.config.num_train_timesteps, shift=self.shift)
+# %% ../nbs/15_hunyuan.ipynb #6f92258b
+@patch
+def enable_gradient_checkpointing(self: HunyuanBackbone) -> 'HunyuanBackbone':
+    "Recompute each transformer block in the backward pass; the token routing and per-token timesteps are replayed."
+    self.transformer.enable_gradient_checkpointing(_replay_state(self.transformer)); return self
 
-    # -- loading ---------------------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, weights: str | Path = HUNYUAN_MODEL_ID, device: str | torch.device = 'cpu', dtype: torch.dtype = torch.float32,
-                        vae_dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False, vae_tiling: bool = True,
-                        text_cache: int = 256, latent_cache: int = 64, **settings) -> 'HunyuanBackbone':
-        """Load HunyuanVideo-1.5 from a local folder or a cached hub id (offline). `dtype`: transformer and text encoders
-        (`torch.bfloat16` on a GPU); `vae_tiling`: tile frames larger than 256 px in the VAE (as diffusers' example for this
-        pipeline does; its mid-block attention spans a whole video otherwise); `settings` override `HunyuanSettings`
-        (e.g. `resolution=480`, `shift=7.0`)."""
-        root = resolve_hunyuan_weights(weights)
-        cfg = HunyuanSettings.load(root, **settings)
-        if isinstance(dtype, str): dtype = getattr(torch, dtype)
-        if isinstance(vae_dtype, str): vae_dtype = getattr(torch, vae_dtype)
-        from transformers.utils import logging as hf_logging
-        from diffusers.utils import logging as df_logging
-        bars, df_bars = hf_logging.is_progress_bar_enabled(), df_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar(); df_logging.disable_progress_bar()
-        part = 'tokenizer'
-        try:
-            tok = AutoTokenizer.from_pretrained(root/'tokenizer')
-            part = 'tokenizer_2'; tok2 = AutoTokenizer.from_pretrained(root/'tokenizer_2')
-            part = 'text_encoder'; te = Qwen2_5_VLTextModel.from_pretrained(root/'text_encoder', dtype=dtype)
-            part = 'text_encoder_2'; te2 = T5EncoderModel.from_pretrained(root/'text_encoder_2', dtype=dtype)
-            part = 'vae'; vae = AutoencoderKLHunyuanVideo15.from_pretrained(root/'vae', torch_dtype=vae_dtype)
-            part = 'transformer'; tr = HunyuanVideo15Transformer3DModel.from_pretrained(root/'transformer', torch_dtype=dtype)
-            part = 'scheduler'; sch = load_json(root/'scheduler'/'scheduler_config.json')
-        except (OSError, ValueError, json.JSONDecodeError) as e:
-            raise ConfigError(f"could not load the HunyuanVideo-1.5 {part} from {root/part}: {e}. " + _hy_download_hint()) from e
-        finally:
-            if bars: hf_logging.enable_progress_bar()
-            if df_bars: df_logging.enable_progress_bar()
-        bb = cls(tr, te, tok, te2, tok2, vae, sch, cfg, text_cache, latent_cache).to(device).eval()
-        if gradient_checkpointing: bb.enable_gradient_checkpointing()
-        if vae_tiling: bb.enable_vae_tiling()
-        return bb
+@patch
+def disable_gradient_checkpointing(self: HunyuanBackbone) -> 'HunyuanBackbone':
+    self.transformer.disable_gradient_checkpointing(); return self
+
+@patch
+def enable_vae_tiling(self: HunyuanBackbone, **kw) -> 'HunyuanBackbone': self.codec.enable_tiling(**kw); return self
+
+@patch
+def enable_vae_slicing(self: HunyuanBackbone) -> 'HunyuanBackbone': self.codec.enable_slicing(); return self
+
+@patch
+def _offloadable(self: HunyuanBackbone): return (self.text_encoder, self.text_encoder_2, self.transformer, self.codec.vae)
+
+@patch
+def enable_model_cpu_offload(self: HunyuanBackbone, device: str | torch.device = 'cuda') -> 'HunyuanBackbone':
+    "Keep both text encoders, transformer and VAE on the CPU; each moves to `device` only while it runs (for generation)."
+    from accelerate import cpu_offload_with_hook
+    self.disable_model_cpu_offload()
+    self.text_cache.clear(); self.codec.cache.clear()
+    hook = None
+    for m in self._offloadable():
+        _, hook = cpu_offload_with_hook(m, torch.device(device), prev_module_hook=hook)
+        self._offload_hooks.append(hook)
+    self.offload_device = torch.device(device)
+    return self
+
+@patch
+def disable_model_cpu_offload(self: HunyuanBackbone) -> 'HunyuanBackbone':
+    from accelerate.hooks import remove_hook_from_module
+    for h in self._offload_hooks: h.offload()
+    for m in self._offloadable(): remove_hook_from_module(m)
+    self._offload_hooks, self.offload_device = [], None
+    return self
+
+# %% ../nbs/15_hunyuan.ipynb #b9761bc3
+@patch
+def check_prompt(self: HunyuanBackbone, prompt: str, allow_empty: bool = False) -> int:
+    "Raise `PromptError` for a non-string, an empty prompt (unless `allow_empty`) or one over `max_text_length` tokens; return its token count."
+    if not isinstance(prompt, str): raise PromptError(f"prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip() and not (allow_empty and prompt == ''):
+        raise PromptError(f"empty prompt {prompt!r}: describe the video, e.g. 'a video of a sks mug rotating on a wooden table'")
+    n = len(self.tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids)
+    L = self.config.max_text_length
+    if n > L: raise PromptError(f"prompt {prompt[:60]!r}... has {n} tokens; HunyuanVideo-1.5 reads at most {L}: shorten it")
+    return n
+
+# %% ../nbs/15_hunyuan.ipynb #b2470f06
+@patch
+@torch.no_grad()
+def encode_prompt(self: HunyuanBackbone, prompts: str | Sequence[str], allow_empty: bool = False) -> torch.Tensor:
+    """Both text encoders exactly as `HunyuanVideo15Pipeline` runs them (Qwen2.5-VL: chat template, 3rd-last hidden state,
+    system prompt cropped; byT5: quoted text only), packed into one tensor `[B, L1 + L2, max(D1, D2) + 1]` whose last
+    channel is the attention mask (so CFG can concatenate it like any embedding); cached per prompt."""
+    from diffusers import HunyuanVideo15Pipeline as P
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    for p in prompts: self.check_prompt(p, allow_empty)
+    dev = self.device
+    L1, D1, L2, D2 = self.text_dims
+    out = {p: self.text_cache.get_or_none(p) for p in dict.fromkeys(prompts)}
+    todo = [p for p, e in out.items() if e is None]
+    if todo:
+        if not getattr(self.tokenizer, 'chat_template', None):
+            raise ConfigError("the Qwen tokenizer has no chat template (tokenizer/tokenizer_config.json or chat_template.jinja): "
+                              "HunyuanVideo-1.5 encodes prompts through it; restore the tokenizer folder from the model repository")
+        e1, m1 = P._get_mllm_prompt_embeds(self.text_encoder, self.tokenizer, todo, dev, tokenizer_max_length=L1,
+                                           crop_start=self.config.crop_start)
+        e2, m2 = P._get_byt5_prompt_embeds(self.tokenizer_2, self.text_encoder_2, todo, dev, tokenizer_max_length=L2)
+        packed = torch.zeros(len(todo), L1 + L2, max(D1, D2) + 1, device=dev)
+        packed[:, :L1, :D1], packed[:, :L1, -1] = e1.float(), m1.float()
+        packed[:, L1:, :D2], packed[:, L1:, -1] = e2.float().to(dev), m2.float().to(dev)
+        for p, e in zip(todo, packed): out[p] = e; self.text_cache.put(p, e)
+    return torch.stack([out[p].to(dev) for p in prompts])
+
+# %% ../nbs/15_hunyuan.ipynb #5567dfd0
+@patch
+def unpack_text(self: HunyuanBackbone, text: torch.Tensor, dtype: torch.dtype) -> dict:
+    "The transformer's text arguments from a packed text tensor."
+    L1, D1, L2, D2 = self.text_dims
+    if text.ndim != 3 or text.shape[1] != L1 + L2:
+        raise ConfigError(f"text embeddings {tuple(text.shape)} are not this backbone's packed [B, {L1 + L2}, ...]: make them with encode_prompt")
+    return {'encoder_hidden_states': text[:, :L1, :D1].to(dtype), 'encoder_attention_mask': text[:, :L1, -1].round().long(),
+            'encoder_hidden_states_2': text[:, L1:, :D2].to(dtype), 'encoder_attention_mask_2': text[:, L1:, -1].round().long()}
+
+# %% ../nbs/15_hunyuan.ipynb #2fcba907
+@patch
+def predict_velocity(self: HunyuanBackbone, latents: torch.Tensor, sigmas: torch.Tensor, text: torch.Tensor,
+                     attention_kwargs: dict | None = None) -> torch.Tensor:
+    """Velocity (float32). `sigmas`: `[B]`, or per token `[B, seq_len]` in [0, 1] (reference frames at 0): video tokens are then
+    modulated at their own σ (`token_timesteps`), the text stream at the sample's largest σ (the target's)."""
+    tr, dt = self.transformer, self.dtype
+    B, C, T, h, w = latents.shape
+    dev = latents.device
+    t = sigmas.to(dev, torch.float32) * self.scheduler.config.num_train_timesteps
+    extra = tr.config.in_channels - C                          # i2v condition latents + mask: zeros for text-to-video
+    if extra < 0: raise ConfigError(f"latents have {C} channels but the transformer reads {tr.config.in_channels}")
+    x = torch.cat([latents, latents.new_zeros(B, extra, T, h, w)], 1).to(dt)
+    img = torch.zeros(B, self.config.image_tokens, tr.config.image_embed_dim, device=dev, dtype=dt)
+    per_token = t.ndim == 2 and not bool((t == t[:, :1]).all())
+    t_sample = t.amax(1) if t.ndim == 2 else t
+    txt = self.unpack_text(text.to(dev), dt)
+    probe = getattr(tr, '_dreamvid_probe', None)
+    if probe is not None: probe.text_offset = txt['encoder_attention_mask_2'].sum(1)   # ERAE: valid byT5 tokens precede the Qwen ones
+    with token_timesteps(tr, t.to(dt) if per_token else None):
+        out = tr(hidden_states=x, timestep=t_sample.to(dt), image_embeds=img, attention_kwargs=attention_kwargs,
+                 return_dict=False, **txt)[0]
+    return out.float()
+
+# %% ../nbs/15_hunyuan.ipynb #717f431f
+@patch
+def sampling_scheduler(self: HunyuanBackbone):
+    "A fresh sampler for one generation: Euler with the pipeline's σ spacing and HunyuanVideo-1.5's shift."
+    return HunyuanSampler(num_train_timesteps=self.scheduler.config.num_train_timesteps, shift=self.shift)
+
+# %% ../nbs/15_hunyuan.ipynb #48a2f81d
+@patch(cls_method=True)
+def from_pretrained(cls: HunyuanBackbone, weights: str | Path = HUNYUAN_MODEL_ID, device: str | torch.device = 'cpu', dtype: torch.dtype = torch.float32,
+                    vae_dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False, vae_tiling: bool = True,
+                    text_cache: int = 256, latent_cache: int = 64, **settings) -> 'HunyuanBackbone':
+    """Load HunyuanVideo-1.5 from a local folder or a cached hub id (offline). `dtype`: transformer and text encoders
+    (`torch.bfloat16` on a GPU); `vae_tiling`: tile frames larger than 256 px in the VAE (as diffusers' example for this
+    pipeline does; its mid-block attention spans a whole video otherwise); `settings` override `HunyuanSettings`
+    (e.g. `resolution=480`, `shift=7.0`)."""
+    root = resolve_hunyuan_weights(weights)
+    cfg = HunyuanSettings.load(root, **settings)
+    if isinstance(dtype, str): dtype = getattr(torch, dtype)
+    if isinstance(vae_dtype, str): vae_dtype = getattr(torch, vae_dtype)
+    from transformers.utils import logging as hf_logging
+    from diffusers.utils import logging as df_logging
+    bars, df_bars = hf_logging.is_progress_bar_enabled(), df_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar(); df_logging.disable_progress_bar()
+    part = 'tokenizer'
+    try:
+        tok = AutoTokenizer.from_pretrained(root/'tokenizer')
+        part = 'tokenizer_2'; tok2 = AutoTokenizer.from_pretrained(root/'tokenizer_2')
+        part = 'text_encoder'; te = Qwen2_5_VLTextModel.from_pretrained(root/'text_encoder', dtype=dtype)
+        part = 'text_encoder_2'; te2 = T5EncoderModel.from_pretrained(root/'text_encoder_2', dtype=dtype)
+        part = 'vae'; vae = AutoencoderKLHunyuanVideo15.from_pretrained(root/'vae', torch_dtype=vae_dtype)
+        part = 'transformer'; tr = HunyuanVideo15Transformer3DModel.from_pretrained(root/'transformer', torch_dtype=dtype)
+        part = 'scheduler'; sch = load_json(root/'scheduler'/'scheduler_config.json')
+    except (OSError, ValueError, json.JSONDecodeError) as e:
+        raise ConfigError(f"could not load the HunyuanVideo-1.5 {part} from {root/part}: {e}. " + _hy_download_hint()) from e
+    finally:
+        if bars: hf_logging.enable_progress_bar()
+        if df_bars: df_logging.enable_progress_bar()
+    bb = cls(tr, te, tok, te2, tok2, vae, sch, cfg, text_cache, latent_cache).to(device).eval()
+    if gradient_checkpointing: bb.enable_gradient_checkpointing()
+    if vae_tiling: bb.enable_vae_tiling()
+    return bb
 
 # %% ../nbs/15_hunyuan.ipynb #cddb9d12
 _HY_ORIGINAL = [      # diffusers module (per block i) ↔ the original `hyvideo` / authors' / ComfyUI module

@@ -12,6 +12,7 @@ from typing import ClassVar
 from pathlib import Path
 import numpy as np
 import torch
+from fastcore.basics import patch
 from torch import nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -251,51 +252,59 @@ class TinyLRM(nn.Module):
         self.upsample = nn.Sequential(*ups, nn.Conv2d(d, cfg.plane_channels, 3, padding=1))
         self.nerf = TriplaneNeRF(cfg)
 
-    def triplanes(self, image: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
-        "Triplanes `[B,3,C,R,R]` of images `[B,3,H,W]` in [0,1] seen by source cameras with features `camera` `[B,16]`."
-        cfg = self.cfg; P = cfg.plane_tokens
-        if image.ndim != 4 or image.shape[1:] != (3, cfg.image_res, cfg.image_res):
-            raise LRMError(f"images must be [B,3,{cfg.image_res},{cfg.image_res}], got {tuple(image.shape)}")
-        if camera.shape != (len(image), cfg.camera_dim):
-            raise LRMError(f"camera features must be [{len(image)},{cfg.camera_dim}], got {tuple(camera.shape)}")
-        img, c = self.encoder(image), self.camera(camera)
-        x = self.tokens.expand(len(image), -1, -1)
-        if self.skip is not None:                # image rows run down (-y), plane rows up (+y): flip, then add to the xy plane
-            s = self.skip(img).reshape(len(image), P, P, cfg.dim).flip(1).reshape(len(image), P * P, cfg.dim)
-            x = torch.cat([x[:, :P * P] + s, x[:, P * P:]], 1)
-        for blk in self.blocks: x = blk(x, img, c)
-        x = self.norm(x).reshape(len(image) * 3, P, P, cfg.dim).permute(0, 3, 1, 2)
-        R = cfg.plane_res
-        return self.upsample(x).reshape(len(image), 3, cfg.plane_channels, R, R)
+# %% ../nbs/12b_lrm.ipynb #52761af5
+@patch
+def triplanes(self: TinyLRM, image: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+    "Triplanes `[B,3,C,R,R]` of images `[B,3,H,W]` in [0,1] seen by source cameras with features `camera` `[B,16]`."
+    cfg = self.cfg; P = cfg.plane_tokens
+    if image.ndim != 4 or image.shape[1:] != (3, cfg.image_res, cfg.image_res):
+        raise LRMError(f"images must be [B,3,{cfg.image_res},{cfg.image_res}], got {tuple(image.shape)}")
+    if camera.shape != (len(image), cfg.camera_dim):
+        raise LRMError(f"camera features must be [{len(image)},{cfg.camera_dim}], got {tuple(camera.shape)}")
+    img, c = self.encoder(image), self.camera(camera)
+    x = self.tokens.expand(len(image), -1, -1)
+    if self.skip is not None:                # image rows run down (-y), plane rows up (+y): flip, then add to the xy plane
+        s = self.skip(img).reshape(len(image), P, P, cfg.dim).flip(1).reshape(len(image), P * P, cfg.dim)
+        x = torch.cat([x[:, :P * P] + s, x[:, P * P:]], 1)
+    for blk in self.blocks: x = blk(x, img, c)
+    x = self.norm(x).reshape(len(image) * 3, P, P, cfg.dim).permute(0, 3, 1, 2)
+    R = cfg.plane_res
+    return self.upsample(x).reshape(len(image), 3, cfg.plane_channels, R, R)
 
-    def source_camera(self, elevation: float) -> torch.Tensor:
-        "The conditioning features `[1,16]` of an input view from `elevation` degrees (toy camera: distance 4.6, 30° field of view)."
-        return camera_features(canonical_c2w(elevation), tw.intrinsics(self.cfg.image_res), self.cfg.image_res)
+# %% ../nbs/12b_lrm.ipynb #cbe2c7aa
+@patch
+def source_camera(self: TinyLRM, elevation: float) -> torch.Tensor:
+    "The conditioning features `[1,16]` of an input view from `elevation` degrees (toy camera: distance 4.6, 30° field of view)."
+    return camera_features(canonical_c2w(elevation), tw.intrinsics(self.cfg.image_res), self.cfg.image_res)
 
-    def view_c2w(self, relative_azimuths, elevation) -> torch.Tensor:
-        "Cameras `[V,4,4]` of the canonical frame `relative_azimuths` degrees round from the input view (`canonical_c2w`)."
-        return canonical_c2w(elevation, relative_azimuths)
+@patch
+def view_c2w(self: TinyLRM, relative_azimuths, elevation) -> torch.Tensor:
+    "Cameras `[V,4,4]` of the canonical frame `relative_azimuths` degrees round from the input view (`canonical_c2w`)."
+    return canonical_c2w(elevation, relative_azimuths)
 
-    def field(self, planes: torch.Tensor, points: torch.Tensor):
-        "Density and colour at `points` `[B,N,3]` of the canonical frame."
-        return self.nerf(sample_triplane(planes, points, self.cfg.bound))
+# %% ../nbs/12b_lrm.ipynb #395dbd14
+@patch
+def field(self: TinyLRM, planes: torch.Tensor, points: torch.Tensor):
+    "Density and colour at `points` `[B,N,3]` of the canonical frame."
+    return self.nerf(sample_triplane(planes, points, self.cfg.bound))
 
-    def render(self, planes: torch.Tensor, c2w: torch.Tensor, res: int, samples: int | None = None,
-               generator: torch.Generator | None = None, chunk: int | None = None, window: tuple | None = None) -> dict:
-        """Render views `c2w` `[B,V,4,4]` of triplanes `[B,3,C,R,R]` at `res` px: {'rgb' `[B,V,h,w,3]`, 'opacity',
-        'depth' `[B,V,h,w]`}. `window` = (top-left corners `[B,V,2]`, size p): only a p x p patch of each view
-        (LRM's patch rendering); `chunk`: rays per pass (inference at large sizes)."""
-        B, V = c2w.shape[:2]
-        o, d = camera_rays(c2w.reshape(B * V, 4, 4).float(), res)
-        o, d, h = window_rays(o, d, res, window); w = h
-        o, d = o.reshape(B, V * h * w, 3), d.reshape(B, V * h * w, 3)
-        fn = lambda p: self.field(planes, p)
-        n, step = o.shape[1], chunk or o.shape[1]
-        parts = [render_rays(fn, o[:, i:i + step], d[:, i:i + step], self.cfg.bound, samples or self.cfg.samples, generator)
-                 for i in range(0, n, step)]
-        out = {k: torch.cat([p[k] for p in parts], 1) for k in ('rgb', 'opacity', 'depth')}
-        return {'rgb': out['rgb'].reshape(B, V, h, w, 3), 'opacity': out['opacity'].reshape(B, V, h, w),
-                'depth': out['depth'].reshape(B, V, h, w)}
+@patch
+def render(self: TinyLRM, planes: torch.Tensor, c2w: torch.Tensor, res: int, samples: int | None = None,
+           generator: torch.Generator | None = None, chunk: int | None = None, window: tuple | None = None) -> dict:
+    """Render views `c2w` `[B,V,4,4]` of triplanes `[B,3,C,R,R]` at `res` px: {'rgb' `[B,V,h,w,3]`, 'opacity',
+    'depth' `[B,V,h,w]`}. `window` = (top-left corners `[B,V,2]`, size p): only a p x p patch of each view
+    (LRM's patch rendering); `chunk`: rays per pass (inference at large sizes)."""
+    B, V = c2w.shape[:2]
+    o, d = camera_rays(c2w.reshape(B * V, 4, 4).float(), res)
+    o, d, h = window_rays(o, d, res, window); w = h
+    o, d = o.reshape(B, V * h * w, 3), d.reshape(B, V * h * w, 3)
+    fn = lambda p: self.field(planes, p)
+    n, step = o.shape[1], chunk or o.shape[1]
+    parts = [render_rays(fn, o[:, i:i + step], d[:, i:i + step], self.cfg.bound, samples or self.cfg.samples, generator)
+             for i in range(0, n, step)]
+    out = {k: torch.cat([p[k] for p in parts], 1) for k in ('rgb', 'opacity', 'depth')}
+    return {'rgb': out['rgb'].reshape(B, V, h, w, 3), 'opacity': out['opacity'].reshape(B, V, h, w),
+            'depth': out['depth'].reshape(B, V, h, w)}
 
 # %% ../nbs/12b_lrm.ipynb #3b019fcb
 def build_lrm(cfg: LRMConfig | None = None, seed: int = 0) -> TinyLRM:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import numpy as np
 import torch
+from fastcore.basics import patch
 from torch import nn
 import torch.nn.functional as F
 from .core import ConfigError, AssetError, atomic_path, save_json, check_safetensors
@@ -389,59 +390,68 @@ class OpenLRM(nn.Module):
         self.upsampler = nn.ConvTranspose2d(D, cfg.triplane_dim, 2, 2)
         self.synthesizer = TriplaneSynthesizer(cfg.triplane_dim)
 
-    def triplanes(self, image: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
-        """Triplanes `[B,3,C,2L,2L]` (OpenLRM's frame) of images `[B,3,H,W]` in [0,1] and source cameras `[B,16]` in OpenLRM's
-        convention (`openlrm_source_camera`: every released model was trained with the input camera at that pose)."""
-        cfg, L = self.cfg, self.cfg.triplane_low_res
-        if image.ndim != 4 or image.shape[1] != 3: raise LRMError(f"images must be [B,3,H,W], got {tuple(image.shape)}")
-        if camera.shape != (len(image), 16): raise LRMError(f"camera features must be [{len(image)},16], got {tuple(camera.shape)}")
-        feats, mod = self.encoder(image), self.camera_embedder(camera)
-        x = self.transformer(self.pos_embed.expand(len(image), -1, -1), feats, mod)       # [B,3*L*L,D]
-        x = x.reshape(len(image), 3, L, L, -1).permute(1, 0, 4, 2, 3).reshape(3 * len(image), -1, L, L)
-        x = self.upsampler(x)
-        return x.reshape(3, len(image), *x.shape[1:]).transpose(0, 1).contiguous()
+# %% ../nbs/12c_openlrm.ipynb #9eaffa6b
+@patch
+def triplanes(self: OpenLRM, image: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+    """Triplanes `[B,3,C,2L,2L]` (OpenLRM's frame) of images `[B,3,H,W]` in [0,1] and source cameras `[B,16]` in OpenLRM's
+    convention (`openlrm_source_camera`: every released model was trained with the input camera at that pose)."""
+    cfg, L = self.cfg, self.cfg.triplane_low_res
+    if image.ndim != 4 or image.shape[1] != 3: raise LRMError(f"images must be [B,3,H,W], got {tuple(image.shape)}")
+    if camera.shape != (len(image), 16): raise LRMError(f"camera features must be [{len(image)},16], got {tuple(camera.shape)}")
+    feats, mod = self.encoder(image), self.camera_embedder(camera)
+    x = self.transformer(self.pos_embed.expand(len(image), -1, -1), feats, mod)       # [B,3*L*L,D]
+    x = x.reshape(len(image), 3, L, L, -1).permute(1, 0, 4, 2, 3).reshape(3 * len(image), -1, L, L)
+    x = self.upsampler(x)
+    return x.reshape(3, len(image), *x.shape[1:]).transpose(0, 1).contiguous()
 
-    def source_camera(self, elevation: float = 0.0) -> torch.Tensor:
-        """The conditioning camera `[1,16]` for an input image. OpenLRM normalises every input camera to one canonical pose,
-        so `elevation` is not an input of the model: the frame is the input camera's (see `view_c2w`)."""
-        return openlrm_source_camera().to(self.pos_embed)
+# %% ../nbs/12c_openlrm.ipynb #a0aeac62
+@patch
+def source_camera(self: OpenLRM, elevation: float = 0.0) -> torch.Tensor:
+    """The conditioning camera `[1,16]` for an input image. OpenLRM normalises every input camera to one canonical pose,
+    so `elevation` is not an input of the model: the frame is the input camera's (see `view_c2w`)."""
+    return openlrm_source_camera().to(self.pos_embed)
 
-    def view_c2w(self, relative_azimuths, elevation) -> torch.Tensor:
-        """Camera-to-world matrices `[V,4,4]` in the interface frame (y up = the input camera's up, the input camera on +z
-        at distance 2): `relative_azimuths` degrees round from the input view, `elevation` degrees above its horizon."""
-        az, el = np.broadcast_arrays(np.atleast_1d(np.asarray(relative_azimuths, np.float64)), np.atleast_1d(np.asarray(elevation, np.float64)))
-        return torch.from_numpy(np.stack([tw.camera_to_world(a, e, 2.0) for a, e in zip(az.ravel(), el.ravel())]))
+@patch
+def view_c2w(self: OpenLRM, relative_azimuths, elevation) -> torch.Tensor:
+    """Camera-to-world matrices `[V,4,4]` in the interface frame (y up = the input camera's up, the input camera on +z
+    at distance 2): `relative_azimuths` degrees round from the input view, `elevation` degrees above its horizon."""
+    az, el = np.broadcast_arrays(np.atleast_1d(np.asarray(relative_azimuths, np.float64)), np.atleast_1d(np.asarray(elevation, np.float64)))
+    return torch.from_numpy(np.stack([tw.camera_to_world(a, e, 2.0) for a, e in zip(az.ravel(), el.ravel())]))
 
-    def _raw(self, planes, points_zup):
-        "Raw density and colour at points `[B,N,3]` of OpenLRM's z-up frame (the decoder on the three sampled planes)."
-        B, _, C, R, _ = planes.shape
-        uv = openlrm_plane_coords(points_zup / self.cfg.bound)
-        f = F.grid_sample(planes.reshape(B * 3, C, R, R), uv.reshape(B * 3, -1, 1, 2), mode='bilinear', padding_mode='zeros', align_corners=False)
-        return self.synthesizer.decoder(f.reshape(B, 3, C, -1).permute(0, 3, 1, 2).reshape(B, -1, 3 * C))
+# %% ../nbs/12c_openlrm.ipynb #a94b23b8
+@patch
+def _raw(self: OpenLRM, planes, points_zup):
+    "Raw density and colour at points `[B,N,3]` of OpenLRM's z-up frame (the decoder on the three sampled planes)."
+    B, _, C, R, _ = planes.shape
+    uv = openlrm_plane_coords(points_zup / self.cfg.bound)
+    f = F.grid_sample(planes.reshape(B * 3, C, R, R), uv.reshape(B * 3, -1, 1, 2), mode='bilinear', padding_mode='zeros', align_corners=False)
+    return self.synthesizer.decoder(f.reshape(B, 3, C, -1).permute(0, 3, 1, 2).reshape(B, -1, 3 * C))
 
-    def field(self, planes: torch.Tensor, points: torch.Tensor):
-        "Density softplus(σ - 1) and colour at `points` `[B,N,3]` of the interface frame (y up)."
-        sig, rgb = self._raw(planes, points @ YUP_TO_ZUP.T.to(points))
-        return shifted_softplus(sig), rgb
+@patch
+def field(self: OpenLRM, planes: torch.Tensor, points: torch.Tensor):
+    "Density softplus(σ - 1) and colour at `points` `[B,N,3]` of the interface frame (y up)."
+    sig, rgb = self._raw(planes, points @ YUP_TO_ZUP.T.to(points))
+    return shifted_softplus(sig), rgb
 
-    def render(self, planes: torch.Tensor, c2w: torch.Tensor, res: int, samples: int | None = None,
-               generator: torch.Generator | None = None, chunk: int | None = None, window: tuple | None = None) -> dict:
-        """Render views `c2w` `[B,V,4,4]` (interface frame, OpenGL cameras, OpenLRM's intrinsics) of triplanes at `res` px:
-        {'rgb' `[B,V,h,w,3]`, 'opacity', 'depth' `[B,V,h,w]`} on white. `samples` per ray (half coarse, half importance;
-        default the release's); `generator`: jittered samples (None: deterministic); `window`, `chunk` as `TinyLRM.render`."""
-        B, V = c2w.shape[:2]
-        A = torch.eye(4, device=c2w.device); A[:3, :3] = YUP_TO_ZUP.to(c2w.device)
-        o, d = openlrm_rays(A @ c2w.reshape(B * V, 4, 4).float(), res)          # OpenLRM's frame from here on
-        o, d, h = window_rays(o, d, res, window); w = h
-        o, d = o.reshape(B, V * h * w, 3).to(planes), d.reshape(B, V * h * w, 3).to(planes)
-        S = samples or self.cfg.samples
-        if S < 4 or S % 2: raise LRMError(f"samples must be even and ≥ 4, got {S}")
-        step = chunk or o.shape[1]
-        raw = lambda p: self._raw(planes, p)
-        parts = [render_openlrm_rays(raw, o[:, i:i + step], d[:, i:i + step], S, self.cfg.bound, generator)
-                 for i in range(0, o.shape[1], step)]
-        out = {k: torch.cat([p[k] for p in parts], 1) for k in ('rgb', 'opacity', 'depth')}
-        return {'rgb': out['rgb'].reshape(B, V, h, w, 3), 'opacity': out['opacity'].reshape(B, V, h, w), 'depth': out['depth'].reshape(B, V, h, w)}
+@patch
+def render(self: OpenLRM, planes: torch.Tensor, c2w: torch.Tensor, res: int, samples: int | None = None,
+           generator: torch.Generator | None = None, chunk: int | None = None, window: tuple | None = None) -> dict:
+    """Render views `c2w` `[B,V,4,4]` (interface frame, OpenGL cameras, OpenLRM's intrinsics) of triplanes at `res` px:
+    {'rgb' `[B,V,h,w,3]`, 'opacity', 'depth' `[B,V,h,w]`} on white. `samples` per ray (half coarse, half importance;
+    default the release's); `generator`: jittered samples (None: deterministic); `window`, `chunk` as `TinyLRM.render`."""
+    B, V = c2w.shape[:2]
+    A = torch.eye(4, device=c2w.device); A[:3, :3] = YUP_TO_ZUP.to(c2w.device)
+    o, d = openlrm_rays(A @ c2w.reshape(B * V, 4, 4).float(), res)          # OpenLRM's frame from here on
+    o, d, h = window_rays(o, d, res, window); w = h
+    o, d = o.reshape(B, V * h * w, 3).to(planes), d.reshape(B, V * h * w, 3).to(planes)
+    S = samples or self.cfg.samples
+    if S < 4 or S % 2: raise LRMError(f"samples must be even and ≥ 4, got {S}")
+    step = chunk or o.shape[1]
+    raw = lambda p: self._raw(planes, p)
+    parts = [render_openlrm_rays(raw, o[:, i:i + step], d[:, i:i + step], S, self.cfg.bound, generator)
+             for i in range(0, o.shape[1], step)]
+    out = {k: torch.cat([p[k] for p in parts], 1) for k in ('rgb', 'opacity', 'depth')}
+    return {'rgb': out['rgb'].reshape(B, V, h, w, 3), 'opacity': out['opacity'].reshape(B, V, h, w), 'depth': out['depth'].reshape(B, V, h, w)}
 
 # %% ../nbs/12c_openlrm.ipynb #41003383
 def build_openlrm(cfg: OpenLRMConfig | None = None, seed: int = 0) -> OpenLRM:

@@ -18,6 +18,7 @@ from torch import nn
 from diffusers import AutoencoderKLWan, WanTransformer3DModel, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from transformers import UMT5Config, UMT5EncoderModel, AutoTokenizer
 from safetensors.torch import load_file, save_file
+from fastcore.basics import patch
 from .core import DreamvidError, ConfigError, AssetError, PromptError, load_json, save_json
 from .backbones import Backbone, build_word_tokenizer
 from .prompts import caption_vocabulary
@@ -189,7 +190,6 @@ class WanBackbone(Backbone):
         self.text_cache = LRUCache(text_cache)
         self.offload_device, self._offload_hooks = None, []
 
-    # -- devices, precision, memory ------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return self.offload_device if self.offload_device is not None else next(self.transformer.parameters()).device
@@ -202,108 +202,130 @@ class WanBackbone(Backbone):
         self.training = mode
         self.transformer.train(mode); self.text_encoder.eval(); self.codec.eval()
         return self
-    def enable_gradient_checkpointing(self) -> 'WanBackbone':
-        "Recompute each transformer block in the backward pass (memory for time); safe with routed LoRA branches."
-        self.transformer.enable_gradient_checkpointing(_restore_routing(self.transformer)); return self
-    def disable_gradient_checkpointing(self) -> 'WanBackbone':
-        self.transformer.disable_gradient_checkpointing(); return self
-    def enable_vae_tiling(self, **kw) -> 'WanBackbone': self.codec.enable_tiling(**kw); return self
-    def enable_vae_slicing(self) -> 'WanBackbone': self.codec.enable_slicing(); return self
-    def enable_model_cpu_offload(self, device: str | torch.device = 'cuda') -> 'WanBackbone':
-        "Keep text encoder, transformer and VAE on the CPU; each moves to `device` only while it runs (for generation)."
-        from accelerate import cpu_offload_with_hook
-        self.disable_model_cpu_offload()
-        self.text_cache.clear(); self.codec.cache.clear()
-        hook = None
-        for m in (self.text_encoder, self.transformer, self.codec.vae):
-            _, hook = cpu_offload_with_hook(m, torch.device(device), prev_module_hook=hook)
-            self._offload_hooks.append(hook)
-        self.offload_device = torch.device(device)
-        return self
-    def disable_model_cpu_offload(self) -> 'WanBackbone':
-        from accelerate.hooks import remove_hook_from_module
-        for h in self._offload_hooks: h.offload()
-        for m in (self.text_encoder, self.transformer, self.codec.vae): remove_hook_from_module(m)
-        self._offload_hooks, self.offload_device = [], None
-        return self
 
-    # -- text ------------------------------------------------------------------------------------------------
     @property
     def vocabulary(self) -> list[str]:
         "Tokens the tokenizer knows (special tokens excluded). Any text is accepted: unknown words split into pieces."
         sp = set(self.tokenizer.all_special_tokens)
         return sorted(w for w in self.tokenizer.get_vocab() if w not in sp)
-    def check_prompt(self, prompt: str, allow_empty: bool = False) -> int:
-        "Raise `PromptError` for a non-string, an empty prompt (unless `allow_empty`) or one over `max_text_length` tokens; return its token count."
-        if not isinstance(prompt, str): raise PromptError(f"prompt must be a string, got {type(prompt).__name__}")
-        if not prompt.strip() and not (allow_empty and prompt == ''):
-            raise PromptError(f"empty prompt {prompt!r}: describe the video, e.g. 'a video of a sks mug rotating on a wooden table'")
-        n = len(self.tokenizer(prompt, add_special_tokens=True, verbose=False).input_ids)
-        L = self.config.max_text_length
-        if n > L: raise PromptError(f"prompt {prompt[:60]!r}... has {n} tokens; Wan reads at most {L}: shorten it")
-        return n
-    @torch.no_grad()
-    def encode_prompt(self, prompts: str | Sequence[str], allow_empty: bool = False) -> torch.Tensor:
-        "UMT5 embeddings `[B, max_text_length, D]`, zero past each prompt's end; cached per prompt."
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        for p in prompts: self.check_prompt(p, allow_empty)
-        dev = self.device
-        out = {p: self.text_cache.get_or_none(p) for p in dict.fromkeys(prompts)}
-        todo = [p for p, e in out.items() if e is None]
-        if todo:
-            enc = self.tokenizer(todo, padding='max_length', max_length=self.config.max_text_length, truncation=True,
-                                 add_special_tokens=True, return_attention_mask=True, return_tensors='pt')
-            ids, mask = enc.input_ids.to(dev), enc.attention_mask.to(dev)
-            h = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-            h = h * mask[..., None].to(h.dtype)
-            for p, e in zip(todo, h): out[p] = e; self.text_cache.put(p, e)
-        return torch.stack([out[p].to(dev) for p in prompts])
 
-    # -- denoiser and schedules ------------------------------------------------------------------------------
-    def predict_velocity(self, latents: torch.Tensor, sigmas: torch.Tensor, text: torch.Tensor,
-                         attention_kwargs: dict | None = None) -> torch.Tensor:
-        "Velocity (float32); `sigmas` `[B]` or per-token `[B, seq_len]` in [0, 1]; inputs cast to the model's dtype."
-        dt = self.dtype
-        t = sigmas.to(latents.device, torch.float32) * self.scheduler.config.num_train_timesteps
-        out = self.transformer(latents.to(dt), t, text.to(latents.device, dt), attention_kwargs=attention_kwargs, return_dict=False)[0]
-        return out.float()
-    def sampling_scheduler(self):
-        "A fresh sampler for one generation: UniPC (Wan's default, flow sigmas with its shift) or Euler."
-        n = self.scheduler.config.num_train_timesteps
-        if self.config.sampler == 'euler': return FlowMatchEulerDiscreteScheduler(num_train_timesteps=n, shift=self.shift)
-        if self.sampler_config.get('_class_name') == 'UniPCMultistepScheduler': return UniPCMultistepScheduler.from_config(self.sampler_config)
-        return UniPCMultistepScheduler(prediction_type='flow_prediction', use_flow_sigmas=True, num_train_timesteps=n, flow_shift=self.shift)
+# %% ../nbs/14_wan.ipynb #4d94790d
+@patch
+def enable_gradient_checkpointing(self: WanBackbone) -> 'WanBackbone':
+    "Recompute each transformer block in the backward pass (memory for time); safe with routed LoRA branches."
+    self.transformer.enable_gradient_checkpointing(_restore_routing(self.transformer)); return self
 
-    # -- loading ---------------------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, weights: str | Path = WAN_MODEL_ID, device: str | torch.device = 'cpu', dtype: torch.dtype = torch.float32,
-                        vae_dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False, text_cache: int = 256,
-                        latent_cache: int = 64, **settings) -> 'WanBackbone':
-        """Load Wan from a local folder or a cached hub id (offline). `dtype`: transformer and text encoder
-        (`torch.bfloat16` on a GPU); `settings` override `WanSettings` (e.g. `sampler='euler'`, `resolution=480`)."""
-        root = resolve_wan_weights(weights)
-        cfg = WanSettings.load(root, **settings)
-        if isinstance(dtype, str): dtype = getattr(torch, dtype)
-        if isinstance(vae_dtype, str): vae_dtype = getattr(torch, vae_dtype)
-        from transformers.utils import logging as hf_logging
-        from diffusers.utils import logging as df_logging
-        bars, df_bars = hf_logging.is_progress_bar_enabled(), df_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar(); df_logging.disable_progress_bar()               # no per-part loading bars
-        part = 'tokenizer'
-        try:
-            tok = AutoTokenizer.from_pretrained(root/'tokenizer')
-            part = 'text_encoder'; te = UMT5EncoderModel.from_pretrained(root/'text_encoder', dtype=dtype)
-            part = 'vae'; vae = AutoencoderKLWan.from_pretrained(root/'vae', torch_dtype=vae_dtype)
-            part = 'transformer'; tr = WanTransformer3DModel.from_pretrained(root/'transformer', torch_dtype=dtype)
-            part = 'scheduler'; sch = load_json(root/'scheduler'/'scheduler_config.json')
-        except (OSError, ValueError, json.JSONDecodeError) as e:
-            raise ConfigError(f"could not load the Wan {part} from {root/part}: {e}. " + _download_hint(weights)) from e
-        finally:
-            if bars: hf_logging.enable_progress_bar()
-            if df_bars: df_logging.enable_progress_bar()
-        bb = cls(tr, te, tok, vae, sch, cfg, text_cache, latent_cache).to(device).eval()
-        if gradient_checkpointing: bb.enable_gradient_checkpointing()
-        return bb
+@patch
+def disable_gradient_checkpointing(self: WanBackbone) -> 'WanBackbone':
+    self.transformer.disable_gradient_checkpointing(); return self
+
+@patch
+def enable_vae_tiling(self: WanBackbone, **kw) -> 'WanBackbone': self.codec.enable_tiling(**kw); return self
+
+@patch
+def enable_vae_slicing(self: WanBackbone) -> 'WanBackbone': self.codec.enable_slicing(); return self
+
+@patch
+def enable_model_cpu_offload(self: WanBackbone, device: str | torch.device = 'cuda') -> 'WanBackbone':
+    "Keep text encoder, transformer and VAE on the CPU; each moves to `device` only while it runs (for generation)."
+    from accelerate import cpu_offload_with_hook
+    self.disable_model_cpu_offload()
+    self.text_cache.clear(); self.codec.cache.clear()
+    hook = None
+    for m in (self.text_encoder, self.transformer, self.codec.vae):
+        _, hook = cpu_offload_with_hook(m, torch.device(device), prev_module_hook=hook)
+        self._offload_hooks.append(hook)
+    self.offload_device = torch.device(device)
+    return self
+
+@patch
+def disable_model_cpu_offload(self: WanBackbone) -> 'WanBackbone':
+    from accelerate.hooks import remove_hook_from_module
+    for h in self._offload_hooks: h.offload()
+    for m in (self.text_encoder, self.transformer, self.codec.vae): remove_hook_from_module(m)
+    self._offload_hooks, self.offload_device = [], None
+    return self
+
+# %% ../nbs/14_wan.ipynb #22042fee
+@patch
+def check_prompt(self: WanBackbone, prompt: str, allow_empty: bool = False) -> int:
+    "Raise `PromptError` for a non-string, an empty prompt (unless `allow_empty`) or one over `max_text_length` tokens; return its token count."
+    if not isinstance(prompt, str): raise PromptError(f"prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip() and not (allow_empty and prompt == ''):
+        raise PromptError(f"empty prompt {prompt!r}: describe the video, e.g. 'a video of a sks mug rotating on a wooden table'")
+    n = len(self.tokenizer(prompt, add_special_tokens=True, verbose=False).input_ids)
+    L = self.config.max_text_length
+    if n > L: raise PromptError(f"prompt {prompt[:60]!r}... has {n} tokens; Wan reads at most {L}: shorten it")
+    return n
+
+# %% ../nbs/14_wan.ipynb #8371a520
+@patch
+@torch.no_grad()
+def encode_prompt(self: WanBackbone, prompts: str | Sequence[str], allow_empty: bool = False) -> torch.Tensor:
+    "UMT5 embeddings `[B, max_text_length, D]`, zero past each prompt's end; cached per prompt."
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    for p in prompts: self.check_prompt(p, allow_empty)
+    dev = self.device
+    out = {p: self.text_cache.get_or_none(p) for p in dict.fromkeys(prompts)}
+    todo = [p for p, e in out.items() if e is None]
+    if todo:
+        enc = self.tokenizer(todo, padding='max_length', max_length=self.config.max_text_length, truncation=True,
+                             add_special_tokens=True, return_attention_mask=True, return_tensors='pt')
+        ids, mask = enc.input_ids.to(dev), enc.attention_mask.to(dev)
+        h = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        h = h * mask[..., None].to(h.dtype)
+        for p, e in zip(todo, h): out[p] = e; self.text_cache.put(p, e)
+    return torch.stack([out[p].to(dev) for p in prompts])
+
+# %% ../nbs/14_wan.ipynb #75d5af3d
+@patch
+def predict_velocity(self: WanBackbone, latents: torch.Tensor, sigmas: torch.Tensor, text: torch.Tensor,
+                     attention_kwargs: dict | None = None) -> torch.Tensor:
+    "Velocity (float32); `sigmas` `[B]` or per-token `[B, seq_len]` in [0, 1]; inputs cast to the model's dtype."
+    dt = self.dtype
+    t = sigmas.to(latents.device, torch.float32) * self.scheduler.config.num_train_timesteps
+    out = self.transformer(latents.to(dt), t, text.to(latents.device, dt), attention_kwargs=attention_kwargs, return_dict=False)[0]
+    return out.float()
+
+# %% ../nbs/14_wan.ipynb #0c2b1e25
+@patch
+def sampling_scheduler(self: WanBackbone):
+    "A fresh sampler for one generation: UniPC (Wan's default, flow sigmas with its shift) or Euler."
+    n = self.scheduler.config.num_train_timesteps
+    if self.config.sampler == 'euler': return FlowMatchEulerDiscreteScheduler(num_train_timesteps=n, shift=self.shift)
+    if self.sampler_config.get('_class_name') == 'UniPCMultistepScheduler': return UniPCMultistepScheduler.from_config(self.sampler_config)
+    return UniPCMultistepScheduler(prediction_type='flow_prediction', use_flow_sigmas=True, num_train_timesteps=n, flow_shift=self.shift)
+
+# %% ../nbs/14_wan.ipynb #90a05f71
+@patch(cls_method=True)
+def from_pretrained(cls: WanBackbone, weights: str | Path = WAN_MODEL_ID, device: str | torch.device = 'cpu', dtype: torch.dtype = torch.float32,
+                    vae_dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False, text_cache: int = 256,
+                    latent_cache: int = 64, **settings) -> 'WanBackbone':
+    """Load Wan from a local folder or a cached hub id (offline). `dtype`: transformer and text encoder
+    (`torch.bfloat16` on a GPU); `settings` override `WanSettings` (e.g. `sampler='euler'`, `resolution=480`)."""
+    root = resolve_wan_weights(weights)
+    cfg = WanSettings.load(root, **settings)
+    if isinstance(dtype, str): dtype = getattr(torch, dtype)
+    if isinstance(vae_dtype, str): vae_dtype = getattr(torch, vae_dtype)
+    from transformers.utils import logging as hf_logging
+    from diffusers.utils import logging as df_logging
+    bars, df_bars = hf_logging.is_progress_bar_enabled(), df_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar(); df_logging.disable_progress_bar()               # no per-part loading bars
+    part = 'tokenizer'
+    try:
+        tok = AutoTokenizer.from_pretrained(root/'tokenizer')
+        part = 'text_encoder'; te = UMT5EncoderModel.from_pretrained(root/'text_encoder', dtype=dtype)
+        part = 'vae'; vae = AutoencoderKLWan.from_pretrained(root/'vae', torch_dtype=vae_dtype)
+        part = 'transformer'; tr = WanTransformer3DModel.from_pretrained(root/'transformer', torch_dtype=dtype)
+        part = 'scheduler'; sch = load_json(root/'scheduler'/'scheduler_config.json')
+    except (OSError, ValueError, json.JSONDecodeError) as e:
+        raise ConfigError(f"could not load the Wan {part} from {root/part}: {e}. " + _download_hint(weights)) from e
+    finally:
+        if bars: hf_logging.enable_progress_bar()
+        if df_bars: df_logging.enable_progress_bar()
+    bb = cls(tr, te, tok, vae, sch, cfg, text_cache, latent_cache).to(device).eval()
+    if gradient_checkpointing: bb.enable_gradient_checkpointing()
+    return bb
 
 # %% ../nbs/14_wan.ipynb #4cb453e7
 def tiny_wan_words() -> list[str]:
