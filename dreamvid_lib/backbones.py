@@ -7,6 +7,7 @@ Docs: https://dreamvid.github.io/dreamvid/backbones.html.md"""
 # %% ../nbs/03_backbones.ipynb #05ab3c52
 from __future__ import annotations
 import re, json, math, dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Sequence
@@ -17,12 +18,14 @@ from torch import nn
 from diffusers import WanTransformer3DModel, FlowMatchEulerDiscreteScheduler, AutoencoderKL
 from transformers import UMT5Config, UMT5EncoderModel, PreTrainedTokenizerFast
 from tokenizers import Tokenizer, models, pre_tokenizers, normalizers
+from transformers.utils import logging as hf_logging
+from diffusers.utils import logging as df_logging
 from .core import DreamvidError, ConfigError, AssetError, PromptError, assets_dir, load_json, save_json
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'IDENTIFIER_TOKENS', 'BACKBONES', 'build_word_tokenizer', 'prompt_words', 'check_prompt',
-           'PixelCodec', 'make_toy_vae', 'VAECodec', 'ToyModelConfig', 'SequenceLayout', 'Backbone', 'ToyBackbone',
-           'default_toy_weights', 'backbone_class', 'load_backbone']
+__all__ = ['SPECIAL_TOKENS', 'IDENTIFIER_TOKENS', 'BACKBONES', 'build_word_tokenizer', 'quiet_loading', 'prompt_words',
+           'check_prompt', 'PixelCodec', 'make_toy_vae', 'VAECodec', 'ToyModelConfig', 'SequenceLayout', 'Backbone',
+           'ToyBackbone', 'default_toy_weights', 'backbone_class', 'load_backbone']
 
 # %% ../nbs/03_backbones.ipynb #be3c1431
 SPECIAL_TOKENS = ('[PAD]', '[EOS]', '[UNK]')
@@ -41,6 +44,20 @@ def build_word_tokenizer(words: Sequence[str], max_length: int = 24) -> PreTrain
     tok.post_processor = TemplateProcessing(single='$A [EOS]', special_tokens=[('[EOS]', vocab['[EOS]'])])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token='[PAD]', eos_token='[EOS]', unk_token='[UNK]',
                                    model_max_length=max_length, padding_side='right')
+
+# %% ../nbs/03_backbones.ipynb #175885a1
+@contextmanager
+def quiet_loading(errors_only: bool = False):
+    """Silence the per-part loading and saving bars of `transformers` and `diffusers` inside (`errors_only`: diffusers'
+    warnings too); everything is restored on the way out, also after an error."""
+    bars, df_bars, level = hf_logging.is_progress_bar_enabled(), df_logging.is_progress_bar_enabled(), df_logging.get_verbosity()
+    hf_logging.disable_progress_bar(); df_logging.disable_progress_bar()
+    if errors_only: df_logging.set_verbosity_error()
+    try: yield
+    finally:
+        df_logging.set_verbosity(level)
+        if bars: hf_logging.enable_progress_bar()
+        if df_bars: df_logging.enable_progress_bar()
 
 # %% ../nbs/03_backbones.ipynb #41a93f90
 def prompt_words(tokenizer: PreTrainedTokenizerFast, prompt: str) -> list[str]:
@@ -287,19 +304,16 @@ def from_pretrained(cls: ToyBackbone, path, device: str | torch.device = 'cpu') 
     if cfg.codec == 'vae' and not (path/'vae').exists():
         raise AssetError(f"toy model folder {path} lacks vae/ (its config says codec='vae'): restore it from the repository's "
                          "assets/toy_t2v or re-run nbs/05_toy_pretrain.ipynb to rebuild it")
-    from transformers.utils import logging as hf_logging
-    bars = hf_logging.is_progress_bar_enabled(); hf_logging.disable_progress_bar()   # no per-load bars for tiny models
-    try:
-        tr = WanTransformer3DModel.from_pretrained(path/'transformer')
-        te = UMT5EncoderModel.from_pretrained(path/'text_encoder')
-        tok = PreTrainedTokenizerFast.from_pretrained(path/'tokenizer')
-        sch = FlowMatchEulerDiscreteScheduler.from_pretrained(path/'scheduler')
-        vae = AutoencoderKL.from_pretrained(path/'vae') if cfg.codec == 'vae' else None
-    except (OSError, ValueError, json.JSONDecodeError) as e:
-        raise ConfigError(f"could not load the toy model from {path}: {e}. Restore the folder from the repository "
-                          "or rebuild it with nbs/05_toy_pretrain.ipynb") from e
-    finally:
-        if bars: hf_logging.enable_progress_bar()
+    with quiet_loading():                                               # no per-part bars for tiny models
+        try:
+            tr = WanTransformer3DModel.from_pretrained(path/'transformer')
+            te = UMT5EncoderModel.from_pretrained(path/'text_encoder')
+            tok = PreTrainedTokenizerFast.from_pretrained(path/'tokenizer')
+            sch = FlowMatchEulerDiscreteScheduler.from_pretrained(path/'scheduler')
+            vae = AutoencoderKL.from_pretrained(path/'vae') if cfg.codec == 'vae' else None
+        except (OSError, ValueError, json.JSONDecodeError) as e:
+            raise ConfigError(f"could not load the toy model from {path}: {e}. Restore the folder from the repository "
+                              "or rebuild it with nbs/05_toy_pretrain.ipynb") from e
     bb = cls(tr, te, tok, sch, cfg, vae).to(device)
     return bb.eval()
 

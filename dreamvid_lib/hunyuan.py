@@ -21,10 +21,10 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2_5_VLTextC
 from safetensors.torch import load_file, save_file
 from fastcore.basics import patch
 from .core import DreamvidError, ConfigError, AssetError, PromptError, load_json, save_json
-from .backbones import Backbone, build_word_tokenizer
+from .backbones import Backbone, build_word_tokenizer, quiet_loading
 from .references import FrameIndexRope, TokenRouter, REF_BRANCH
 from .attention import AttentionProbe
-from .wan import LRUCache, tensor_key
+from .wan import LRUCache, tensor_key, DiffusersBackbone
 from .adapters import lora_config, _backbone_signature
 from .wan import tiny_wan_words, _adapter_scale
 
@@ -121,10 +121,7 @@ def tiny_hunyuan_parts(seed: int = 0, words: Sequence[str] | None = None, z_dim:
                                           text_embed_dim=text_dim, text_embed_2_dim=byt5_dim, image_embed_dim=8,
                                           rope_axes_dim=(hd // 4, 3 * hd // 8, 3 * hd // 8), task_type='t2v')
     sch = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=5.0)
-    from diffusers.utils import logging as df_logging
-    level = df_logging.get_verbosity(); df_logging.set_verbosity_error()          # (guiders warn that they are new)
-    try: guider = ClassifierFreeGuidance(guidance_scale=6.0)
-    finally: df_logging.set_verbosity(level)
+    with quiet_loading(errors_only=True): guider = ClassifierFreeGuidance(guidance_scale=6.0)   # (guiders warn that they are new)
     return {'text_encoder': te, 'tokenizer': tok, 'transformer': tr, 'vae': vae, 'scheduler': sch,
             'text_encoder_2': te2, 'tokenizer_2': tok2, 'guider': guider}
 
@@ -133,16 +130,9 @@ def make_tiny_hunyuan(path, seed: int = 0, resolution: int = 32, num_frames: int
     """Save a tiny random HunyuanVideo-1.5 pipeline to `path` in the Hub layout (`HunyuanVideo15Pipeline.save_pretrained`;
     loadable by `HunyuanVideo15Pipeline.from_pretrained` and `load_backbone('hunyuan', path)`); `sizes` go to `tiny_hunyuan_parts`."""
     from diffusers import HunyuanVideo15Pipeline
-    from diffusers.utils import logging as df_logging
-    from transformers.utils import logging as hf_logging
     path = Path(path)
-    bars, hf_bars, level = df_logging.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled(), df_logging.get_verbosity()
-    df_logging.disable_progress_bar(); hf_logging.disable_progress_bar(); df_logging.set_verbosity_error()   # (guiders warn they are new)
-    try: HunyuanVideo15Pipeline(**tiny_hunyuan_parts(seed, **sizes)).save_pretrained(path)
-    finally:
-        df_logging.set_verbosity(level)
-        if bars: df_logging.enable_progress_bar()
-        if hf_bars: hf_logging.enable_progress_bar()
+    with quiet_loading(errors_only=True):                                 # (diffusers' guiders warn that they are new)
+        HunyuanVideo15Pipeline(**tiny_hunyuan_parts(seed, **sizes)).save_pretrained(path)
     tok = PreTrainedTokenizerFast.from_pretrained(path/'tokenizer')
     save_json(path/HUNYUAN_SETTINGS_FILE, asdict(HunyuanSettings(resolution=resolution, height=resolution, width=resolution, num_frames=num_frames,
                                                                  max_text_length=tok.model_max_length, crop_start=0,
@@ -461,10 +451,10 @@ def _replay_state(transformer):
     return ckpt
 
 # %% ../nbs/15_hunyuan.ipynb #09c32dd0
-class HunyuanBackbone(Backbone):
+class HunyuanBackbone(DiffusersBackbone):
     """HunyuanVideo-1.5 text-to-video: Qwen2.5-VL text model + byT5 (text), `AutoencoderKLHunyuanVideo15` codec,
     `HunyuanVideo15Transformer3DModel` with per-token timesteps, flow matching with HunyuanVideo-1.5's shift."""
-    name = 'hunyuan'
+    name, model_name, prompt_special_tokens = 'hunyuan', 'HunyuanVideo-1.5', False   # the pipeline counts a prompt without special tokens
     lora_targets = HUNYUAN_LORA_TARGETS
     def __init__(self, transformer, text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae, scheduler_config: dict,
                  settings: HunyuanSettings | None = None, text_cache: int = 256, latent_cache: int = 64):
@@ -481,9 +471,6 @@ class HunyuanBackbone(Backbone):
         install_hunyuan_hooks(self.transformer)
 
     @property
-    def device(self) -> torch.device:
-        return self.offload_device if self.offload_device is not None else next(self.transformer.parameters()).device
-    @property
     def dtype(self) -> torch.dtype:
         "The transformer's compute dtype (its base weights; LoRA weights may be float32)."
         pe = self.transformer.x_embedder.proj
@@ -497,11 +484,7 @@ class HunyuanBackbone(Backbone):
         self.transformer.train(mode); self.text_encoder.eval(); self.text_encoder_2.eval(); self.codec.eval()
         return self
 
-    @property
-    def vocabulary(self) -> list[str]:
-        "Tokens the Qwen tokenizer knows (special tokens excluded). Any text is accepted: unknown words split into pieces."
-        sp = set(self.tokenizer.all_special_tokens)
-        return sorted(w for w in self.tokenizer.get_vocab() if w not in sp)
+    def _offloadable(self): return (self.text_encoder, self.text_encoder_2, self.transformer, self.codec.vae)
     @property
     def text_dims(self) -> tuple[int, int, int, int]:
         "(Qwen tokens, Qwen width, byT5 tokens, byT5 width) of the packed text tensor (widths: what the transformer reads)."
@@ -517,48 +500,6 @@ def enable_gradient_checkpointing(self: HunyuanBackbone) -> 'HunyuanBackbone':
 @patch
 def disable_gradient_checkpointing(self: HunyuanBackbone) -> 'HunyuanBackbone':
     self.transformer.disable_gradient_checkpointing(); return self
-
-@patch
-def enable_vae_tiling(self: HunyuanBackbone, **kw) -> 'HunyuanBackbone': self.codec.enable_tiling(**kw); return self
-
-@patch
-def enable_vae_slicing(self: HunyuanBackbone) -> 'HunyuanBackbone': self.codec.enable_slicing(); return self
-
-@patch
-def _offloadable(self: HunyuanBackbone): return (self.text_encoder, self.text_encoder_2, self.transformer, self.codec.vae)
-
-@patch
-def enable_model_cpu_offload(self: HunyuanBackbone, device: str | torch.device = 'cuda') -> 'HunyuanBackbone':
-    "Keep both text encoders, transformer and VAE on the CPU; each moves to `device` only while it runs (for generation)."
-    from accelerate import cpu_offload_with_hook
-    self.disable_model_cpu_offload()
-    self.text_cache.clear(); self.codec.cache.clear()
-    hook = None
-    for m in self._offloadable():
-        _, hook = cpu_offload_with_hook(m, torch.device(device), prev_module_hook=hook)
-        self._offload_hooks.append(hook)
-    self.offload_device = torch.device(device)
-    return self
-
-@patch
-def disable_model_cpu_offload(self: HunyuanBackbone) -> 'HunyuanBackbone':
-    from accelerate.hooks import remove_hook_from_module
-    for h in self._offload_hooks: h.offload()
-    for m in self._offloadable(): remove_hook_from_module(m)
-    self._offload_hooks, self.offload_device = [], None
-    return self
-
-# %% ../nbs/15_hunyuan.ipynb #b9761bc3
-@patch
-def check_prompt(self: HunyuanBackbone, prompt: str, allow_empty: bool = False) -> int:
-    "Raise `PromptError` for a non-string, an empty prompt (unless `allow_empty`) or one over `max_text_length` tokens; return its token count."
-    if not isinstance(prompt, str): raise PromptError(f"prompt must be a string, got {type(prompt).__name__}")
-    if not prompt.strip() and not (allow_empty and prompt == ''):
-        raise PromptError(f"empty prompt {prompt!r}: describe the video, e.g. 'a video of a sks mug rotating on a wooden table'")
-    n = len(self.tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids)
-    L = self.config.max_text_length
-    if n > L: raise PromptError(f"prompt {prompt[:60]!r}... has {n} tokens; HunyuanVideo-1.5 reads at most {L}: shorten it")
-    return n
 
 # %% ../nbs/15_hunyuan.ipynb #b2470f06
 @patch
@@ -640,24 +581,18 @@ def from_pretrained(cls: HunyuanBackbone, weights: str | Path = HUNYUAN_MODEL_ID
     cfg = HunyuanSettings.load(root, **settings)
     if isinstance(dtype, str): dtype = getattr(torch, dtype)
     if isinstance(vae_dtype, str): vae_dtype = getattr(torch, vae_dtype)
-    from transformers.utils import logging as hf_logging
-    from diffusers.utils import logging as df_logging
-    bars, df_bars = hf_logging.is_progress_bar_enabled(), df_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar(); df_logging.disable_progress_bar()
     part = 'tokenizer'
-    try:
-        tok = AutoTokenizer.from_pretrained(root/'tokenizer')
-        part = 'tokenizer_2'; tok2 = AutoTokenizer.from_pretrained(root/'tokenizer_2')
-        part = 'text_encoder'; te = Qwen2_5_VLTextModel.from_pretrained(root/'text_encoder', dtype=dtype)
-        part = 'text_encoder_2'; te2 = T5EncoderModel.from_pretrained(root/'text_encoder_2', dtype=dtype)
-        part = 'vae'; vae = AutoencoderKLHunyuanVideo15.from_pretrained(root/'vae', torch_dtype=vae_dtype)
-        part = 'transformer'; tr = HunyuanVideo15Transformer3DModel.from_pretrained(root/'transformer', torch_dtype=dtype)
-        part = 'scheduler'; sch = load_json(root/'scheduler'/'scheduler_config.json')
-    except (OSError, ValueError, json.JSONDecodeError) as e:
-        raise ConfigError(f"could not load the HunyuanVideo-1.5 {part} from {root/part}: {e}. " + _hy_download_hint()) from e
-    finally:
-        if bars: hf_logging.enable_progress_bar()
-        if df_bars: df_logging.enable_progress_bar()
+    with quiet_loading():
+        try:
+            tok = AutoTokenizer.from_pretrained(root/'tokenizer')
+            part = 'tokenizer_2'; tok2 = AutoTokenizer.from_pretrained(root/'tokenizer_2')
+            part = 'text_encoder'; te = Qwen2_5_VLTextModel.from_pretrained(root/'text_encoder', dtype=dtype)
+            part = 'text_encoder_2'; te2 = T5EncoderModel.from_pretrained(root/'text_encoder_2', dtype=dtype)
+            part = 'vae'; vae = AutoencoderKLHunyuanVideo15.from_pretrained(root/'vae', torch_dtype=vae_dtype)
+            part = 'transformer'; tr = HunyuanVideo15Transformer3DModel.from_pretrained(root/'transformer', torch_dtype=dtype)
+            part = 'scheduler'; sch = load_json(root/'scheduler'/'scheduler_config.json')
+        except (OSError, ValueError, json.JSONDecodeError) as e:
+            raise ConfigError(f"could not load the HunyuanVideo-1.5 {part} from {root/part}: {e}. " + _hy_download_hint()) from e
     bb = cls(tr, te, tok, te2, tok2, vae, sch, cfg, text_cache, latent_cache).to(device).eval()
     if gradient_checkpointing: bb.enable_gradient_checkpointing()
     if vae_tiling: bb.enable_vae_tiling()

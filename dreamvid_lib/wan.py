@@ -18,15 +18,17 @@ from torch import nn
 from diffusers import AutoencoderKLWan, WanTransformer3DModel, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from transformers import UMT5Config, UMT5EncoderModel, AutoTokenizer
 from safetensors.torch import load_file, save_file
+from accelerate import cpu_offload_with_hook
+from accelerate.hooks import remove_hook_from_module
 from fastcore.basics import patch
 from .core import DreamvidError, ConfigError, AssetError, PromptError, load_json, save_json
-from .backbones import Backbone, build_word_tokenizer
+from .backbones import Backbone, build_word_tokenizer, quiet_loading
 from .prompts import caption_vocabulary
 
 # %% auto #0
 __all__ = ['WAN_MODEL_ID', 'WAN_LAYOUT', 'SETTINGS_FILE', 'resolve_wan_weights', 'LRUCache', 'tensor_key', 'WanCodec',
-           'WanSettings', 'WanBackbone', 'tiny_wan_words', 'tiny_wan_parts', 'make_tiny_wan', 'comfy_key',
-           'export_comfy_lora', 'latent_frame_pixels']
+           'WanSettings', 'DiffusersBackbone', 'WanBackbone', 'tiny_wan_words', 'tiny_wan_parts', 'make_tiny_wan',
+           'comfy_key', 'export_comfy_lora', 'latent_frame_pixels']
 
 # %% ../nbs/14_wan.ipynb #641cd224
 WAN_MODEL_ID = 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers'
@@ -174,10 +176,52 @@ def _restore_routing(transformer):
         return checkpoint(block, *args, use_reentrant=False, context_fn=lambda: (nullcontext(), replay()))
     return ckpt
 
+# %% ../nbs/14_wan.ipynb #85d1bffc
+class DiffusersBackbone(Backbone):
+    """What the real diffusers backbones (Wan 2.1, HunyuanVideo-1.5) share beyond `Backbone`: a device that follows CPU
+    offload, the tokenizer's vocabulary, the prompt check, VAE tiling and slicing, and model CPU offload over the models
+    `_offloadable` names. A subclass sets `model_name` and whether its tokenizer counts special tokens."""
+    model_name, prompt_special_tokens = 'the model', True
+    @property
+    def device(self) -> torch.device:
+        return self.offload_device if self.offload_device is not None else next(self.transformer.parameters()).device
+    @property
+    def vocabulary(self) -> list[str]:
+        "Tokens the tokenizer knows (special tokens excluded). Any text is accepted: unknown words split into pieces."
+        sp = set(self.tokenizer.all_special_tokens)
+        return sorted(w for w in self.tokenizer.get_vocab() if w not in sp)
+    def _offloadable(self) -> tuple: raise NotImplementedError
+    def check_prompt(self, prompt: str, allow_empty: bool = False) -> int:
+        "Raise `PromptError` for a non-string, an empty prompt (unless `allow_empty`) or one over `max_text_length` tokens; return its token count."
+        if not isinstance(prompt, str): raise PromptError(f"prompt must be a string, got {type(prompt).__name__}")
+        if not prompt.strip() and not (allow_empty and prompt == ''):
+            raise PromptError(f"empty prompt {prompt!r}: describe the video, e.g. 'a video of a sks mug rotating on a wooden table'")
+        n = len(self.tokenizer(prompt, add_special_tokens=self.prompt_special_tokens, verbose=False).input_ids)
+        L = self.config.max_text_length
+        if n > L: raise PromptError(f"prompt {prompt[:60]!r}... has {n} tokens; {self.model_name} reads at most {L}: shorten it")
+        return n
+    def enable_vae_tiling(self, **kw): self.codec.enable_tiling(**kw); return self
+    def enable_vae_slicing(self): self.codec.enable_slicing(); return self
+    def enable_model_cpu_offload(self, device: str | torch.device = 'cuda'):
+        "Keep the text encoder(s), transformer and VAE (`_offloadable`) on the CPU; each moves to `device` only while it runs (for generation)."
+        self.disable_model_cpu_offload()
+        self.text_cache.clear(); self.codec.cache.clear()
+        hook = None
+        for m in self._offloadable():
+            _, hook = cpu_offload_with_hook(m, torch.device(device), prev_module_hook=hook)
+            self._offload_hooks.append(hook)
+        self.offload_device = torch.device(device)
+        return self
+    def disable_model_cpu_offload(self):
+        for h in self._offload_hooks: h.offload()
+        for m in self._offloadable(): remove_hook_from_module(m)
+        self._offload_hooks, self.offload_device = [], None
+        return self
+
 # %% ../nbs/14_wan.ipynb #8f42cebe
-class WanBackbone(Backbone):
+class WanBackbone(DiffusersBackbone):
     "Wan 2.1 text-to-video: UMT5 + `AutoencoderKLWan` codec + `WanTransformer3DModel` + flow matching with Wan's shift."
-    name = 'wan'
+    name, model_name = 'wan', 'Wan'
     def __init__(self, transformer, text_encoder, tokenizer, vae, scheduler_config: dict, settings: WanSettings | None = None,
                  text_cache: int = 256, latent_cache: int = 64):
         self.shift = float(scheduler_config.get('flow_shift') or scheduler_config.get('shift') or 1.0)
@@ -191,9 +235,6 @@ class WanBackbone(Backbone):
         self.offload_device, self._offload_hooks = None, []
 
     @property
-    def device(self) -> torch.device:
-        return self.offload_device if self.offload_device is not None else next(self.transformer.parameters()).device
-    @property
     def dtype(self) -> torch.dtype:
         "The transformer's compute dtype (its base weights; LoRA weights may be float32)."
         pe = self.transformer.patch_embedding                   # (diffusers keeps a few Wan modules in float32)
@@ -203,11 +244,7 @@ class WanBackbone(Backbone):
         self.transformer.train(mode); self.text_encoder.eval(); self.codec.eval()
         return self
 
-    @property
-    def vocabulary(self) -> list[str]:
-        "Tokens the tokenizer knows (special tokens excluded). Any text is accepted: unknown words split into pieces."
-        sp = set(self.tokenizer.all_special_tokens)
-        return sorted(w for w in self.tokenizer.get_vocab() if w not in sp)
+    def _offloadable(self): return (self.text_encoder, self.transformer, self.codec.vae)
 
 # %% ../nbs/14_wan.ipynb #4d94790d
 @patch
@@ -218,45 +255,6 @@ def enable_gradient_checkpointing(self: WanBackbone) -> 'WanBackbone':
 @patch
 def disable_gradient_checkpointing(self: WanBackbone) -> 'WanBackbone':
     self.transformer.disable_gradient_checkpointing(); return self
-
-@patch
-def enable_vae_tiling(self: WanBackbone, **kw) -> 'WanBackbone': self.codec.enable_tiling(**kw); return self
-
-@patch
-def enable_vae_slicing(self: WanBackbone) -> 'WanBackbone': self.codec.enable_slicing(); return self
-
-@patch
-def enable_model_cpu_offload(self: WanBackbone, device: str | torch.device = 'cuda') -> 'WanBackbone':
-    "Keep text encoder, transformer and VAE on the CPU; each moves to `device` only while it runs (for generation)."
-    from accelerate import cpu_offload_with_hook
-    self.disable_model_cpu_offload()
-    self.text_cache.clear(); self.codec.cache.clear()
-    hook = None
-    for m in (self.text_encoder, self.transformer, self.codec.vae):
-        _, hook = cpu_offload_with_hook(m, torch.device(device), prev_module_hook=hook)
-        self._offload_hooks.append(hook)
-    self.offload_device = torch.device(device)
-    return self
-
-@patch
-def disable_model_cpu_offload(self: WanBackbone) -> 'WanBackbone':
-    from accelerate.hooks import remove_hook_from_module
-    for h in self._offload_hooks: h.offload()
-    for m in (self.text_encoder, self.transformer, self.codec.vae): remove_hook_from_module(m)
-    self._offload_hooks, self.offload_device = [], None
-    return self
-
-# %% ../nbs/14_wan.ipynb #22042fee
-@patch
-def check_prompt(self: WanBackbone, prompt: str, allow_empty: bool = False) -> int:
-    "Raise `PromptError` for a non-string, an empty prompt (unless `allow_empty`) or one over `max_text_length` tokens; return its token count."
-    if not isinstance(prompt, str): raise PromptError(f"prompt must be a string, got {type(prompt).__name__}")
-    if not prompt.strip() and not (allow_empty and prompt == ''):
-        raise PromptError(f"empty prompt {prompt!r}: describe the video, e.g. 'a video of a sks mug rotating on a wooden table'")
-    n = len(self.tokenizer(prompt, add_special_tokens=True, verbose=False).input_ids)
-    L = self.config.max_text_length
-    if n > L: raise PromptError(f"prompt {prompt[:60]!r}... has {n} tokens; Wan reads at most {L}: shorten it")
-    return n
 
 # %% ../nbs/14_wan.ipynb #8371a520
 @patch
@@ -307,22 +305,16 @@ def from_pretrained(cls: WanBackbone, weights: str | Path = WAN_MODEL_ID, device
     cfg = WanSettings.load(root, **settings)
     if isinstance(dtype, str): dtype = getattr(torch, dtype)
     if isinstance(vae_dtype, str): vae_dtype = getattr(torch, vae_dtype)
-    from transformers.utils import logging as hf_logging
-    from diffusers.utils import logging as df_logging
-    bars, df_bars = hf_logging.is_progress_bar_enabled(), df_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar(); df_logging.disable_progress_bar()               # no per-part loading bars
     part = 'tokenizer'
-    try:
-        tok = AutoTokenizer.from_pretrained(root/'tokenizer')
-        part = 'text_encoder'; te = UMT5EncoderModel.from_pretrained(root/'text_encoder', dtype=dtype)
-        part = 'vae'; vae = AutoencoderKLWan.from_pretrained(root/'vae', torch_dtype=vae_dtype)
-        part = 'transformer'; tr = WanTransformer3DModel.from_pretrained(root/'transformer', torch_dtype=dtype)
-        part = 'scheduler'; sch = load_json(root/'scheduler'/'scheduler_config.json')
-    except (OSError, ValueError, json.JSONDecodeError) as e:
-        raise ConfigError(f"could not load the Wan {part} from {root/part}: {e}. " + _download_hint(weights)) from e
-    finally:
-        if bars: hf_logging.enable_progress_bar()
-        if df_bars: df_logging.enable_progress_bar()
+    with quiet_loading():
+        try:
+            tok = AutoTokenizer.from_pretrained(root/'tokenizer')
+            part = 'text_encoder'; te = UMT5EncoderModel.from_pretrained(root/'text_encoder', dtype=dtype)
+            part = 'vae'; vae = AutoencoderKLWan.from_pretrained(root/'vae', torch_dtype=vae_dtype)
+            part = 'transformer'; tr = WanTransformer3DModel.from_pretrained(root/'transformer', torch_dtype=dtype)
+            part = 'scheduler'; sch = load_json(root/'scheduler'/'scheduler_config.json')
+        except (OSError, ValueError, json.JSONDecodeError) as e:
+            raise ConfigError(f"could not load the Wan {part} from {root/part}: {e}. " + _download_hint(weights)) from e
     bb = cls(tr, te, tok, vae, sch, cfg, text_cache, latent_cache).to(device).eval()
     if gradient_checkpointing: bb.enable_gradient_checkpointing()
     return bb
@@ -356,13 +348,9 @@ def make_tiny_wan(path, seed: int = 0, resolution: int = 32, num_frames: int = 5
     """Save a tiny random Wan 2.1 pipeline to `path` in the `Wan-AI/Wan2.1-T2V-1.3B-Diffusers` layout (loadable by
     `WanPipeline.from_pretrained` and `load_backbone('wan', path)`); `sizes` go to `tiny_wan_parts`."""
     from diffusers import WanPipeline
-    from diffusers.utils import logging as df_logging
     path = Path(path)
     parts = tiny_wan_parts(seed, **sizes)
-    bars = df_logging.is_progress_bar_enabled(); df_logging.disable_progress_bar()
-    try: WanPipeline(**parts).save_pretrained(path)
-    finally:
-        if bars: df_logging.enable_progress_bar()
+    with quiet_loading(): WanPipeline(**parts).save_pretrained(path)
     save_json(path/SETTINGS_FILE, asdict(WanSettings(resolution=resolution, height=resolution, width=resolution, num_frames=num_frames,
                                                      max_text_length=parts['tokenizer'].model_max_length, guidance=4.0).validate()))
     return path
