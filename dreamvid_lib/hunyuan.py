@@ -485,21 +485,12 @@ class HunyuanBackbone(DiffusersBackbone):
         return self
 
     def _offloadable(self): return (self.text_encoder, self.text_encoder_2, self.transformer, self.codec.vae)
+    def _checkpoint_function(self): return _replay_state(self.transformer)   # the routing and the per-token timesteps
     @property
     def text_dims(self) -> tuple[int, int, int, int]:
         "(Qwen tokens, Qwen width, byT5 tokens, byT5 width) of the packed text tensor (widths: what the transformer reads)."
         c = self.transformer.config
         return (self.config.max_text_length, c.text_embed_dim, self.config.byt5_max_length, c.text_embed_2_dim)
-
-# %% ../nbs/15_hunyuan.ipynb #6f92258b
-@patch
-def enable_gradient_checkpointing(self: HunyuanBackbone) -> 'HunyuanBackbone':
-    "Recompute each transformer block in the backward pass; the token routing and per-token timesteps are replayed."
-    self.transformer.enable_gradient_checkpointing(_replay_state(self.transformer)); return self
-
-@patch
-def disable_gradient_checkpointing(self: HunyuanBackbone) -> 'HunyuanBackbone':
-    self.transformer.disable_gradient_checkpointing(); return self
 
 # %% ../nbs/15_hunyuan.ipynb #b2470f06
 @patch

@@ -179,8 +179,9 @@ def _restore_routing(transformer):
 # %% ../nbs/14_wan.ipynb #85d1bffc
 class DiffusersBackbone(Backbone):
     """What the real diffusers backbones (Wan 2.1, HunyuanVideo-1.5) share beyond `Backbone`: a device that follows CPU
-    offload, the tokenizer's vocabulary, the prompt check, VAE tiling and slicing, and model CPU offload over the models
-    `_offloadable` names. A subclass sets `model_name` and whether its tokenizer counts special tokens."""
+    offload, the tokenizer's vocabulary, the prompt check, gradient checkpointing, VAE tiling and slicing, and model CPU
+    offload. A subclass sets `model_name`, whether its tokenizer counts special tokens, the models `_offloadable` returns
+    and the `_checkpoint_function` that replays its per-forward state."""
     model_name, prompt_special_tokens = 'the model', True
     @property
     def device(self) -> torch.device:
@@ -200,6 +201,13 @@ class DiffusersBackbone(Backbone):
         L = self.config.max_text_length
         if n > L: raise PromptError(f"prompt {prompt[:60]!r}... has {n} tokens; {self.model_name} reads at most {L}: shorten it")
         return n
+    def _checkpoint_function(self):
+        "The checkpoint function that replays this backbone's per-forward state (token routing, ...) while a block is recomputed."
+        raise NotImplementedError
+    def enable_gradient_checkpointing(self):
+        "Recompute each transformer block in the backward pass (memory for time), with `_checkpoint_function`: safe with routed LoRA branches."
+        self.transformer.enable_gradient_checkpointing(self._checkpoint_function()); return self
+    def disable_gradient_checkpointing(self): self.transformer.disable_gradient_checkpointing(); return self
     def enable_vae_tiling(self, **kw): self.codec.enable_tiling(**kw); return self
     def enable_vae_slicing(self): self.codec.enable_slicing(); return self
     def enable_model_cpu_offload(self, device: str | torch.device = 'cuda'):
@@ -245,16 +253,7 @@ class WanBackbone(DiffusersBackbone):
         return self
 
     def _offloadable(self): return (self.text_encoder, self.transformer, self.codec.vae)
-
-# %% ../nbs/14_wan.ipynb #4d94790d
-@patch
-def enable_gradient_checkpointing(self: WanBackbone) -> 'WanBackbone':
-    "Recompute each transformer block in the backward pass (memory for time); safe with routed LoRA branches."
-    self.transformer.enable_gradient_checkpointing(_restore_routing(self.transformer)); return self
-
-@patch
-def disable_gradient_checkpointing(self: WanBackbone) -> 'WanBackbone':
-    self.transformer.disable_gradient_checkpointing(); return self
+    def _checkpoint_function(self): return _restore_routing(self.transformer)
 
 # %% ../nbs/14_wan.ipynb #8371a520
 @patch
