@@ -15,4 +15,8 @@ if inside_git && ! git diff --quiet -- dreamvid_lib; then git --no-pager diff --
 echo "== nbdev-proc-nbs (the docs processing step, without Quarto; it tries to install Quarto and says \"sudo: not found\" where it cannot)"
 nbdev-proc-nbs >/dev/null
 echo "== pytest (unit tests, every notebook through papermill, nbdev-test)"
-python -m pytest tests -ra --durations=15 "$@"
+WORKERS="${DREAMVID_TEST_WORKERS:-2}"
+# Worker processes share the cores with one torch thread each: with torch's default (all cores) per process, OpenMP
+# threads oversubscribe the cores and the notebooks ran 4-8x slower (measured 2026-12-01 on the 2-core machine).
+if [ "$WORKERS" != 0 ] && [ "$WORKERS" != 1 ]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"; fi
+python -m pytest tests -n "$WORKERS" --dist loadgroup -ra --durations=15 "$@"

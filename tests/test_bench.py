@@ -81,6 +81,7 @@ def test_sweep_grid_and_knobs(tmp_path):
     with pytest.raises(ConfigError, match='wrote no'): papermill_grid({'a': [1]}, tmp_path/'out2', notebook=bad, progress=False)
 
 
+@pytest.mark.xdist_group('torchrun')   # accelerate's multi-GPU launcher binds torchrun's default port: one at a time
 def test_bench_split_over_two_accelerate_processes_matches_one_process(tmp_path):
     """`accelerate launch` splits the subjects across processes; each trains alone (no gradient all-reduce between
     different subjects) and the results equal a single-process run's."""

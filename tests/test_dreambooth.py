@@ -50,6 +50,7 @@ def test_lora_save_load_identical_outputs(mv, tmp_path):
     with pytest.raises(AssetError, match='not an adapter folder'): load_adapter(_bb(), tmp_path)
 
 
+@pytest.mark.xdist_group('torchrun')   # accelerate's multi-GPU launcher binds torchrun's default port: one at a time
 def test_two_process_accelerate_run(tmp_path):
     exe = Path(sys.executable).with_name('accelerate')
     # accelerate's `--cpu` picks its single-process launcher; `--multi_gpu` is its torchrun launcher, which runs

@@ -91,14 +91,13 @@ def test_bad_inputs(orbit, cond):
         M.HFDinoEncoder.__new__(M.HFDinoEncoder).encode_texts(['a mug'])
 
 
-def test_video_metrics_on_torch_input_and_speed(orbit, cond):
-    M.video_metrics(orbit, *cond)                                   # first call loads the toy encoder
-    t0 = time.perf_counter()
+def test_video_metrics_on_torch_input(orbit, cond):
+    "A tensor video scores as its numpy array does (its speed is measured in benchmarks/, not asserted here)."
+    first = M.video_metrics(orbit, *cond, prompt='a video of a sks lamp')
     out = M.video_metrics(torch.from_numpy(orbit), *cond, prompt='a video of a sks lamp')
-    dt = time.perf_counter() - t0
     assert set(out) == {'toy_i', 'toy_t', 't_cons', 'dynamic_degree', 'motion_smoothness'}
     assert 0 <= out['motion_smoothness'] <= 1 and out['dynamic_degree'] in (0.0, 1.0)
-    assert dt < 2.0, f'video_metrics took {dt:.2f} s'
+    assert out == pytest.approx(first)
 
 
 # ---------------------------------------------------------------- motion
@@ -143,8 +142,10 @@ def test_geometric_fidelity(subjects, orbit):
     assert own['chamfer'] == pytest.approx((own['accuracy'] + own['completeness']) / 2)
     other = M.geometric_fidelity(orbit, next(s for s in subjects if s.cls != subjects[0].cls))
     assert own['chamfer'] < other['chamfer']
-    t0 = time.perf_counter(); M.geometric_fidelity(torch.from_numpy(orbit), subjects[0]); dt = time.perf_counter() - t0
-    assert dt < 2.0, f'geometric_fidelity took {dt:.2f} s once cached'
+    from dreamvid_lib.geometry import _geometry_truth
+    hits = _geometry_truth.cache_info().hits
+    again = M.geometric_fidelity(torch.from_numpy(orbit), subjects[0])        # a tensor input, the ground truth from the cache
+    assert _geometry_truth.cache_info().hits == hits + 1 and again == pytest.approx(own)
     with warnings.catch_warnings(record=True):
         warnings.simplefilter('always')
         assert np.isnan(M.geometric_fidelity(np.ones_like(orbit), subjects[0])['chamfer'])

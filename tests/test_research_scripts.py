@@ -41,3 +41,49 @@ def test_window_ladder_time_limit_stops_early(cache, capsys):
              '--eval-every', '1000', '--time-limit', '0.001', '--workers', '2'])
     out = capsys.readouterr().out
     assert 'stopped by --time-limit' in out and _lines(out)[0]['step'] == 1
+
+
+def test_rollout_first_frame_degradations(tmp_path):
+    """ar_rollout.py's FIRST=blur / FIRST=noise frames and the pose contrast that separates them (row 52 of 05_toy_pretrain):
+    a rendered grid view has contrast 0, blotches at the asked error keep the pose clear, a blend of views blurs it."""
+    import subprocess, os
+    code = '''
+import os, json, numpy as np
+import ar_rollout as ar
+from dreamvid_lib import toyworld as tw
+from dreamvid_lib.evaluate import tracking_views
+s = tw.heldout_subjects(1)[0]
+grid = tracking_views(s, 32, with_depth=False)
+f = tw.render_views(s, [20.0], 15.0, res=32, with_depth=False).rgb[0]
+out = {'render': ar.pose_contrast(f, grid)}
+for kind, extra in (('noise', {'NOISE': '0.01'}), ('blur', {'BLUR': '90'})):
+    os.environ.update(FIRST=kind, **extra)
+    g = ar.degrade_first(s, 20.0, 15.0, f)
+    out[kind] = ar.pose_contrast(g, grid); out[kind + '_mse'] = float(((g - f) ** 2).mean())
+os.environ['FIRST'] = 'text'
+out['same'] = bool((ar.degrade_first(s, 20.0, 15.0, f) == f).all())
+print(json.dumps(out))
+'''
+    env = {**os.environ, 'PYTHONPATH': str(ROOT/'research'/'orbit_prior') + os.pathsep + os.environ.get('PYTHONPATH', ''),
+           'DREAMVID_CACHE': str(tmp_path)}
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out['render'] < 1e-6 and out['same']
+    assert 0.005 < out['noise_mse'] <= 0.0101                     # clipping to [0, 1] only lowers it
+    assert out['noise'] < out['blur'] and out['blur'] > 0.3
+
+
+def test_view_t2i_trains_scores_and_saves(cache, capsys):
+    "view_t2i.py (row 53): one-view text-to-image fine-tuning prints its scores, saves atomically, and --steps 0 rescores the save."
+    import view_t2i
+    ck = cache/'v.pt'
+    common = ['--subjects', '16', '--eval-subjects', '1', '--threads', str(torch.get_num_threads())]
+    view_t2i.main(common + ['--view', '0', '--steps', '2', '--eval-every', '2', '--save', str(ck)])
+    rows = _lines(capsys.readouterr().out)
+    assert [r['step'] for r in rows] == [0, 2] and rows[0]['loss'] is None and rows[-1]['loss'] > 0
+    assert all(0 < r['pose_contrast'] <= 1.5 and r['view_error'] > 0 and 0 <= r['near_view'] <= 1 for r in rows)
+    view_t2i.main(common + ['--init', str(ck), '--steps', '0'])
+    again = _lines(capsys.readouterr().out)
+    assert len(again) == 1 and abs(again[0]['pose_contrast'] - rows[-1]['pose_contrast']) < 1e-6
+    with pytest.raises(SystemExit, match='--view 24'): view_t2i.main(common + ['--view', '24', '--steps', '0'])

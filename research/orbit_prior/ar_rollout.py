@@ -9,10 +9,16 @@ HELDOUT=1 (held-out subjects, rendered at 20° and 200°, elevation 15°), INIT=
 FIRST=text (text -> image -> video: frame 0 is generated from the subject's image caption by the shipped model,
 `generate(num_frames=1)` with CFG 4 and 30 steps, seeds 0 and 1 in place of the two start views; the truth is then the
 view-matched azimuth of frame 0 plus 30° per frame in the asked direction; FIRSTMODEL=assets/toy_t2v_latent draws frame 0
-with the latent model instead, FIRSTMODEL=self with the rollout's own model, trained on text-to-image batches too;
+with the latent model instead, FIRSTMODEL=self with the rollout's own model, trained on text-to-image batches too; FIRSTWEIGHTS=w.pt loads a transformer state dict
+into that model first, e.g. one fine-tuned by view_t2i.py;
 RERANK=N: each frame 0 is the best of N drawings (seeds s*N .. s*N+N-1) by the toy feature encoder's image-text
 similarity to the caption, as DALL-E reranks with CLIP; the encoder never saw held-out subjects), BEAM=N (each hop draws
-N candidate frames and keeps the one whose toy-feature embedding is closest to frame 0's: a verifier for identity drift).
+N candidate frames and keeps the one whose toy-feature embedding is closest to frame 0's: a verifier for identity drift),
+FIRST=blur (frame 0 is the mean of the renders at the start azimuth and BLUR degrees either side, default 30: a frame 0
+whose pose is ambiguous but whose subject is right), FIRST=noise (the rendered frame 0 plus smooth blotches: Gaussian noise
+on an 8x8 grid, upsampled, scaled to a mean squared error of NOISE per pixel in [0, 1] units, default 0.01: a frame 0 whose
+pose is right but whose appearance is off). Every run also prints frame 0's pose contrast: the matched view's error over
+the median error of all grid views at that elevation (0: one view fits and the others do not; 1: every view fits as well).
 
 Prints the image-to-video rotation scores (monotone rate, direction agreement, view error, frames whose view-matched
 azimuth is within 15° of the truth's, overall and by frame index, the ground truth's rate)
@@ -24,7 +30,7 @@ from dreamvid_lib.prompts import video_caption
 from dreamvid_lib.backbones import load_backbone, ToyBackbone
 from dreamvid_lib import toyworld as tw
 from dreamvid_lib.core import cache_dir
-from dreamvid_lib.evaluate import tracking_views, view_match, rotation_direction, wrap_deg
+from dreamvid_lib.evaluate import tracking_views, view_match, view_errors, rotation_direction, wrap_deg
 torch.set_num_threads(int(os.environ.get('NT', 1)))
 
 @torch.no_grad()
@@ -51,21 +57,45 @@ def score(video, grid, truth_az, d) -> dict:
     _, az, err = view_match(video, grid)
     r = rotation_direction(az)
     off = np.abs(wrap_deg(az - truth_az))[1:]
-    return {'monotone': r != 0, 'right_direction': r == d, 'view_error': float(err[1:].mean()),
+    r1 = rotation_direction(az[1:])                      # frame 0 left out: a drawn frame 0 may be only the rollout's seed
+    return {'monotone': r != 0, 'right_direction': r == d, 'right_direction_from1': r1 == d, 'view_error': float(err[1:].mean()),
             'az_off': float(off.mean()), 'on_track': float((off <= 15).mean()), 'per_frame': (off <= 15).tolist()}
+
+def pose_contrast(frame, grid) -> float:
+    "The matched view's error over the median error of the grid views at its elevation: how clearly `frame` shows one pose."
+    e = view_errors(frame[None], grid.rgb, grid.alpha)[0]
+    el = np.asarray(grid.elevation)
+    same = el == el[e.argmin()]
+    return float(e.min() / np.median(e[same]))
+
+def degrade_first(s, a, elevation, frame, res=32):
+    "FIRST=blur / FIRST=noise: frame 0 as the rollout sees it (the truth stays the rendered orbit)."
+    kind = os.environ.get('FIRST')
+    if kind == 'blur':
+        b = float(os.environ.get('BLUR', 30))
+        return tw.render_views(s, [(a - b) % 360, a, (a + b) % 360], elevation, res=res, with_depth=False).rgb.mean(0)
+    if kind == 'noise':
+        g = torch.Generator().manual_seed(int(a * 1000) + 7)
+        n = torch.nn.functional.interpolate(torch.randn(1, 3, 8, 8, generator=g), size=frame.shape[:2], mode='bilinear',
+                                            align_corners=False)[0].permute(1, 2, 0).numpy()
+        n *= np.sqrt(float(os.environ.get('NOISE', 0.01)) / (n ** 2).mean())
+        return np.clip(frame + n, 0, 1)
+    return frame
 
 def summary(rows) -> dict:
     "The rates over rollouts, and on track by frame index."
     m = lambda k: float(np.mean([r[k] for r in rows]))
     return {'rotation_monotone_rate': m('monotone'), 'direction_agreement': m('right_direction'), 'view_error': m('view_error'),
-            'azimuth_off_deg': m('az_off'), 'frames_on_track': m('on_track'),
+            'direction_agreement_from1': m('right_direction_from1'), 'azimuth_off_deg': m('az_off'), 'frames_on_track': m('on_track'), 'first_pose_contrast': m('first_contrast'),
             'on_track_by_frame': np.mean([r['per_frame'] for r in rows], 0).round(2).tolist(), 'n': len(rows)}
 
 import functools
 @functools.lru_cache(1)
 def _shipped():
     "The text-to-image model of FIRST=text: FIRSTMODEL (an asset folder, e.g. assets/toy_t2v_latent) or the shipped default."
-    return (load_backbone('toy', os.environ['FIRSTMODEL']) if os.environ.get('FIRSTMODEL') else load_backbone('toy')).eval()
+    bb = load_backbone('toy', os.environ['FIRSTMODEL']) if os.environ.get('FIRSTMODEL') else load_backbone('toy')
+    if os.environ.get('FIRSTWEIGHTS'): bb.transformer.load_state_dict(torch.load(os.environ['FIRSTWEIGHTS']))   # e.g. view_t2i.py's
+    return bb.eval()
 
 @torch.no_grad()
 def text_first_frames(subject, seeds=(0, 1), steps=30, guidance=4.0, own=None):
@@ -99,7 +129,7 @@ def ar_rotation_text(bb, subjects, seeds=(0, 1), elevation=15.0, steps=20, seed=
                 want = (az0[0] + d * 30 * np.arange(8)) % 360
                 gt = tw.render_views(s, want, elevation, res=res, with_depth=False).rgb
                 v = ar_video(bb, f0, video_caption(s, d), seed + len(rows), steps)
-                rows.append(score(v.numpy(), grid, want, d)); vids.append((gt, v.numpy()))
+                rows.append({**score(v.numpy(), grid, want, d), 'first_contrast': pose_contrast(f0.numpy(), grid)}); vids.append((gt, v.numpy()))
     return {**summary(rows), 'first_frame': 'text'}, vids
 
 def ar_rotation(bb, subjects, azimuths=(20.0, 200.0), elevation=15.0, steps=20, seed=0, res=32, rings=None):
@@ -114,8 +144,10 @@ def ar_rotation(bb, subjects, azimuths=(20.0, 200.0), elevation=15.0, steps=20, 
                 if rings is None: gt = tw.render_views(s, (a + d * 30 * np.arange(8)) % 360, elevation, res=res, with_depth=False).rgb
                 else: gt = ring[tw.orbit_indices(len(ring), 8, 2, int(round(a / 15)), d)]
                 gt_ok.append(rotation_direction(view_match(gt, grid)[1]) == d)
-                v = ar_video(bb, torch.from_numpy(gt[0]).float(), video_caption(s, d), seed + len(rows), steps)
-                rows.append(score(v.numpy(), grid, view_match(gt, grid)[1], d)); vids.append((gt, v.numpy()))
+                f0 = degrade_first(s, a, elevation, gt[0], res) if rings is None else gt[0]
+                v = ar_video(bb, torch.from_numpy(np.ascontiguousarray(f0)).float(), video_caption(s, d), seed + len(rows), steps)
+                rows.append({**score(v.numpy(), grid, view_match(gt, grid)[1], d), 'first_contrast': pose_contrast(f0, grid)})
+                vids.append((gt, v.numpy()))
     return {**summary(rows), 'ground_truth_rate': float(np.mean(gt_ok))}, vids
 
 if __name__ == '__main__':
