@@ -62,11 +62,9 @@ def score(video, grid, truth_az, d) -> dict:
             'az_off': float(off.mean()), 'on_track': float((off <= 15).mean()), 'per_frame': (off <= 15).tolist()}
 
 def pose_contrast(frame, grid) -> float:
-    "The matched view's error over the median error of the grid views at its elevation: how clearly `frame` shows one pose."
-    e = view_errors(frame[None], grid.rgb, grid.alpha)[0]
-    el = np.asarray(grid.elevation)
-    same = el == el[e.argmin()]
-    return float(e.min() / np.median(e[same]))
+    "How clearly `frame` shows one pose against `grid` (view_t2i.py's `pose_contrast` of its view errors)."
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__))); from view_t2i import pose_contrast as contrast
+    return contrast(view_errors(frame[None], grid.rgb, grid.alpha)[0], np.asarray(grid.elevation))
 
 def degrade_first(s, a, elevation, frame, res=32):
     "FIRST=blur / FIRST=noise: frame 0 as the rollout sees it (the truth stays the rendered orbit)."
