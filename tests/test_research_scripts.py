@@ -87,3 +87,23 @@ def test_view_t2i_trains_scores_and_saves(cache, capsys):
     again = _lines(capsys.readouterr().out)
     assert len(again) == 1 and abs(again[0]['pose_contrast'] - rows[-1]['pose_contrast']) < 1e-6
     with pytest.raises(SystemExit, match='--view 24'): view_t2i.main(common + ['--view', '24', '--steps', '0'])
+
+
+def test_unet_t2i_trains_scores_saves_and_draws(cache, capsys):
+    "unet_t2i.py (row 54): the U-Net text-to-image model trains, scores, saves its EMA atomically, rescores and draws the same frame."
+    import unet_t2i
+    ck = cache/'u.pt'
+    common = ['--subjects', '16', '--eval-subjects', '1', '--width', '8', '--sample-steps', '2', '--threads', str(torch.get_num_threads())]
+    unet_t2i.main(common + ['--steps', '3', '--eval-every', '3', '--batch', '4', '--save', str(ck)])
+    rows = _lines(capsys.readouterr().out)
+    assert [r['step'] for r in rows] == [0, 3] and rows[0]['loss'] is None and rows[-1]['loss'] > 0
+    assert all(0 < r['pose_contrast'] <= 1.5 and r['view_error'] > 0 and 0 <= r['near_view'] <= 1 for r in rows)
+    saved = torch.load(ck)
+    assert saved['step'] == 3 and tuple(saved['config']['block_out_channels']) == (8, 16, 32) and not (cache/'u.pt.tmp').exists()
+    unet_t2i.main(common + ['--init', str(ck), '--steps', '0'])
+    again = _lines(capsys.readouterr().out)
+    assert len(again) == 1 and abs(again[0]['pose_contrast'] - rows[-1]['pose_contrast']) < 1e-6
+    m = unet_t2i.load_unet_t2i(ck, steps=2)
+    a, b = m.draw('a video of a matte red mug with a dot', 5), m.draw('a video of a matte red mug with a dot', 5)
+    assert a.shape == (32, 32, 3) and torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
+    with pytest.raises(SystemExit, match='--view 24'): unet_t2i.main(common + ['--view', '24', '--steps', '0'])

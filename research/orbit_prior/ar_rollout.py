@@ -10,7 +10,7 @@ FIRST=text (text -> image -> video: frame 0 is generated from the subject's imag
 `generate(num_frames=1)` with CFG 4 and 30 steps, seeds 0 and 1 in place of the two start views; the truth is then the
 view-matched azimuth of frame 0 plus 30° per frame in the asked direction; FIRSTMODEL=assets/toy_t2v_latent draws frame 0
 with the latent model instead, FIRSTMODEL=self with the rollout's own model, trained on text-to-image batches too; FIRSTWEIGHTS=w.pt loads a transformer state dict
-into that model first, e.g. one fine-tuned by view_t2i.py;
+into that model first, e.g. one fine-tuned by view_t2i.py; FIRSTUNET=u.pt draws it with unet_t2i.py's U-Net instead (CFG FIRSTCFG, default 4);
 RERANK=N: each frame 0 is the best of N drawings (seeds s*N .. s*N+N-1) by the toy feature encoder's image-text
 similarity to the caption, as DALL-E reranks with CLIP; the encoder never saw held-out subjects), BEAM=N (each hop draws
 N candidate frames and keeps the one whose toy-feature embedding is closest to frame 0's: a verifier for identity drift),
@@ -95,6 +95,11 @@ def _shipped():
     if os.environ.get('FIRSTWEIGHTS'): bb.transformer.load_state_dict(torch.load(os.environ['FIRSTWEIGHTS']))   # e.g. view_t2i.py's
     return bb.eval()
 
+@functools.lru_cache(1)
+def _unet():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__))); from unet_t2i import load_unet_t2i
+    return load_unet_t2i(os.environ['FIRSTUNET'], guidance=float(os.environ.get('FIRSTCFG', 4)))   # FIRSTCFG: its CFG scale
+
 @torch.no_grad()
 def text_first_frames(subject, seeds=(0, 1), steps=30, guidance=4.0, own=None):
     """Frame 0 from text: the shipped model's image [H,W,3] for the subject's image caption, one per seed; with `own` (the
@@ -105,8 +110,12 @@ def text_first_frames(subject, seeds=(0, 1), steps=30, guidance=4.0, own=None):
         z = own.encode_video(torch.zeros(1, 1, 32, 32, 3))
         return [text_to_image(own, torch.randn(z.shape, generator=torch.Generator().manual_seed(int(sd))), [video_caption(subject, None)])[0]
                 for sd in seeds]
-    shipped, cap, n = _shipped(), video_caption(subject, None), int(os.environ.get('RERANK', 1))
-    draw = lambda sd: generate(shipped, cap, int(sd), num_frames=1, steps=steps, guidance=guidance)[0, 0].float()
+    cap, n = video_caption(subject, None), int(os.environ.get('RERANK', 1))
+    if os.environ.get('FIRSTUNET'):                      # FIRSTUNET=u.pt: unet_t2i.py's U-Net draws frame 0 (30 steps, CFG 4)
+        draw = lambda sd: _unet().draw(cap, int(sd)).float()
+    else:
+        shipped = _shipped()
+        draw = lambda sd: generate(shipped, cap, int(sd), num_frames=1, steps=steps, guidance=guidance)[0, 0].float()
     if n == 1: return [draw(sd) for sd in seeds]
     from dreamvid_lib.features import load_toy_features   # RERANK=N: the best of N drawings by toy-CLIP text similarity
     enc, out = load_toy_features(), []

@@ -35,15 +35,18 @@ def pose_contrast(errors: np.ndarray, elevation: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def evaluate(bb, subjects, view_az: float | None, seeds=(0, 1), steps: int = 30, guidance: float = 4.0) -> dict:
-    "Frames drawn from each subject's image caption, scored against its tracking grid."
-    bb.transformer.eval()
+def evaluate(bb, subjects, view_az: float | None, seeds=(0, 1), steps: int = 30, guidance: float = 4.0, draw=None, res: int = 32) -> dict:
+    """Frames drawn from each subject's image caption, scored against its tracking grid; `draw(caption, seed)` (an image
+    [H, W, 3], e.g. `unet_t2i.py`'s) in place of `bb`'s `generate(num_frames=1)`."""
+    if draw is None:
+        bb.transformer.eval()
+        draw = lambda cap, sd: generate(bb, cap, int(sd), num_frames=1, steps=steps, guidance=guidance)[0, 0]
     rows = []
     for s in subjects:
-        grid = tracking_views(s, bb.config.resolution, with_depth=False)
+        grid = tracking_views(s, res if bb is None else bb.config.resolution, with_depth=False)
         el = np.asarray(grid.elevation)
         for sd in seeds:
-            f = generate(bb, video_caption(s, None), int(sd), num_frames=1, steps=steps, guidance=guidance)[0, 0].float().numpy()
+            f = draw(video_caption(s, None), sd).float().numpy()
             e = view_errors(f[None], grid.rgb, grid.alpha)[0]
             az = float(np.asarray(grid.azimuth)[e.argmin()])
             rows.append((pose_contrast(e, el), float(e.min()), np.nan if view_az is None else float(abs(wrap_deg(az - view_az)) <= 30)))
