@@ -48,7 +48,7 @@ class UNetT2I:
     def text(self, captions, allow_empty=False):
         "Embeddings [B, L, D] and attention mask [B, L] of `captions` from the frozen toy text encoder."
         enc = self.bb.tokenizer(list(captions), padding='max_length', truncation=True, return_tensors='pt')
-        return self.bb.encode_prompt(list(captions), allow_empty=allow_empty), enc.attention_mask
+        return self.bb.encode_prompt(list(captions), allow_empty=allow_empty), enc.attention_mask.to(self.bb.device)
 
     def velocity(self, x, sigma, emb, mask):
         return self.unet(x, sigma * 1000, encoder_hidden_states=emb, encoder_attention_mask=mask).sample
@@ -57,16 +57,16 @@ class UNetT2I:
     def draw(self, caption: str, seed: int) -> torch.Tensor:
         "Euler on σ from 1 to 0 in `steps` equal steps, classifier-free guidance against the empty prompt."
         self.unet.eval()
-        x = torch.randn(1, 3, self.res, self.res, generator=torch.Generator().manual_seed(int(seed)))
+        x = torch.randn(1, 3, self.res, self.res, generator=torch.Generator().manual_seed(int(seed))).to(self.unet.device)
         emb, mask = self.text([caption]); e0, m0 = self.text([''], allow_empty=True)
-        sig = torch.linspace(1, 0, self.steps + 1)
+        sig = torch.linspace(1, 0, self.steps + 1, device=x.device)
         for i in range(self.steps):
             s = sig[i].expand(1)
             v = self.velocity(x, s, emb, mask)
             if self.guidance != 1:
                 v0 = self.velocity(x, s, e0, m0); v = v0 + self.guidance * (v - v0)
             x = x + (sig[i + 1] - sig[i]) * v
-        return ((x[0].permute(1, 2, 0) + 1) / 2).clamp(0, 1)
+        return ((x[0].permute(1, 2, 0).float().cpu() + 1) / 2).clamp(0, 1)
 
 
 def load_unet_t2i(path, guidance: float = 4.0, steps: int = 30) -> UNetT2I:
@@ -91,6 +91,8 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=int(os.environ.get('OMP_NUM_THREADS', 2)))
     p.add_argument('--workers', type=int, default=1, help='render processes when the ring set is not cached yet')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--device', default='cpu', help="'cuda' on a GPU (the scoring too; the random draws stay on the CPU generator)")
+    p.add_argument('--time-limit', type=float, default=None, help='stop (with a last evaluation and save) after this many seconds')
     p.add_argument('--init', default=None, help="a --save to start from; with --steps 0: score it only")
     p.add_argument('--save', default=None)
     a = p.parse_args(argv)
@@ -100,10 +102,11 @@ def main(argv=None):
     if not -1 <= a.view < n_ring: raise SystemExit(f'--view {a.view}: a ring index in [0, {n_ring}) or -1')
     view_az = None if a.view < 0 else 360.0 * a.view / n_ring
     held = tw.heldout_subjects(a.eval_subjects) if a.eval_split == 'heldout' else list(rings['subjects'][:a.eval_subjects])
-    bb = load_backbone('toy').eval().requires_grad_(False)
+    bb = load_backbone('toy').eval().requires_grad_(False).to(a.device)
     unet, step0 = make_unet(a.width, res, bb.text_encoder.config.hidden_size, a.seed), 0
     if a.init:
         ck = torch.load(a.init, map_location='cpu'); unet.load_state_dict(ck['state']); step0 = ck['step']
+    unet.to(a.device)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     model = UNetT2I(unet, bb, a.guidance, a.sample_steps)
     opt = torch.optim.AdamW(unet.parameters(), lr=a.lr, weight_decay=0.0)
@@ -120,18 +123,19 @@ def main(argv=None):
         print(json.dumps({'step': step, 'view': a.view, 'params': n_params, 'loss': round(float(np.mean(hist[-a.eval_every:])), 4) if hist else None,
                           **{k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}, 'seconds': round(time.time() - t0)}), flush=True)
         if a.save and step > step0:
-            torch.save({'config': dict(unet.config), 'state': ema, 'step': step, 'args': vars(a)}, a.save + '.tmp'); os.replace(a.save + '.tmp', a.save)
+            torch.save({'config': dict(unet.config), 'state': {k: v.cpu() for k, v in ema.items()}, 'step': step, 'args': vars(a)}, a.save + '.tmp')
+            os.replace(a.save + '.tmp', a.save)
         unet.load_state_dict(live)
 
     report(step0)
     for step in range(step0 + 1, step0 + a.steps + 1):
         s = torch.randint(a.subjects, (a.batch,), generator=g).numpy()
         v = torch.randint(n_ring, (a.batch,), generator=g).numpy() if a.view < 0 else np.full(a.batch, a.view)
-        x0 = torch.from_numpy(rings['rgba'][s, v, ..., :3].astype(np.float32) / 255).permute(0, 3, 1, 2) * 2 - 1
+        x0 = (torch.from_numpy(rings['rgba'][s, v, ..., :3].astype(np.float32) / 255).permute(0, 3, 1, 2) * 2 - 1).to(a.device)
         caps = ['' if torch.rand((), generator=g) < a.caption_dropout else caps_all[i] for i in s]
         emb, mask = model.text(caps, allow_empty=True)
-        sig = torch.rand(a.batch, generator=g)
-        noise = torch.randn(x0.shape, generator=g)
+        sig = torch.rand(a.batch, generator=g).to(a.device)
+        noise = torch.randn(x0.shape, generator=g).to(a.device)
         xt = (1 - sig[:, None, None, None]) * x0 + sig[:, None, None, None] * noise
         unet.train()
         loss = torch.nn.functional.mse_loss(model.velocity(xt, sig, emb, mask), noise - x0)
@@ -141,7 +145,9 @@ def main(argv=None):
                 if q.dtype.is_floating_point: ema[k].lerp_(q, 1 - min(a.ema, (1 + step) / (10 + step)))   # EMA warm-up
                 else: ema[k].copy_(q)
         hist.append(loss.item())
-        if step % a.eval_every == 0 or step == step0 + a.steps: report(step)
+        out_of_time = a.time_limit is not None and time.time() - t0 > a.time_limit
+        if step % a.eval_every == 0 or step == step0 + a.steps or out_of_time: report(step)
+        if out_of_time: break
 
 
 if __name__ == '__main__': main()
