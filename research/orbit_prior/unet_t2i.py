@@ -9,12 +9,13 @@ on the shipped toy text encoder's embeddings, kept frozen) with the library's fl
 training subject (`--view 0`: the front, so that each caption names one image), then scores frames drawn for held-out
 subjects exactly as `view_t2i.py` does (pose contrast, matched view error, share within 30° of the asked view).
 
-    python research/orbit_prior/unet_t2i.py --view 0 --steps 3000 --save unet_front.pt
+    python research/orbit_prior/unet_t2i.py --view 0 --steps 3000 --save unet_front.pt      # row 54: 1,500 + 1,500 (--init)
     FIRST=text FIRSTUNET=unet_front.pt HELDOUT=1 STEPS=4 python research/orbit_prior/ar_rollout.py \\
         research/orbit_prior/weights/row43_window2_h200.pt 8 out.png
 
 `--save` writes {'config': the U-Net's config, 'state': its EMA state dict, 'step', 'args'} atomically at every
-evaluation; `--init` continues one (same --view and size; a fresh optimizer); `--steps 0` only scores it.
+evaluation; `--init` continues one from its EMA weights (its own config; a fresh optimizer and warm-up); `--steps 0` only
+scores it.
 """
 import argparse, json, os, sys, time
 import numpy as np, torch
@@ -80,7 +81,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--view', type=int, default=0, help='ring view index of every training image (0: azimuth 0); -1: a random view')
     p.add_argument('--subjects', type=int, default=1000, help='training subjects of the ring dataset (rendered and cached on first use)')
-    p.add_argument('--width', type=int, default=32, help='channels at the top scale (2x and 4x below)')
+    p.add_argument('--width', type=int, default=16, help="channels at the top scale (2x and 4x below); with --init, the save's own")
     p.add_argument('--steps', type=int, default=3000); p.add_argument('--batch', type=int, default=32)
     p.add_argument('--lr', type=float, default=1e-3); p.add_argument('--warmup', type=int, default=100)
     p.add_argument('--ema', type=float, default=0.999, help='EMA decay of the weights that are scored and saved')
@@ -104,8 +105,9 @@ def main(argv=None):
     held = tw.heldout_subjects(a.eval_subjects) if a.eval_split == 'heldout' else list(rings['subjects'][:a.eval_subjects])
     bb = load_backbone('toy').eval().requires_grad_(False).to(a.device)
     unet, step0 = make_unet(a.width, res, bb.text_encoder.config.hidden_size, a.seed), 0
-    if a.init:
-        ck = torch.load(a.init, map_location='cpu'); unet.load_state_dict(ck['state']); step0 = ck['step']
+    if a.init:                                           # its config (and width), its EMA weights; a fresh optimizer
+        ck = torch.load(a.init, map_location='cpu'); step0 = ck['step']
+        unet = UNet2DConditionModel.from_config(ck['config']); unet.load_state_dict(ck['state'])
     unet.to(a.device)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     model = UNetT2I(unet, bb, a.guidance, a.sample_steps)
