@@ -111,7 +111,7 @@ def text_first_frames(subject, seeds=(0, 1), steps=30, guidance=4.0, own=None):
         return [text_to_image(own, torch.randn(z.shape, generator=torch.Generator().manual_seed(int(sd))), [video_caption(subject, None)])[0]
                 for sd in seeds]
     cap, n = video_caption(subject, None), int(os.environ.get('RERANK', 1))
-    if os.environ.get('FIRSTUNET'):                      # FIRSTUNET=u.pt: unet_t2i.py's U-Net draws frame 0 (30 steps, CFG 4)
+    if os.environ.get('FIRSTUNET'):                      # FIRSTUNET=u.pt: unet_t2i.py's U-Net draws frame 0 (30 steps, CFG FIRSTCFG)
         draw = lambda sd: _unet().draw(cap, int(sd)).float()
     else:
         shipped = _shipped()
