@@ -107,3 +107,30 @@ def test_unet_t2i_trains_scores_saves_and_draws(cache, capsys):
     a, b = m.draw('a video of a matte red mug with a dot', 5), m.draw('a video of a matte red mug with a dot', 5)
     assert a.shape == (32, 32, 3) and torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
     with pytest.raises(SystemExit, match='--view 24'): unet_t2i.main(common + ['--view', '24', '--steps', '0'])
+
+
+def test_unet_nvs_trains_resumes_scores_and_draws(cache, capsys):
+    "unet_nvs.py (row 55): trains through train_loop in chunks that resume to the same weights, scores, saves, rescores, draws."
+    import unet_nvs
+    common = ['--subjects', '16', '--eval-subjects', '1', '--width', '8', '--sample-steps', '2', '--batch', '4',
+              '--threads', str(torch.get_num_threads())]
+    unet_nvs.main(common + ['--steps', '4', '--eval-every', '2', '--work', str(cache/'a'), '--save', str(cache/'a.pt')])
+    rows = _lines(capsys.readouterr().out)
+    assert [r['step'] for r in rows] == [2, 4] and all(r['loss'] > 0 and r['n'] == 4 for r in rows)
+    assert all(0 <= r['frames_on_track'] <= 1 and r['first_pose_contrast'] == 0 for r in rows)   # rendered frames 0
+    unet_nvs.main(common + ['--steps', '4', '--eval-every', '4', '--work', str(cache/'b'), '--save', str(cache/'b.pt')])
+    one = _lines(capsys.readouterr().out)
+    a, b = torch.load(cache/'a.pt'), torch.load(cache/'b.pt')
+    assert a['step'] == b['step'] == 4 and not (cache/'a.pt.tmp').exists()
+    assert all(torch.equal(a['state'][k], b['state'][k]) for k in a['state'])       # two resumed chunks = one run
+    assert one[-1]['frames_on_track'] == rows[-1]['frames_on_track']
+    unet_nvs.main(common + ['--init', str(cache/'a.pt'), '--steps', '0'])
+    again = _lines(capsys.readouterr().out)
+    assert len(again) == 1 and again[0]['view_error'] == rows[-1]['view_error']
+    m = unet_nvs.load_nvs(cache/'a.pt')
+    first = torch.rand(32, 32, 3)
+    v1, v2 = (m.video(first, 'a video of a matte red mug with a dot', -1, seed=3, steps=2) for _ in range(2))
+    assert v1.shape == (8, 32, 32, 3) and torch.equal(v1, v2) and torch.equal(v1[0], first) and 0 <= v1.min() and v1.max() <= 1
+    assert torch.allclose(unet_nvs.camera([0, 90])[:, :2], torch.tensor([[0., 1.], [1., 0.]]), atol=1e-6)
+    with pytest.raises(SystemExit, match='--work'): unet_nvs.main(common + ['--steps', '2'])
+    with pytest.raises(SystemExit, match='--init'): unet_nvs.main(common + ['--steps', '0'])
