@@ -6,15 +6,20 @@ from the input image and the camera change instead, so no frame inherits another
 diffusers' `UNet2DConditionModel` (the conv U-Net of row 54, whose convolutions drew clean single views where the
 patch-4 transformer drew mosaics) to draw ring view i + k of a training subject from view i: the noisy target and the
 clean source image are concatenated on the channels, the azimuth change Δ = 15° k enters as (sin Δ, cos Δ, sin 2Δ,
-cos 2Δ) through the U-Net's projection class embedding (added to the timestep embedding), and the subject's image
-caption through cross-attention on the shipped toy text encoder (frozen). The loss is the library's flow matching
-(velocity noise - x0), trained by the library's `train_loop` (checkpoints, resume, EMA).
+cos 2Δ) through the U-Net's projection class embedding (added to the timestep embedding) and, by default, as 4 constant
+input channels too, and the subject's image caption through cross-attention on the shipped toy text encoder (frozen).
+The objective is the library's flow matching (velocity noise - x0 at x_σ = (1 - σ) x0 + σ noise), with half of each
+batch at σ = 1 by default (`--sigma-one 0.5`), where only the source image, the camera and the caption tell the target;
+the library's `train_loop` runs it (warm-up and cosine decay, checkpoints and resume, EMA). Without the camera planes and
+the σ = 1 share, the U-Net ignored the camera even on one subject (row 55's controls).
 
 A video of n frames turning in direction d from frame 0 is then frames k = 1 .. n-1 drawn at Δ = 30° d k, all from
 frame 0, in one batch; with `shared_noise` (the default) every frame starts from the same noise draw, so the frames
 differ only by the camera.
 
-    python research/orbit_prior/unet_nvs.py --steps 1500 --work nvs_run --save nvs.pt          # row 55
+    python research/orbit_prior/unet_nvs.py --steps 2000 --work nvs_run --save nvs.pt          # row 55, 1,000 subjects
+    python research/orbit_prior/unet_nvs.py --subjects 1 --eval-split train --eval-subjects 1 --caption-dropout 0 \
+        --steps 1000 --eval-every 300 --work r1 --save r1.pt                                     # row 55, one subject
     python research/orbit_prior/unet_nvs.py --init nvs.pt --steps 0 --first text                # score from text frames
 
 Every `--eval-every` steps it prints one JSON line: the loss, and the held-out rotation scores of `ar_rollout.py`
@@ -186,12 +191,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--subjects', type=int, default=1000, help='training subjects of the ring dataset (rendered and cached on first use)')
     p.add_argument('--width', type=int, default=16, help="channels at the top scale (2x and 4x below)")
-    p.add_argument('--camera-planes', action='store_true', help='the camera also as 4 constant input channels')
+    p.add_argument('--camera-planes', action=argparse.BooleanOptionalAction, default=True, help='the camera also as 4 constant input channels')
     p.add_argument('--steps', type=int, default=1500, help='total training steps of the run in --work (a resume trains on to it)')
     p.add_argument('--batch', type=int, default=32); p.add_argument('--lr', type=float, default=1e-3)
     p.add_argument('--warmup', type=int, default=100); p.add_argument('--ema', type=float, default=0.999)
     p.add_argument('--caption-dropout', type=float, default=0.1)
-    p.add_argument('--sigma-one', type=float, default=0.0, help='share of each batch at σ = 1')
+    p.add_argument('--sigma-one', type=float, default=0.5, help='share of each batch at σ = 1')
     p.add_argument('--max-k', type=int, default=None, help='ring steps of the camera change at most (default: any)')
     p.add_argument('--eval-every', type=int, default=500); p.add_argument('--eval-subjects', type=int, default=8)
     p.add_argument('--eval-split', choices=('heldout', 'train'), default='heldout', help='score held-out or the first training subjects')
