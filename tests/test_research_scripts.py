@@ -134,3 +134,29 @@ def test_unet_nvs_trains_resumes_scores_and_draws(cache, capsys):
     assert torch.allclose(unet_nvs.camera([0, 90])[:, :2], torch.tensor([[0., 1.], [1., 0.]]), atol=1e-6)
     with pytest.raises(SystemExit, match='--work'): unet_nvs.main(common + ['--steps', '2'])
     with pytest.raises(SystemExit, match='--init'): unet_nvs.main(common + ['--steps', '0'])
+
+
+def test_unet_nvs_reference_attention(cache, capsys):
+    "unet_nvs.py --reference (row 56): the denoising pass reads a reference pass on the source; saved, reloaded, added to a trained U-Net."
+    import unet_nvs
+    common = ['--subjects', '16', '--eval-subjects', '1', '--width', '8', '--sample-steps', '2', '--batch', '4',
+              '--threads', str(torch.get_num_threads())]
+    unet_nvs.main(common + ['--steps', '2', '--eval-every', '2', '--reference', '--work', str(cache/'r'), '--save', str(cache/'r.pt')])
+    assert _lines(capsys.readouterr().out)[-1]['step'] == 2
+    m = unet_nvs.load_nvs(cache/'r.pt')
+    assert m.reference and len(m.refs) == 7                  # one per self-attention (2 down, 1 middle, 4 up)
+    g = torch.Generator().manual_seed(0)
+    x, src = torch.randn(2, 3, 32, 32, generator=g), torch.randn(2, 3, 32, 32, generator=g)
+    cam, (emb, mask) = unet_nvs.camera([30, -60]), m.text(['a red mug'] * 2)
+    with torch.no_grad():
+        v = m.velocity(x, torch.full((2,), .5), src, cam, emb, mask)
+        assert all(r.mode is None and r.bank is None for r in m.refs)              # nothing kept between calls
+        plain = unet_nvs.NVS(m.unet, m.bb)._unet(x, torch.full((2,), .5), src, cam, emb, mask)
+        m.write_reference(src.flip(0), emb, mask); other = m._unet(x, torch.full((2,), .5), src, cam, emb, mask)
+        for r in m.refs: r.mode, r.bank = None, None
+    assert not torch.allclose(v, plain, atol=1e-4) and not torch.allclose(v, other, atol=1e-4)   # the reference is read
+    first = torch.rand(32, 32, 3)
+    v1, v2 = (m.video(first, 'a video of a matte red mug with a dot', 1, seed=3, steps=2) for _ in range(2))
+    assert torch.equal(v1, v2) and torch.equal(v1[0], first) and not m.bank_fixed
+    unet_nvs.main(common + ['--init', str(cache/'r.pt'), '--steps', '0'])        # rescoring a reference save needs no flag
+    assert len(_lines(capsys.readouterr().out)) == 1

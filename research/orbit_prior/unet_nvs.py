@@ -22,6 +22,17 @@ differ only by the camera.
         --steps 1000 --eval-every 300 --work r1 --save r1.pt                                     # row 55, one subject
     python research/orbit_prior/unet_nvs.py --init nvs.pt --steps 0 --first text                # score from text frames
 
+Row 56's curriculum (one subject, then 16, then 1,000, each stage from the last one's EMA weights with a fresh optimizer)
+is what makes the camera generalise; from random weights the 1,000-subject run stays at chance:
+
+    U="python research/orbit_prior/unet_nvs.py"
+    $U --subjects 1 --eval-split train --eval-subjects 1 --caption-dropout 0 --steps 700 --eval-every 350 --work r1 --save r1.pt
+    $U --init r1.pt --subjects 16 --eval-split train --eval-subjects 4 --steps 800 --eval-every 400 --work c16 --save c16.pt
+    $U --init c16.pt --subjects 1000 --steps 2000 --eval-every 500 --work c1000 --save c1000.pt
+    $U --init c1000.pt --subjects 1000 --steps 1000 --eval-every 500 --work c1000b --save c1000b.pt
+
+`--reference` adds reference attention (Zero123++), written and tested but not yet measured (row 56 did not need it).
+
 Every `--eval-every` steps it prints one JSON line: the loss, and the held-out rotation scores of `ar_rollout.py`
 (8 held-out subjects, rendered frame 0 at azimuths 20° and 200°, elevation 15°, both directions: 32 videos). `--first
 text` starts the videos from row 54's U-Net frames (CFG 1) instead, as `FIRST=text FIRSTUNET=... ar_rollout.py` does.
@@ -31,6 +42,7 @@ import argparse, json, os, sys, time
 import numpy as np, torch
 from torch import nn
 from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
 HERE = os.path.dirname(os.path.abspath(__file__)); sys.path.insert(0, HERE)
 from unet_t2i import load_unet_t2i
 from dreamvid_lib.backbones import load_backbone
@@ -62,22 +74,58 @@ def make_nvs_unet(width: int = 16, res: int = 32, text_dim: int = 64, seed: int 
         class_embed_type='projection', projection_class_embeddings_input_dim=4)
 
 
+class ReferenceAttention:
+    """A self-attention processor for reference attention (Zero123++): in 'write' mode it keeps the layer's input tokens;
+    in 'read' mode the layer's keys and values also come from the kept tokens, so the target attends to the source view
+    wherever its content moved to, not only at the same pixel as the channel concatenation does."""
+    def __init__(self):
+        self.base, self.mode, self.bank = AttnProcessor2_0(), None, None
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        if self.mode == 'write': self.bank = hidden_states
+        elif self.mode == 'read': encoder_hidden_states = torch.cat([hidden_states, self.bank], 1)
+        return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
 class NVS(nn.Module):
-    "The U-Net with the frozen toy text encoder: `velocity(x, σ, source, Δ, text)`; called on a batch, the flow-matching loss."
-    def __init__(self, unet: UNet2DConditionModel, text_bb):
+    """The U-Net with the frozen toy text encoder: `velocity(x, σ, source, Δ, text)`; called on a batch, the flow-matching loss.
+    `reference`: reference attention; the U-Net first runs on the clean source at σ = 0 and Δ = 0 (the view that is the
+    source), and every self-attention of the denoising pass then also attends to that pass's tokens."""
+    def __init__(self, unet: UNet2DConditionModel, text_bb, reference: bool = False):
         super().__init__()
-        self.unet, self.bb = unet, text_bb       # the text backbone is frozen and kept out of the optimizer
+        self.unet, self.bb, self.reference = unet, text_bb, reference   # the text backbone is frozen and kept out of the optimizer
+        self.refs, self.bank_fixed = [], False
+        if reference:
+            procs = {}
+            for name in unet.attn_processors:
+                procs[name] = ReferenceAttention() if name.endswith('attn1.processor') else AttnProcessor2_0()
+                if isinstance(procs[name], ReferenceAttention): self.refs.append(procs[name])
+            unet.set_attn_processor(procs)
 
     @torch.no_grad()
     def text(self, captions):
         enc = self.bb.tokenizer(list(captions), padding='max_length', truncation=True, return_tensors='pt')
         return self.bb.encode_prompt(list(captions), allow_empty=True), enc.attention_mask.to(self.bb.device)
 
-    def velocity(self, x, sigma, source, cam, emb, mask):
+    def _unet(self, x, sigma, source, cam, emb, mask):
         inp = [x, source]
         if self.unet.config.in_channels == 10: inp.append(cam[:, :, None, None].expand(-1, -1, *x.shape[2:]))
         return self.unet(torch.cat(inp, 1), sigma * 1000, encoder_hidden_states=emb, encoder_attention_mask=mask,
                          class_labels=cam).sample
+
+    def write_reference(self, source, emb, mask):
+        "The reference pass: the clean source at σ = 0 and Δ = 0; its self-attention tokens are kept for the next passes."
+        for r in self.refs: r.mode = 'write'
+        self._unet(source, torch.zeros(len(source), device=source.device), source,
+                   camera(torch.zeros(len(source))).to(source.device), emb, mask)
+        for r in self.refs: r.mode = 'read'
+
+    def velocity(self, x, sigma, source, cam, emb, mask):
+        if self.reference and not self.bank_fixed: self.write_reference(source, emb, mask)
+        try: return self._unet(x, sigma, source, cam, emb, mask)
+        finally:
+            if not self.bank_fixed:
+                for r in self.refs: r.mode, r.bank = None, None
 
     def forward(self, x0, source, cam, emb, mask, sigma, noise):
         xt = (1 - sigma[:, None, None, None]) * x0 + sigma[:, None, None, None] * noise
@@ -96,8 +144,13 @@ class NVS(nn.Module):
         cam = camera(step_deg * direction * np.arange(1, n)).to(dev)
         emb, mask = self.text([caption] * (n - 1))
         sig = torch.linspace(1, 0, steps + 1, device=dev)
-        for i in range(steps):
-            x = x + (sig[i + 1] - sig[i]) * self.velocity(x, sig[i].expand(n - 1), src, cam, emb, mask)
+        if self.reference: self.write_reference(src, emb, mask); self.bank_fixed = True   # the same source at every step
+        try:
+            for i in range(steps):
+                x = x + (sig[i + 1] - sig[i]) * self.velocity(x, sig[i].expand(n - 1), src, cam, emb, mask)
+        finally:
+            self.bank_fixed = False
+            for r in self.refs: r.mode, r.bank = None, None
         out = ((x.permute(0, 2, 3, 1).float().cpu() + 1) / 2).clamp(0, 1)
         return torch.cat([first[None].float().cpu(), out])
 
@@ -106,7 +159,7 @@ def load_nvs(path) -> NVS:
     "A `--save` of this script, ready to draw videos."
     ck = torch.load(path, map_location='cpu')
     unet = UNet2DConditionModel.from_config(ck['config']); unet.load_state_dict(ck['state'])
-    return NVS(unet.eval(), load_backbone('toy').eval())
+    return NVS(unet.eval(), load_backbone('toy').eval(), reference=ck.get('reference', False))
 
 
 def ring_batches(rings, n_subjects: int, batch: int, model: NVS, caption_dropout: float, device='cpu', sigma_one: float = 0.0,
@@ -197,6 +250,7 @@ def main(argv=None):
     p.add_argument('--warmup', type=int, default=100); p.add_argument('--ema', type=float, default=0.999)
     p.add_argument('--caption-dropout', type=float, default=0.1)
     p.add_argument('--sigma-one', type=float, default=0.5, help='share of each batch at σ = 1')
+    p.add_argument('--reference', action='store_true', help='reference attention: self-attention also reads a pass of the U-Net on the source (Zero123++)')
     p.add_argument('--max-k', type=int, default=None, help='ring steps of the camera change at most (default: any)')
     p.add_argument('--eval-every', type=int, default=500); p.add_argument('--eval-subjects', type=int, default=8)
     p.add_argument('--eval-split', choices=('heldout', 'train'), default='heldout', help='score held-out or the first training subjects')
@@ -221,9 +275,10 @@ def main(argv=None):
     held = tw.heldout_subjects(a.eval_subjects) if a.eval_split == 'heldout' else list(rings['subjects'][:a.eval_subjects])
     if a.init:
         model = load_nvs(a.init); model.unet.to(a.device); model.bb.requires_grad_(False).to(a.device)
+        if a.reference and not model.reference: model = NVS(model.unet, model.bb, reference=True)   # reference attention added to a trained U-Net
     else:
         bb = load_backbone('toy').eval().requires_grad_(False).to(a.device)
-        model = NVS(make_nvs_unet(a.width, 32, bb.text_encoder.config.hidden_size, a.seed, a.camera_planes).to(a.device), bb)
+        model = NVS(make_nvs_unet(a.width, 32, bb.text_encoder.config.hidden_size, a.seed, a.camera_planes).to(a.device), bb, a.reference)
     n_params = sum(q.numel() for q in model.unet.parameters())
 
     def report(step, loss, ema=None, seconds=0.0):
@@ -236,7 +291,7 @@ def main(argv=None):
         if a.grid: save_grid(vids, a.grid)
         if a.save and step > 0:
             torch.save({'config': dict(model.unet.config), 'state': {k: v.detach().cpu().clone() for k, v in model.unet.state_dict().items()},
-                        'step': step, 'args': vars(a)}, a.save + '.tmp')
+                        'step': step, 'args': vars(a), 'reference': model.reference}, a.save + '.tmp')
             os.replace(a.save + '.tmp', a.save)
         if ema is not None: ema.restore(model.unet.parameters())
 
