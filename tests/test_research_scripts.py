@@ -3,6 +3,7 @@ image batches mixed in, the diagnostics (continuation and text-to-image), the at
 --time-limit. The GPU settings (--device cuda --bf16) are the same code on another device."""
 import json, sys, pathlib
 import torch
+from PIL import Image
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -118,10 +119,11 @@ def test_unet_nvs_trains_resumes_scores_and_draws(cache, capsys):
     rows = _lines(capsys.readouterr().out)
     assert [r['step'] for r in rows] == [2, 4] and all(r['loss'] > 0 and r['n'] == 4 for r in rows)
     assert all(0 <= r['frames_on_track'] <= 1 and r['first_pose_contrast'] == 0 for r in rows)   # rendered frames 0
-    unet_nvs.main(common + ['--steps', '4', '--eval-every', '4', '--work', str(cache/'b'), '--save', str(cache/'b.pt')])
+    unet_nvs.main(common + ['--steps', '4', '--eval-every', '4', '--work', str(cache/'b'), '--save', str(cache/'b.pt'), '--grid', str(cache/'b.png')])
     one = _lines(capsys.readouterr().out)
     a, b = torch.load(cache/'a.pt'), torch.load(cache/'b.pt')
     assert a['step'] == b['step'] == 4 and not (cache/'a.pt.tmp').exists()
+    assert Image.open(cache/'b.png').size == (8 * 32 * 3, 2 * 4 * 32 * 3)          # truth and video rows of 4 videos, 3x
     assert all(torch.equal(a['state'][k], b['state'][k]) for k in a['state'])       # two resumed chunks = one run
     assert one[-1]['frames_on_track'] == rows[-1]['frames_on_track']
     unet_nvs.main(common + ['--init', str(cache/'a.pt'), '--steps', '0'])

@@ -157,6 +157,14 @@ def ar_rotation(bb, subjects, azimuths=(20.0, 200.0), elevation=15.0, steps=20, 
                 vids.append((gt, v.numpy()))
     return {**summary(rows), 'ground_truth_rate': float(np.mean(gt_ok))}, vids
 
+def save_grid(vids, path, n: int = 8):
+    "Pairs of rows (truth, drawn video) for the first `n` videos, scaled 3x, as a PNG."
+    from PIL import Image
+    rows = [np.concatenate(list(x), 1) for gt, v in vids[:n] for x in (gt, v)]
+    img = (np.concatenate(rows, 0) * 255).clip(0, 255).astype(np.uint8)
+    Image.fromarray(img).resize((img.shape[1] * 3, img.shape[0] * 3), Image.NEAREST).save(path)
+
+
 if __name__ == '__main__':
     if os.environ.get('INIT') == 'shipped':               # weights trained from the shipped model: its text encoder
         bb = load_backbone('toy'); bb.transformer.load_state_dict(torch.load(sys.argv[1])); bb.eval()
@@ -173,7 +181,4 @@ if __name__ == '__main__':
     else: res, vids = ar_rotation(bb, subs, azimuths=(15.0, 195.0) if on_ring else (20.0, 200.0), steps=int(os.environ.get('STEPS', 20)),
                             rings=rings if on_ring else None)
     print(json.dumps(res), flush=True)
-    from PIL import Image
-    rows = [np.concatenate(list(x), 1) for gt, v in vids[:8] for x in (gt, v)]
-    img = (np.concatenate(rows, 0) * 255).clip(0, 255).astype(np.uint8)
-    Image.fromarray(img).resize((img.shape[1] * 3, img.shape[0] * 3), Image.NEAREST).save(sys.argv[3])
+    save_grid(vids, sys.argv[3])

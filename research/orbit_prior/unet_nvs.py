@@ -30,6 +30,7 @@ is what makes the camera generalise; from random weights the 1,000-subject run s
     $U --init r1.pt --subjects 16 --eval-split train --eval-subjects 4 --steps 800 --eval-every 400 --work c16 --save c16.pt
     $U --init c16.pt --subjects 1000 --steps 2000 --eval-every 500 --work c1000 --save c1000.pt
     $U --init c1000.pt --subjects 1000 --steps 1000 --eval-every 500 --work c1000b --save c1000b.pt
+    $U --init c1000b.pt --subjects 1000 --steps 1000 --eval-every 500 --work c1000c --save c1000c.pt
 
 `--reference` adds reference attention (Zero123++), written and tested but not yet measured (row 56 did not need it).
 
@@ -44,7 +45,7 @@ from torch import nn
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 HERE = os.path.dirname(os.path.abspath(__file__)); sys.path.insert(0, HERE)
-from unet_t2i import load_unet_t2i
+from unet_t2i import load_unet_t2i, caption_embeddings
 from dreamvid_lib.backbones import load_backbone
 from dreamvid_lib.core import cache_dir
 from dreamvid_lib import toyworld as tw
@@ -102,10 +103,7 @@ class NVS(nn.Module):
                 if isinstance(procs[name], ReferenceAttention): self.refs.append(procs[name])
             unet.set_attn_processor(procs)
 
-    @torch.no_grad()
-    def text(self, captions):
-        enc = self.bb.tokenizer(list(captions), padding='max_length', truncation=True, return_tensors='pt')
-        return self.bb.encode_prompt(list(captions), allow_empty=True), enc.attention_mask.to(self.bb.device)
+    def text(self, captions): return caption_embeddings(self.bb, captions, allow_empty=True)   # '' for caption dropout
 
     def _unet(self, x, sigma, source, cam, emb, mask):
         inp = [x, source]
@@ -232,14 +230,6 @@ def sigma1_diagnostic(model: NVS, subjects, deltas=(30, 60, 90), res: int = 32) 
     return {'sigma1_correct': float(np.mean(hits)), 'sigma1_mse': float(np.mean(errs))}
 
 
-def save_grid(vids, path, n=8):
-    "Pairs of rows (truth, drawn video) for the first `n` videos, scaled 3x."
-    from PIL import Image
-    rows = [np.concatenate(list(x), 1) for gt, v in vids[:n] for x in (gt, v)]
-    img = (np.concatenate(rows, 0) * 255).clip(0, 255).astype(np.uint8)
-    Image.fromarray(img).resize((img.shape[1] * 3, img.shape[0] * 3), Image.NEAREST).save(path)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--subjects', type=int, default=1000, help='training subjects of the ring dataset (rendered and cached on first use)')
@@ -288,7 +278,7 @@ def main(argv=None):
         d = {**sigma1_diagnostic(model, held), **d}
         print(json.dumps({'step': step, 'params': n_params, 'loss': loss, 'first': a.first, 'train_seconds': round(seconds),
                           'eval_seconds': round(time.time() - t), **{k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}}), flush=True)
-        if a.grid: save_grid(vids, a.grid)
+        if a.grid: from ar_rollout import save_grid; save_grid(vids, a.grid)
         if a.save and step > 0:
             torch.save({'config': dict(model.unet.config), 'state': {k: v.detach().cpu().clone() for k, v in model.unet.state_dict().items()},
                         'step': step, 'args': vars(a), 'reference': model.reference}, a.save + '.tmp')

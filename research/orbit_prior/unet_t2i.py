@@ -39,17 +39,20 @@ def make_unet(width: int = 32, res: int = 32, text_dim: int = 64, seed: int = 0)
         cross_attention_dim=text_dim, attention_head_dim=8, norm_num_groups=8)
 
 
+
+@torch.no_grad()
+def caption_embeddings(bb, captions, allow_empty: bool = False):
+    "Embeddings [B, L, D] and attention mask [B, L] of `captions` from the frozen toy text encoder of backbone `bb`."
+    enc = bb.tokenizer(list(captions), padding='max_length', truncation=True, return_tensors='pt')
+    return bb.encode_prompt(list(captions), allow_empty=allow_empty), enc.attention_mask.to(bb.device)
+
 class UNetT2I:
     "The U-Net with the shipped toy text encoder: `draw(caption, seed)` is one image [H, W, 3] in [0, 1]."
     def __init__(self, unet: UNet2DConditionModel, text_bb, guidance: float = 4.0, steps: int = 30):
         self.unet, self.bb, self.guidance, self.steps = unet, text_bb, guidance, steps
         self.res = unet.config.sample_size
 
-    @torch.no_grad()
-    def text(self, captions, allow_empty=False):
-        "Embeddings [B, L, D] and attention mask [B, L] of `captions` from the frozen toy text encoder."
-        enc = self.bb.tokenizer(list(captions), padding='max_length', truncation=True, return_tensors='pt')
-        return self.bb.encode_prompt(list(captions), allow_empty=allow_empty), enc.attention_mask.to(self.bb.device)
+    def text(self, captions, allow_empty=False): return caption_embeddings(self.bb, captions, allow_empty)
 
     def velocity(self, x, sigma, emb, mask):
         return self.unet(x, sigma * 1000, encoder_hidden_states=emb, encoder_attention_mask=mask).sample
