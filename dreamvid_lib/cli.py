@@ -17,6 +17,7 @@ from .core import (DreamvidError, ConfigError, save_json, seed_everything, cache
 from .backbones import load_backbone, ToyBackbone, ToyModelConfig, default_toy_weights
 from . import toyworld as tw
 from .generate import generate, save_video, frames_grid
+from .orbit_engine import OrbitEngine, load_orbit_engine, default_engine_weights
 from .prompts import video_caption, orbit_prompt, parse_direction, alternating_directions, caption_vocabulary
 from .metrics import tracking_views, view_match, rotation_direction, rotation_monotone_rate, binding_matrix, text_binding_rate
 from .multiview import select_conditioning_views, contact_sheet
@@ -31,10 +32,10 @@ from . import personalize, synthetic3d, make_your_3d
 from .openlrm import image_to_3d_cli
 
 # %% auto #0
-__all__ = ['DEMO_OUTPUTS', 'save_videos', 'save_figure', 'base_prompts', 'base_video_record', 'evaluate_base', 'loss_first_last',
-           'demo_dreambooth', 'router_report', 'demo_joint', 'demo_record', 'run_demo', 'add_demo_command',
-           'add_bench_command', 'add_pretrain_command', 'build_parser', 'check_pretrain_args', 'vae_backbone',
-           'run_pretrain', 'bench_config', 'demo_summary', 'run_command', 'main']
+__all__ = ['DEMO_OUTPUTS', 'BASE_MODELS', 'save_videos', 'save_figure', 'base_prompts', 'base_video_record', 'evaluate_base',
+           'loss_first_last', 'demo_dreambooth', 'router_report', 'demo_joint', 'check_base_model', 'demo_record',
+           'run_demo', 'add_demo_command', 'add_bench_command', 'add_pretrain_command', 'build_parser',
+           'check_pretrain_args', 'vae_backbone', 'run_pretrain', 'bench_config', 'demo_summary', 'run_command', 'main']
 
 # %% ../nbs/13_cli.ipynb #ff8013e4
 def save_videos(videos, folder, prefix: str) -> list[Path]:
@@ -72,18 +73,27 @@ def base_video_record(video, prompt: str, subject, grid, path: str) -> tuple[dic
 # %% ../nbs/13_cli.ipynb #09c8ed33
 def evaluate_base(backbone, subjects, out_dir, seeds_per_subject: int = 2, steps: int = 30, guidance: float = 4.0,
                   num_frames: int | None = None, progress: bool = True) -> dict:
-    "Generate orbits of `subjects` from their captions (`base_prompts`, 8 per batch); rotation and text-binding rates against ground truth."
+    """Generate orbits of `subjects` from their captions (`base_prompts`, 8 per batch); rotation and text-binding rates against
+    ground truth. `backbone` is a `Backbone` (text-to-video, `steps` Euler steps at CFG `guidance`) or an `OrbitEngine`
+    (text → image → views with its own sampling settings); 'model' in the result says which and how."""
     out_dir = Path(out_dir)
+    if isinstance(backbone, OrbitEngine) or type(backbone).__name__ == 'OrbitEngine':   # (also a notebook's own definition of it)
+        c = backbone.config
+        model = (f"orbit engine: text → image ({c.image_steps} Euler steps, CFG {c.image_guidance:g}) → each view from frame 0 "
+                 f"({c.view_steps} step{'s' if c.view_steps > 1 else ''})")
+        draw = lambda p, s: backbone.generate(p, s, num_frames=num_frames)
+    else:
+        model = f"{backbone.name} text-to-video: {steps} Euler steps, CFG {guidance:g}"
+        draw = lambda p, s: generate(backbone, p, s, num_frames=num_frames, steps=steps, guidance=guidance)
     res = backbone.config.resolution
     grids = [tracking_views(s, res, verbose=progress) for s in tqdm(subjects, desc='ground truth', disable=not progress)]
     prompts, seeds, owner = base_prompts(subjects, seeds_per_subject)
-    videos = torch.cat([generate(backbone, prompts[b:b + 8], seeds[b:b + 8], num_frames=num_frames, steps=steps, guidance=guidance)
-                        for b in tqdm(range(0, len(prompts), 8), desc='generating', disable=not progress)])
+    videos = torch.cat([draw(prompts[b:b + 8], seeds[b:b + 8]) for b in tqdm(range(0, len(prompts), 8), desc='generating', disable=not progress)])
     paths = save_videos(videos, out_dir, 'base')
     per_video, tracks = zip(*[base_video_record(v, p, subjects[i], grids[i], f'videos/{f.name}')
                               for v, p, i, f in zip(videos, prompts, owner, paths)])
     save_figure(frames_grid(videos[:min(8, len(videos))], prompts[:8]), out_dir/'frames_grid.png')
-    return {'rotation_monotone_rate': rotation_monotone_rate(list(tracks)),
+    return {'model': model, 'rotation_monotone_rate': rotation_monotone_rate(list(tracks)),
             'text_binding_rate': text_binding_rate(binding_matrix(list(videos), grids), owner),
             'direction_agreement': float(np.mean([pv['direction'] == pv['asked_direction'] for pv in per_video])),
             'n_subjects': len(subjects), 'n_videos': len(videos), 'per_video': list(per_video)}
@@ -155,34 +165,53 @@ def demo_joint(backbone_name: str, weights, subject, out_dir, steps: int = 400, 
 # %% ../nbs/13_cli.ipynb #98738e4e
 DEMO_OUTPUTS = ('report.json', '3db_work', 'joint_work', 'adapter_3db', 'adapter_joint', 'videos')
 
-def demo_record(subject_seed: int, fast: bool, backbone: str, weights, dapter) -> dict:
+BASE_MODELS = ('engine', 'backbone')
+
+def check_base_model(base_model: str | None, backbone: str) -> str:
+    "The base model the demo measures: 'engine' (the orbit engine, the toy's default) or 'backbone' (the text-to-video backbone)."
+    base_model = base_model or ('engine' if backbone == 'toy' else 'backbone')
+    if base_model not in BASE_MODELS: raise ConfigError(f"base model {base_model!r}: choose one of {', '.join(BASE_MODELS)}")
+    if base_model == 'engine' and backbone != 'toy':
+        raise ConfigError(f"--base-model engine is the toy orbit engine; with --backbone {backbone} use --base-model backbone")
+    return base_model
+
+def demo_record(subject_seed: int, fast: bool, backbone: str, weights, dapter, base_model: str | None = None) -> dict:
     "What a demo folder is made from: its settings and the fingerprints of the weights it loads (checked before any work)."
     w = weights or (default_toy_weights() if backbone == 'toy' else None)
     d = None if dapter == 'random' else check_dapter(dapter)                 # a bad --dapter fails here, not after training
-    return {'config': {'subject_seed': subject_seed, 'fast': fast, 'backbone': backbone, 'weights': str(weights), 'dapter': str(dapter)},
+    base_model = check_base_model(base_model, backbone)
+    e = default_engine_weights() if base_model == 'engine' else None
+    return {'config': {'subject_seed': subject_seed, 'fast': fast, 'backbone': backbone, 'weights': str(weights), 'dapter': str(dapter),
+                       'base_model': base_model},
             'inputs': {'weights': files_fingerprint(w) if w and Path(w).exists() else str(w),
-                       'dapter': 'random' if d is None else files_fingerprint(d)}}
+                       'dapter': 'random' if d is None else files_fingerprint(d),
+                       'engine': files_fingerprint(e) if e is not None and e.exists() else str(e)}}
 
 # %% ../nbs/13_cli.ipynb #8620e5cb
 def run_demo(out: str | Path, subject_seed: int = 0, fast: bool = False, backbone: str = 'toy',
-             weights: str | None = None, progress: bool = True, dapter: str | None = None, overwrite: bool = False) -> dict:
+             weights: str | None = None, progress: bool = True, dapter: str | None = None, overwrite: bool = False,
+             base_model: str | None = None) -> dict:
     """The main job; writes `out/report.json` and returns the report. `dapter`: a pre-trained 3Dapter folder for the joint
     stage (default: the shipped one for the toy; a randomly initialised branch for other backbones, which have none shipped).
-    `out` records what it was made from: rerun with another subject, weights or settings it is refused (`overwrite`: start again)."""
+    `out` records what it was made from: rerun with another subject, weights or settings it is refused (`overwrite`: start again).
+    `base_model`: what the base-model section measures, 'engine' (the orbit engine of `05c_orbit_engine`, text → image → views;
+    the toy's default) or 'backbone' (the text-to-video backbone; the only choice for wan and hunyuan). 3DreamBooth and the
+    joint method train on the backbone either way."""
     t0 = time.perf_counter()
     out, _ = check_out_dir(out, 'demo')
     dapter = dapter or (None if backbone == 'toy' else 'random')
-    check_work_folder(out, demo_record(subject_seed, fast, backbone, weights, dapter), overwrite=overwrite, owned=DEMO_OUTPUTS,
+    base_model = check_base_model(base_model, backbone)
+    check_work_folder(out, demo_record(subject_seed, fast, backbone, weights, dapter, base_model), overwrite=overwrite, owned=DEMO_OUTPUTS,
                       what='demo', flag='--overwrite')
     seed_everything(subject_seed)
     bb = load_backbone(backbone, weights)
     subjects = tw.heldout_subjects(4 if fast else 8, seed=subject_seed)
     steps, gen_steps, seeds = (40, 12, (0, 1)) if fast else (400, 30, (0, 1, 2, 3))
-    base = evaluate_base(bb, subjects, out, seeds_per_subject=1 if fast else 2, steps=gen_steps, progress=progress)
+    base = evaluate_base(load_orbit_engine() if base_model == 'engine' else bb, subjects, out, seeds_per_subject=1 if fast else 2, steps=gen_steps, progress=progress)
     db = demo_dreambooth(backbone, weights, subjects[0], out, steps=steps, seeds=seeds, gen_steps=gen_steps, progress=progress)
     jt = demo_joint(backbone, weights, subjects[0], out, steps=steps, seeds=seeds, gen_steps=gen_steps, progress=progress, dapter=dapter)
     keep = ('subject', 'prompt', 'steps', 'train_seconds', 'step_ms', 'loss_first_last', 'conditioning_views')
-    report = {'backbone': backbone, 'fast': fast, 'subject_seed': subject_seed,
+    report = {'backbone': backbone, 'base_model': base_model, 'fast': fast, 'subject_seed': subject_seed,
               'subjects': [s.description() for s in subjects], 'base': base,
               'dreambooth': {**db['dreambooth'], **{k: db[k] for k in keep}},
               'base_class_prompt': db['base_class_prompt'], 'joint': jt['joint'], 'router': jt['router'],
@@ -201,6 +230,9 @@ def add_demo_command(sub) -> argparse.ArgumentParser:
     d.add_argument('--fast', action='store_true', help='a smaller, quicker run for smoke tests')
     d.add_argument('--backbone', default='toy', choices=['toy', 'wan', 'hunyuan'], help="'toy' (default: the shipped model), 'wan' (Wan 2.1) or "
                    "'hunyuan' (HunyuanVideo-1.5), both in the diffusers layout")
+    d.add_argument('--base-model', default=None, choices=['engine', 'backbone'], help="what the base-model section measures: "
+                   "'engine' (the orbit engine, assets/toy_orbit_engine: text -> image -> views; the toy's default) or 'backbone' "
+                   "(the text-to-video backbone; the default for wan and hunyuan)")
     d.add_argument('--dapter', default=None, help="pre-trained 3Dapter folder for the joint stage, or 'random' "
                    "(default: assets/toy_3dapter for the toy; 'random' for wan and hunyuan)")
     d.add_argument('--weights', default=None, help='folder of the backbone weights (default: assets/toy_t2v; for wan: '
@@ -336,7 +368,7 @@ def demo_summary(r: dict, out) -> str:
     b, d, c, j, ro = r['base'], r['dreambooth'], r['base_class_prompt'], r['joint'], r['router']
     return '\n'.join([
         f"base model: rotation_monotone_rate={b['rotation_monotone_rate']:.2f} text_binding_rate={b['text_binding_rate']:.2f} "
-        f"({b['n_videos']} videos, {b['n_subjects']} held-out subjects)",
+        f"direction_agreement={b['direction_agreement']:.2f} ({b['n_videos']} videos, {b['n_subjects']} held-out subjects; {b['model']})",
         f"3DreamBooth on '{d['subject']}': PSNR {d['psnr']:.2f} / SSIM {d['ssim']:.3f} vs base class prompt "
         f"PSNR {c['psnr']:.2f} / SSIM {c['ssim']:.3f}; rotation_monotone_rate={d['rotation_monotone_rate']:.2f}",
         f"3Dapter+3DB: PSNR {j['psnr']:.2f} / SSIM {j['ssim']:.3f}; rotation_monotone_rate={j['rotation_monotone_rate']:.2f}; "
@@ -347,7 +379,8 @@ def demo_summary(r: dict, out) -> str:
 def run_command(args) -> str | None:
     "Run a parsed subcommand other than image-to-3d; returns what to print."
     if args.cmd == 'demo':
-        r = run_demo(args.out, args.subject_seed, args.fast, args.backbone, args.weights, dapter=args.dapter, overwrite=args.overwrite)
+        r = run_demo(args.out, args.subject_seed, args.fast, args.backbone, args.weights, dapter=args.dapter, overwrite=args.overwrite,
+                     base_model=args.base_model)
         return demo_summary(r, args.out)
     if args.cmd == 'bench':
         s = run_bench(args.out, bench_config(args), workers=args.workers)

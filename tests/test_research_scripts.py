@@ -133,6 +133,13 @@ def test_unet_nvs_trains_resumes_scores_and_draws(cache, capsys):
     first = torch.rand(32, 32, 3)
     v1, v2 = (m.video(first, 'a video of a matte red mug with a dot', -1, seed=3, steps=2) for _ in range(2))
     assert v1.shape == (8, 32, 32, 3) and torch.equal(v1, v2) and torch.equal(v1[0], first) and 0 <= v1.min() and v1.max() <= 1
+    cap = 'a video of a matte red mug with a dot'                                 # camera guidance (row 57): w = 0 is the plain draw
+    assert torch.equal(m.video(first, cap, -1, seed=3, steps=2, cam_guidance=0.0, negative='source'), v1)
+    gm, gs = (m.video(first, cap, -1, seed=3, steps=2, cam_guidance=2.0, negative=n) for n in ('mirror', 'source'))
+    assert not torch.allclose(gm, v1) and not torch.allclose(gm, gs) and torch.equal(gm[0], first)
+    d, vids = unet_nvs.rotation_scores(m, unet_nvs.tw.heldout_subjects(2), steps=1)        # two subjects: the demo's text binding too
+    assert d['n'] == len(vids) == 8 and 0 <= d['text_binding_rate'] <= 1
+    with pytest.raises(ValueError, match='negative'): m.video(first, cap, 1, seed=3, steps=2, cam_guidance=1.0, negative='left')
     assert torch.allclose(unet_nvs.camera([0, 90])[:, :2], torch.tensor([[0., 1.], [1., 0.]]), atol=1e-6)
     with pytest.raises(SystemExit, match='--work'): unet_nvs.main(common + ['--steps', '2'])
     with pytest.raises(SystemExit, match='--init'): unet_nvs.main(common + ['--steps', '0'])
@@ -162,3 +169,17 @@ def test_unet_nvs_reference_attention(cache, capsys):
     assert torch.equal(v1, v2) and torch.equal(v1[0], first) and not m.bank_fixed
     unet_nvs.main(common + ['--init', str(cache/'r.pt'), '--steps', '0'])        # rescoring a reference save needs no flag
     assert len(_lines(capsys.readouterr().out)) == 1
+
+
+def test_orbit_engine_matches_the_research_sampler():
+    "The library's orbit engine (05c) built from the research saves draws what unet_nvs.py's sampler draws, at 1 and at 3 steps."
+    import unet_nvs
+    from dreamvid_lib.orbit_engine import engine_from_saves, OrbitEngineConfig
+    w = pathlib.Path(unet_nvs.HERE)/'weights'
+    first, cap = torch.rand(32, 32, 3), 'a video of a matte red mug with a dot'
+    research = unet_nvs.load_nvs(w/'row57_unet_nvs_3000.pt')
+    for steps in (1, 3):
+        engine = engine_from_saves(w/'row54_unet_front.pt', w/'row57_unet_nvs_3000.pt', config=OrbitEngineConfig(view_steps=steps))
+        ours = engine.draw_views(first[None], [cap], [[-30.0 * k for k in range(1, 8)]], [5])[0]
+        theirs = research.video(first, cap, -1, seed=5, steps=steps)[1:]
+        assert torch.allclose(ours, theirs, atol=1e-5), (steps, (ours - theirs).abs().max())

@@ -31,6 +31,12 @@ is what makes the camera generalise; from random weights the 1,000-subject run s
     $U --init c16.pt --subjects 1000 --steps 2000 --eval-every 500 --work c1000 --save c1000.pt
     $U --init c1000.pt --subjects 1000 --steps 1000 --eval-every 500 --work c1000b --save c1000b.pt
     $U --init c1000b.pt --subjects 1000 --steps 1000 --eval-every 500 --work c1000c --save c1000c.pt
+    $U --init c1000c.pt --subjects 3000 --steps 2000 --eval-every 500 --sample-steps 10 --work c3000 --save c3000.pt   # row 57
+    $U --init c3000.pt --steps 0 --sample-steps 1 --first text --eval-subjects 24   # one step per view, frame 0 from text
+
+Row 57: one Euler step per view (the model's mean estimate, `--sample-steps 1`) puts more videos on the right pose than
+10-60 steps; `--cam-guidance W` (guidance away from the mirrored turn, sampling only) did not help. The last save is the
+view U-Net of `assets/toy_orbit_engine` (`dreamvid_lib.orbit_engine.engine_from_saves`).
 
 `--reference` adds reference attention (Zero123++), written and tested but not yet measured (row 56 did not need it).
 
@@ -51,15 +57,13 @@ from dreamvid_lib.core import cache_dir
 from dreamvid_lib import toyworld as tw
 from dreamvid_lib.prompts import video_caption
 from dreamvid_lib.train import TrainConfig, EMAHook, train_loop
-from dreamvid_lib.evaluate import tracking_views, view_match
+from dreamvid_lib.evaluate import tracking_views, view_match, binding_matrix, text_binding_rate
+from dreamvid_lib.orbit_engine import camera_features
 
 ROW54 = os.path.join(HERE, 'weights', 'row54_unet_front.pt')
 
 
-def camera(delta_deg) -> torch.Tensor:
-    "The azimuth change as the U-Net sees it: (sin Δ, cos Δ, sin 2Δ, cos 2Δ), shape [B, 4]."
-    d = torch.deg2rad(torch.as_tensor(delta_deg, dtype=torch.float32).reshape(-1))
-    return torch.stack([d.sin(), d.cos(), (2 * d).sin(), (2 * d).cos()], 1)
+camera = camera_features   # the azimuth change as the U-Net sees it: (sin Δ, cos Δ, sin 2Δ, cos 2Δ), shape [B, 4]
 
 
 def make_nvs_unet(width: int = 16, res: int = 32, text_dim: int = 64, seed: int = 0, camera_planes: bool = False) -> UNet2DConditionModel:
@@ -131,21 +135,28 @@ class NVS(nn.Module):
 
     @torch.no_grad()
     def video(self, first: torch.Tensor, caption: str, direction: int, seed: int, n: int = 8, steps: int = 30,
-              step_deg: float = 30.0, shared_noise: bool = True) -> torch.Tensor:
-        "Frames [n, H, W, 3] in [0, 1]: frame 0 (`first`, [H, W, 3]) and frames k drawn from it at Δ = `step_deg` · direction · k."
+              step_deg: float = 30.0, shared_noise: bool = True, cam_guidance: float = 0.0, negative: str = 'mirror') -> torch.Tensor:
+        """Frames [n, H, W, 3] in [0, 1]: frame 0 (`first`, [H, W, 3]) and frames k drawn from it at Δ = `step_deg` · direction · k.
+        `cam_guidance` w > 0: camera guidance, v(Δ) + w (v(Δ) - v(Δ')), with Δ' = -Δ (`negative='mirror'`: away from the
+        turn the other way) or Δ' = 0 (`'source'`: away from copying frame 0); it needs no training, only a second pass."""
         self.unet.eval()
         res, dev = first.shape[0], next(self.unet.parameters()).device
         g = torch.Generator().manual_seed(int(seed))
         x = (torch.randn(1, 3, res, res, generator=g).expand(n - 1, -1, -1, -1).clone() if shared_noise
              else torch.randn(n - 1, 3, res, res, generator=g)).to(dev)
         src = (first.permute(2, 0, 1)[None] * 2 - 1).expand(n - 1, -1, -1, -1).to(dev)
-        cam = camera(step_deg * direction * np.arange(1, n)).to(dev)
+        deltas = step_deg * direction * np.arange(1, n)
+        cam = camera(deltas).to(dev)
+        if negative not in ('mirror', 'source'): raise ValueError(f"negative={negative!r}: 'mirror' or 'source'")
+        neg = camera(-deltas if negative == 'mirror' else 0 * deltas).to(dev)
         emb, mask = self.text([caption] * (n - 1))
         sig = torch.linspace(1, 0, steps + 1, device=dev)
         if self.reference: self.write_reference(src, emb, mask); self.bank_fixed = True   # the same source at every step
         try:
             for i in range(steps):
-                x = x + (sig[i + 1] - sig[i]) * self.velocity(x, sig[i].expand(n - 1), src, cam, emb, mask)
+                v = self.velocity(x, sig[i].expand(n - 1), src, cam, emb, mask)
+                if cam_guidance: v = v + cam_guidance * (v - self.velocity(x, sig[i].expand(n - 1), src, neg, emb, mask))
+                x = x + (sig[i + 1] - sig[i]) * v
         finally:
             self.bank_fixed = False
             for r in self.refs: r.mode, r.bank = None, None
@@ -183,14 +194,15 @@ def ring_batches(rings, n_subjects: int, batch: int, model: NVS, caption_dropout
 
 
 @torch.no_grad()
-def rotation_scores(model: NVS, subjects, first: str = 'render', steps: int = 30, shared_noise: bool = True, res: int = 32):
+def rotation_scores(model: NVS, subjects, first: str = 'render', steps: int = 30, shared_noise: bool = True, res: int = 32,
+                    **video_kw):
     """`ar_rollout.py`'s held-out rotation scores for videos drawn from frame 0: `first='render'` (azimuths 20° and 200°,
     elevation 15°) or `'text'` (row 54's U-Net frame 0 for seeds 0 and 1, CFG 1; the truth starts at its matched azimuth)."""
     from ar_rollout import score, summary, pose_contrast
     t2i = load_unet_t2i(ROW54, guidance=1.0) if first == 'text' else None
-    rows, vids = [], []
-    for s in subjects:
-        grid = tracking_views(s, res, with_depth=False)
+    rows, vids, owner = [], [], []
+    grids = [tracking_views(s, res, with_depth=False) for s in subjects]
+    for si, (s, grid) in enumerate(zip(subjects, grids)):
         starts = ([(t2i.draw(video_caption(s, None), sd).float(), None) for sd in (0, 1)] if t2i else
                   [(None, a) for a in (20.0, 200.0)])
         for f0, a in starts:
@@ -199,11 +211,14 @@ def rotation_scores(model: NVS, subjects, first: str = 'render', steps: int = 30
             for d in (1, -1):
                 want = (a0 + d * 30 * np.arange(8)) % 360
                 gt = tw.render_views(s, want, 15.0, res=res, with_depth=False).rgb
-                v = model.video(f0, video_caption(s, None), d, seed=len(rows), steps=steps, shared_noise=shared_noise)
+                v = model.video(f0, video_caption(s, None), d, seed=len(rows), steps=steps, shared_noise=shared_noise, **video_kw)
                 truth = view_match(gt, grid)[1] if a is not None else want
                 rows.append({**score(v.numpy(), grid, truth, d), 'first_contrast': pose_contrast(f0.numpy(), grid)})
-                vids.append((gt, v.numpy()))
-    return summary(rows), vids
+                vids.append((gt, v.numpy())); owner.append(si)
+    out = summary(rows)
+    if len(subjects) > 1:                                # the demo's text binding: closer to its own subject than to each other one
+        out['text_binding_rate'] = text_binding_rate(binding_matrix([v for _, v in vids], grids), owner)
+    return out, vids
 
 
 @torch.no_grad()
@@ -247,6 +262,8 @@ def main(argv=None):
     p.add_argument('--first', choices=('render', 'text'), default='render', help="frame 0 of the scored videos")
     p.add_argument('--independent-noise', action='store_true', help='each frame its own noise draw (default: one shared draw)')
     p.add_argument('--sample-steps', type=int, default=30)
+    p.add_argument('--cam-guidance', type=float, default=0.0, help='camera guidance weight when drawing the scored videos (0: none)')
+    p.add_argument('--cam-negative', choices=('mirror', 'source'), default='mirror', help="camera guidance's negative: -Δ or Δ = 0")
     p.add_argument('--threads', type=int, default=int(os.environ.get('OMP_NUM_THREADS', 2)))
     p.add_argument('--workers', type=int, default=1, help='render processes when the ring set is not cached yet')
     p.add_argument('--seed', type=int, default=0)
@@ -274,7 +291,8 @@ def main(argv=None):
     def report(step, loss, ema=None, seconds=0.0):
         if ema is not None: ema.store(model.unet.parameters()); ema.copy_to(model.unet.parameters())
         t = time.time()
-        d, vids = rotation_scores(model, held, a.first, a.sample_steps, not a.independent_noise)
+        d, vids = rotation_scores(model, held, a.first, a.sample_steps, not a.independent_noise,
+                                  cam_guidance=a.cam_guidance, negative=a.cam_negative)
         d = {**sigma1_diagnostic(model, held), **d}
         print(json.dumps({'step': step, 'params': n_params, 'loss': loss, 'first': a.first, 'train_seconds': round(seconds),
                           'eval_seconds': round(time.time() - t), **{k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}}), flush=True)
