@@ -18,7 +18,7 @@ from .backbones import load_backbone, ToyBackbone, ToyModelConfig, default_toy_w
 from . import toyworld as tw
 from .generate import generate, save_video, frames_grid
 from .orbit_engine import OrbitEngine, load_orbit_engine, default_engine_weights
-from .prompts import video_caption, orbit_prompt, parse_direction, alternating_directions, caption_vocabulary
+from .prompts import video_caption, class_caption, orbit_prompt, parse_direction, alternating_directions, caption_vocabulary
 from .metrics import tracking_views, view_match, rotation_direction, rotation_monotone_rate, binding_matrix, text_binding_rate
 from .multiview import select_conditioning_views, contact_sheet
 from .dreambooth import DreamBoothConfig, mean_fidelity
@@ -26,16 +26,18 @@ from .dapter import JointConfig, check_dapter
 from .router import probe_of, mass_array, routing_accuracy, routing_by_layer
 from .pretrain import (PretrainConfig, pretrain, finalize_pretrained, VAEConfig, VAE_STAGES, orbit_prior_recipe,
                                    pretrain_stages, train_toy_vae, set_latent_normalisation, vae_heldout_psnr, refuse_former_vae_checkpoints)
-from .experiments import run_method
+from .experiments import run_method, SubjectTruth
+from .engine_dreambooth import EngineDreamBoothConfig, train_engine_dreambooth, sector_fidelity
 from .bench import BenchConfig, METHODS, run_bench
 from . import personalize, synthetic3d, make_your_3d
 from .openlrm import image_to_3d_cli
 
 # %% auto #0
-__all__ = ['DEMO_OUTPUTS', 'BASE_MODELS', 'save_videos', 'save_figure', 'base_prompts', 'base_video_record', 'evaluate_base',
-           'loss_first_last', 'demo_dreambooth', 'router_report', 'demo_joint', 'check_base_model', 'demo_record',
-           'run_demo', 'add_demo_command', 'add_bench_command', 'add_pretrain_command', 'build_parser',
-           'check_pretrain_args', 'vae_backbone', 'run_pretrain', 'bench_config', 'demo_summary', 'run_command', 'main']
+__all__ = ['DEMO_OUTPUTS', 'BASE_MODELS', 'save_videos', 'save_figure', 'base_prompts', 'base_video_record', 'real_orbit_error',
+           'evaluate_base', 'loss_first_last', 'demo_dreambooth', 'demo_engine_dreambooth', 'router_report',
+           'demo_joint', 'check_base_model', 'demo_record', 'run_demo', 'add_demo_command', 'add_bench_command',
+           'add_pretrain_command', 'build_parser', 'check_pretrain_args', 'vae_backbone', 'run_pretrain',
+           'bench_config', 'demo_summary', 'run_command', 'main']
 
 # %% ../nbs/13_cli.ipynb #ff8013e4
 def save_videos(videos, folder, prefix: str) -> list[Path]:
@@ -71,11 +73,18 @@ def base_video_record(video, prompt: str, subject, grid, path: str) -> tuple[dic
             'direction': rotation_direction(az), 'asked_direction': parse_direction(prompt), 'view_error': float(err.mean())}, az
 
 # %% ../nbs/13_cli.ipynb #09c8ed33
+def real_orbit_error(subject, direction: int, num_frames: int, grid, step_deg: float = 30.0) -> float:
+    "Mean view-matched error of real renders of `subject` turning `step_deg` per frame in `direction` from its front: the metric's floor."
+    az = (direction * step_deg * np.arange(num_frames)) % 360
+    v = tw.render_views(subject, az, np.full(num_frames, tw.ring_elevation(subject)), res=grid.rgb.shape[1])
+    return float(view_match(v.rgb, grid)[2].mean())
+
 def evaluate_base(backbone, subjects, out_dir, seeds_per_subject: int = 2, steps: int = 30, guidance: float = 4.0,
                   num_frames: int | None = None, progress: bool = True) -> dict:
     """Generate orbits of `subjects` from their captions (`base_prompts`, 8 per batch); rotation and text-binding rates against
     ground truth. `backbone` is a `Backbone` (text-to-video, `steps` Euler steps at CFG `guidance`) or an `OrbitEngine`
-    (text → image → views with its own sampling settings); 'model' in the result says which and how."""
+    (text → image → views with its own sampling settings); 'model' in the result says which and how. 'view_error' is the mean
+    view-matched error of the generated frames, 'real_view_error' the same for real renders of the orbits they were asked for."""
     out_dir = Path(out_dir)
     if isinstance(backbone, OrbitEngine) or type(backbone).__name__ == 'OrbitEngine':   # (also a notebook's own definition of it)
         c = backbone.config
@@ -93,7 +102,8 @@ def evaluate_base(backbone, subjects, out_dir, seeds_per_subject: int = 2, steps
     per_video, tracks = zip(*[base_video_record(v, p, subjects[i], grids[i], f'videos/{f.name}')
                               for v, p, i, f in zip(videos, prompts, owner, paths)])
     save_figure(frames_grid(videos[:min(8, len(videos))], prompts[:8]), out_dir/'frames_grid.png')
-    return {'model': model, 'rotation_monotone_rate': rotation_monotone_rate(list(tracks)),
+    real = [real_orbit_error(subjects[i], pv['asked_direction'] or 1, videos.shape[1], grids[i]) for i, pv in zip(owner, per_video)]
+    return {'model': model, 'view_error': float(np.mean([pv['view_error'] for pv in per_video])), 'real_view_error': float(np.mean(real)), 'rotation_monotone_rate': rotation_monotone_rate(list(tracks)),
             'text_binding_rate': text_binding_rate(binding_matrix(list(videos), grids), owner),
             'direction_agreement': float(np.mean([pv['direction'] == pv['asked_direction'] for pv in per_video])),
             'n_subjects': len(subjects), 'n_videos': len(videos), 'per_video': list(per_video)}
@@ -129,6 +139,29 @@ def demo_dreambooth(backbone_name: str, weights, subject, out_dir, steps: int = 
             'dreambooth': mean_fidelity(db.scores[:len(seeds)]),
             'base_class_prompt': {k: v for k, v in base.fidelity.items() if k != 'rotation_monotone_rate'},
             'conditioning_views': [int(i) for i in chosen]}
+
+# %% ../nbs/13_cli.ipynb #05f1f32b
+def demo_engine_dreambooth(subject, out_dir, steps: int = 400, n_videos: int = 8, progress: bool = True, weights=None) -> dict:
+    """3DreamBooth on the orbit engine (`06a_engine_dreambooth`) for one toy subject: `n_videos` orbits of the base engine
+    prompted with the class noun, then of the engine personalized on the subject's views (same seeds, directions alternating);
+    view-matched fidelity over the whole turn and per 90° sector of azimuth for both."""
+    out_dir = Path(out_dir); (out_dir/'videos').mkdir(parents=True, exist_ok=True)
+    engine = load_orbit_engine(weights)
+    truth = SubjectTruth(subject, engine.config.resolution)
+    mv, seeds, dirs = truth.mv, list(range(n_videos)), alternating_directions(n_videos)
+    save_figure(contact_sheet(mv, truth.cond_idx), out_dir/'prep_contact_sheet.png')
+    cls_prompts = [orbit_prompt(class_caption(subject.cls), d) for d in dirs]
+    base = engine.generate(cls_prompts, seeds)
+    log = train_engine_dreambooth(engine, mv, EngineDreamBoothConfig(steps=steps), out_dir/'3db_work', out_dir/'adapter_3db', progress=progress)
+    prompts = [orbit_prompt(mv.prompt(), d) for d in dirs]
+    videos = engine.generate(prompts, seeds)
+    save_videos(base, out_dir, 'class_prompt'); save_videos(videos, out_dir, 'dreambooth')
+    save_figure(frames_grid([base[0]] + list(videos[:4]), ['base: ' + cls_prompts[0]] + prompts[:4]), out_dir/'dreambooth_grid.png')
+    return {'subject': subject.description(), 'prompt': mv.prompt(), 'steps': steps, 'train_seconds': round(log['seconds_total'], 1),
+            'step_ms': round(1000 * log['step_seconds'], 1), 'loss_first_last': loss_first_last(log['history']),
+            'dreambooth': {**sector_fidelity(videos, truth.grid), 'model': 'orbit engine (06a_engine_dreambooth)', 'n_videos': n_videos},
+            'base_class_prompt': {**sector_fidelity(base, truth.grid), 'n_videos': n_videos},
+            'conditioning_views': [int(i) for i in truth.cond_idx]}
 
 # %% ../nbs/13_cli.ipynb #20288894
 def router_report(backbone, videos, subject, res: int, reference_azimuths) -> dict:
@@ -195,8 +228,9 @@ def run_demo(out: str | Path, subject_seed: int = 0, fast: bool = False, backbon
     stage (default: the shipped one for the toy; a randomly initialised branch for other backbones, which have none shipped).
     `out` records what it was made from: rerun with another subject, weights or settings it is refused (`overwrite`: start again).
     `base_model`: what the base-model section measures, 'engine' (the orbit engine of `05c_orbit_engine`, text → image → views;
-    the toy's default) or 'backbone' (the text-to-video backbone; the only choice for wan and hunyuan). 3DreamBooth and the
-    joint method train on the backbone either way."""
+    the toy's default) or 'backbone' (the text-to-video backbone; the only choice for wan and hunyuan). 3DreamBooth trains on
+    the same model (`demo_engine_dreambooth` on the engine, 8 videos; `demo_dreambooth` on the backbone); the joint method
+    trains on the backbone either way."""
     t0 = time.perf_counter()
     out, _ = check_out_dir(out, 'demo')
     dapter = dapter or (None if backbone == 'toy' else 'random')
@@ -208,7 +242,8 @@ def run_demo(out: str | Path, subject_seed: int = 0, fast: bool = False, backbon
     subjects = tw.heldout_subjects(4 if fast else 8, seed=subject_seed)
     steps, gen_steps, seeds = (40, 12, (0, 1)) if fast else (400, 30, (0, 1, 2, 3))
     base = evaluate_base(load_orbit_engine() if base_model == 'engine' else bb, subjects, out, seeds_per_subject=1 if fast else 2, steps=gen_steps, progress=progress)
-    db = demo_dreambooth(backbone, weights, subjects[0], out, steps=steps, seeds=seeds, gen_steps=gen_steps, progress=progress)
+    if base_model == 'engine': db = demo_engine_dreambooth(subjects[0], out, steps=steps, n_videos=4 if fast else 8, progress=progress)
+    else: db = demo_dreambooth(backbone, weights, subjects[0], out, steps=steps, seeds=seeds, gen_steps=gen_steps, progress=progress)
     jt = demo_joint(backbone, weights, subjects[0], out, steps=steps, seeds=seeds, gen_steps=gen_steps, progress=progress, dapter=dapter)
     keep = ('subject', 'prompt', 'steps', 'train_seconds', 'step_ms', 'loss_first_last', 'conditioning_views')
     report = {'backbone': backbone, 'base_model': base_model, 'fast': fast, 'subject_seed': subject_seed,
@@ -368,9 +403,12 @@ def demo_summary(r: dict, out) -> str:
     b, d, c, j, ro = r['base'], r['dreambooth'], r['base_class_prompt'], r['joint'], r['router']
     return '\n'.join([
         f"base model: rotation_monotone_rate={b['rotation_monotone_rate']:.2f} text_binding_rate={b['text_binding_rate']:.2f} "
-        f"direction_agreement={b['direction_agreement']:.2f} ({b['n_videos']} videos, {b['n_subjects']} held-out subjects; {b['model']})",
+        f"direction_agreement={b['direction_agreement']:.2f} ({b['n_videos']} videos, {b['n_subjects']} held-out subjects; {b['model']})"
+        + (f"; view error {b['view_error']:.3f} (real renders {b['real_view_error']:.3f})" if 'real_view_error' in b else ''),
         f"3DreamBooth on '{d['subject']}': PSNR {d['psnr']:.2f} / SSIM {d['ssim']:.3f} vs base class prompt "
-        f"PSNR {c['psnr']:.2f} / SSIM {c['ssim']:.3f}; rotation_monotone_rate={d['rotation_monotone_rate']:.2f}",
+        f"PSNR {c['psnr']:.2f} / SSIM {c['ssim']:.3f}; rotation_monotone_rate={d['rotation_monotone_rate']:.2f}"
+        + (f"; back PSNR {d['per_sector']['back']['psnr']:.2f} vs {c['per_sector']['back']['psnr']:.2f}"
+           if (d.get('per_sector') or {}).get('back') and (c.get('per_sector') or {}).get('back') else ''),
         f"3Dapter+3DB: PSNR {j['psnr']:.2f} / SSIM {j['ssim']:.3f}; rotation_monotone_rate={j['rotation_monotone_rate']:.2f}; "
         f"routing accuracy {ro['routing_accuracy']:.2f} (chance {ro['chance']:.2f})",
         f"done in {r['seconds']:.0f} s -> {Path(out)/'report.json'}"])

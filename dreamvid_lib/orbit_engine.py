@@ -114,9 +114,8 @@ class OrbitEngine(nn.Module):
 
 # %% ../nbs/05c_orbit_engine.ipynb #aee4bda8
 @patch
-@torch.no_grad()
 def image_velocity(self: OrbitEngine, x, sigma, emb, mask) -> torch.Tensor:
-    "The image U-Net's velocity for noisy images `x` [N, 3, H, W] at `sigma` [N]."
+    "The image U-Net's velocity for noisy images `x` [N, 3, H, W] at `sigma` [N] (with gradients: adapters train through it)."
     return self.image_unet(x, sigma * 1000, encoder_hidden_states=emb, encoder_attention_mask=mask).sample
 
 @patch
@@ -139,7 +138,6 @@ def draw_first(self: OrbitEngine, captions: Sequence[str], seeds: Sequence[int],
 
 # %% ../nbs/05c_orbit_engine.ipynb #ccba94b5
 @patch
-@torch.no_grad()
 def view_velocity(self: OrbitEngine, x, sigma, source, delta_deg, emb, mask) -> torch.Tensor:
     "The view U-Net's velocity for noisy targets `x` [N, 3, H, W] at `sigma` [N], from `source` [N, 3, H, W] in [-1, 1] and Δ [N]."
     cam = camera_features(delta_deg).to(x.device)

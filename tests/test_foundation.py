@@ -173,7 +173,8 @@ def test_cli_demo_fast(tmp_path):
     assert (tmp_path/'d'/'frames_grid.png').exists()
     assert len(list((tmp_path/'d'/'videos').glob('base_*.mp4'))) == rep['base']['n_videos']
     assert {'psnr', 'ssim', 'rotation_monotone_rate'} <= set(rep['dreambooth']) and {'psnr', 'ssim'} <= set(rep['base_class_prompt'])
-    assert (tmp_path/'d'/'adapter_3db'/'adapter_config.json').exists()
+    assert (tmp_path/'d'/'adapter_3db'/'adapter.json').exists() and rep['base_model'] == 'engine'   # 3DreamBooth on the orbit engine
+    assert {'front', 'back'} <= set(rep['dreambooth']['per_sector']) and 'real_view_error' in rep['base']
     assert {'psnr', 'ssim', 'rotation_monotone_rate'} <= set(rep['joint']) and {'routing_accuracy', 'chance'} <= set(rep['router'])
     assert (tmp_path/'d'/'joint_grid.png').exists() and len(list((tmp_path/'d'/'videos').glob('joint_*.gif'))) == 2
 

@@ -13,6 +13,7 @@ CI_PARAMS = {
     '02_multiview.ipynb': {'size': 48, 'capture_views': 12, 'capture_res': 96},
     '06_3dreambooth.ipynb': {'steps': 24, 'n_subjects': 2, 'ablation_steps': 8, 'gen_steps': 4},
     '05c_orbit_engine.ipynb': {'n_eval_subjects': 2},
+    '06a_engine_dreambooth.ipynb': {'steps': 4, 'n_videos': 2},
     '05_toy_pretrain.ipynb': {'demo_subjects': 8, 'demo_steps': 12, 'diag_subjects': 1, 'compare_steps': 8, 'ladder_subjects': 2, 'overfit_steps': 6, 'ladder_steps': 6, 'ladder_gen_steps': 3},
     '07_3dapter.ipynb': {'n_subjects': 1, 'max_steps': 20, 'eval_every': 10, 'gen_steps': 3, 'zero_shot_subjects': 1, 'timing_steps': 10},
     '05b_generate.ipynb': {'steps': 6, 'ablation_subjects': 1, 'ablation_joint_steps': 5},
