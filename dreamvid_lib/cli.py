@@ -103,7 +103,8 @@ def evaluate_base(backbone, subjects, out_dir, seeds_per_subject: int = 2, steps
                               for v, p, i, f in zip(videos, prompts, owner, paths)])
     save_figure(frames_grid(videos[:min(8, len(videos))], prompts[:8]), out_dir/'frames_grid.png')
     real = [real_orbit_error(subjects[i], pv['asked_direction'] or 1, videos.shape[1], grids[i]) for i, pv in zip(owner, per_video)]
-    return {'model': model, 'view_error': float(np.mean([pv['view_error'] for pv in per_video])), 'real_view_error': float(np.mean(real)), 'rotation_monotone_rate': rotation_monotone_rate(list(tracks)),
+    return {'model': model, 'view_error': float(np.mean([pv['view_error'] for pv in per_video])), 'real_view_error': float(np.mean(real)),
+            'rotation_monotone_rate': rotation_monotone_rate(list(tracks)),
             'text_binding_rate': text_binding_rate(binding_matrix(list(videos), grids), owner),
             'direction_agreement': float(np.mean([pv['direction'] == pv['asked_direction'] for pv in per_video])),
             'n_subjects': len(subjects), 'n_videos': len(videos), 'per_video': list(per_video)}

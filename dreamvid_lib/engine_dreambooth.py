@@ -6,7 +6,7 @@ Docs: https://dreamvid.github.io/dreamvid/engine_dreambooth.html.md"""
 
 # %% ../nbs/06a_engine_dreambooth.ipynb #fd589867
 from __future__ import annotations
-import json
+import json, tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -168,7 +168,6 @@ def train_engine_dreambooth(engine: OrbitEngine, mv, cfg: EngineDreamBoothConfig
                             name: str = '3db', progress: bool = True, stop_after: int | None = None, overwrite: bool = False) -> dict:
     """Personalize `engine` to the subject of multi-view set `mv` (its prompt, e.g. 'a video of a sks lamp'). Bad inputs
     (unknown words, no front view, no pair) fail before any training. Returns `train_loop`'s log."""
-    import tempfile
     cfg = cfg or EngineDreamBoothConfig()
     check_prompt(engine.tokenizer, mv.prompt())
     batches = EngineViewBatches(mv, cfg, engine.config.resolution)
