@@ -392,8 +392,8 @@ def _cond_embeddings(enc: FeatureEncoder, views: np.ndarray) -> np.ndarray:
     key = (id(enc), hashlib.sha1(np.ascontiguousarray(views).tobytes()).hexdigest(), views.shape)
     if key not in _COND_CACHE:
         if len(_COND_CACHE) > 256: _COND_CACHE.clear()
-        _COND_CACHE[key] = enc.encode_images(views)
-    return _COND_CACHE[key]
+        _COND_CACHE[key] = (enc, enc.encode_images(views))   # the entry holds `enc`, so its id is not reused by another encoder
+    return _COND_CACHE[key][1]
 
 # %% ../nbs/09a_features.ipynb #ef7e85ec
 def _as_encoders(encoders) -> dict:
