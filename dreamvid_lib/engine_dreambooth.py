@@ -6,11 +6,10 @@ Docs: https://dreamvid.github.io/dreamvid/engine_dreambooth.html.md"""
 
 # %% ../nbs/06a_engine_dreambooth.ipynb #fd589867
 from __future__ import annotations
-import json, tempfile
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
