@@ -164,20 +164,7 @@ def test_shipped_latent_model_loads():
     assert rec.shape == x.shape
 
 
-def test_cli_demo_fast(tmp_path):
-    exe = Path(sys.executable).with_name('dreamvid')
-    r = subprocess.run([str(exe), 'demo', '--out', str(tmp_path/'d'), '--fast', '--subject-seed', '1'], capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    rep = json.loads((tmp_path/'d'/'report.json').read_text())
-    assert {'rotation_monotone_rate', 'text_binding_rate'} <= set(rep['base']) and rep['seconds'] > 0
-    assert (tmp_path/'d'/'frames_grid.png').exists()
-    assert len(list((tmp_path/'d'/'videos').glob('base_*.mp4'))) == rep['base']['n_videos']
-    assert {'psnr', 'ssim', 'rotation_monotone_rate'} <= set(rep['dreambooth']) and {'psnr', 'ssim'} <= set(rep['base_class_prompt'])
-    assert (tmp_path/'d'/'adapter_3db'/'adapter.json').exists() and rep['base_model'] == 'engine'   # 3DreamBooth on the orbit engine
-    assert {'front', 'back'} <= set(rep['dreambooth']['per_sector']) and 'real_view_error' in rep['base']
-    assert {'psnr', 'ssim', 'rotation_monotone_rate'} <= set(rep['joint']) and {'routing_accuracy', 'chance'} <= set(rep['router'])
-    assert (tmp_path/'d'/'joint_grid.png').exists() and len(list((tmp_path/'d'/'videos').glob('joint_*.gif'))) == 2
-
+# `dreamvid demo --fast` end to end: 13_cli's demo cell (papermill runs it at fast=True) checks the report, the videos and the adapters.
 
 def test_cli_reports_bad_weights(tmp_path):
     exe = Path(sys.executable).with_name('dreamvid')
