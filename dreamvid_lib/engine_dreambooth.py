@@ -6,7 +6,7 @@ Docs: https://dreamvid.github.io/dreamvid/engine_dreambooth.html.md"""
 
 # %% ../nbs/06a_engine_dreambooth.ipynb #fd589867
 from __future__ import annotations
-import tempfile
+import tempfile, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import save_file, load_file
 from .core import ConfigError, AssetError, atomic_path, save_json, load_json, tensor_fingerprint, check_work_folder
@@ -85,7 +86,9 @@ def add_engine_lora(engine: OrbitEngine, name: str = '3db', rank: int = LORA_RAN
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for u in unets.values():
-            u.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=ENGINE_LORA_TARGETS), adapter_name=name)
+            with warnings.catch_warnings():     # peft warns on a second adapter in one model (3Dapter's branch beside 3DreamBooth's): intended
+                warnings.filterwarnings('ignore', message='Already found a `peft_config`')
+                u.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=ENGINE_LORA_TARGETS), adapter_name=name)
     params = engine_lora_parameters(engine, name)
     for p in params: p.data = p.data.float(); p.requires_grad_(True)
     return params
@@ -153,14 +156,21 @@ def _active(engine: OrbitEngine, name: str | None):
         if name in u.peft_config: u.set_adapter(name); u.enable_adapters()
         else: u.disable_adapters()
 
+def _enabled(unet) -> bool:
+    "Whether the U-Net's adapters are enabled (peft's layers keep the flag)."
+    return not any(m.disable_adapters for m in unet.modules() if isinstance(m, BaseTunerLayer))
+
 @contextmanager
 def engine_adapter(engine: OrbitEngine, name: str | None):
-    "Within the block only adapter `name` is active (None: the base engine); afterwards the adapters active before, enabled."
-    before = {u: u.active_adapters() for u in (engine.image_unet, engine.view_unet) if getattr(u, 'peft_config', None)}
+    "Within the block only adapter `name` is active (None: the base engine); afterwards the adapters active before, enabled or disabled as they were."
+    before = {u: (u.active_adapters(), _enabled(u)) for u in (engine.image_unet, engine.view_unet) if getattr(u, 'peft_config', None)}
     _active(engine, name)
     try: yield engine
     finally:
-        for u, names in before.items(): u.set_adapter(names); u.enable_adapters()
+        for u, (names, on) in before.items():
+            u.set_adapter(names)
+            if on: u.enable_adapters()
+            else: u.disable_adapters()
 
 # %% ../nbs/06a_engine_dreambooth.ipynb #63907697
 def train_engine_dreambooth(engine: OrbitEngine, mv, cfg: EngineDreamBoothConfig | None = None, work_dir=None, out_dir=None,
