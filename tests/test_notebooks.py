@@ -15,7 +15,7 @@ CI_PARAMS = {
     '05c_orbit_engine.ipynb': {'n_eval_subjects': 2},
     '06a_engine_dreambooth.ipynb': {'steps': 4, 'n_videos': 2},
     '05_toy_pretrain.ipynb': {'demo_subjects': 8, 'demo_steps': 12, 'diag_subjects': 1, 'compare_steps': 8, 'ladder_subjects': 2, 'overfit_steps': 6, 'ladder_steps': 6, 'ladder_gen_steps': 3},
-    '07a_engine_3dapter.ipynb': {'ring_subjects': 16, 'pretrain_steps': 2, 'joint_steps': 2, 'router_subjects': 1, 'n_videos': 2},
+    '09e_engine_3dapter.ipynb': {'ring_subjects': 16, 'pretrain_steps': 2, 'joint_steps': 2, 'router_subjects': 1, 'n_videos': 2},
     '07_3dapter.ipynb': {'n_subjects': 1, 'max_steps': 20, 'eval_every': 10, 'gen_steps': 3, 'zero_shot_subjects': 1, 'timing_steps': 10},
     '05b_generate.ipynb': {'steps': 6, 'ablation_subjects': 1, 'ablation_joint_steps': 5},
     '09_router.ipynb': {'joint_steps': 10, 'gen_steps': 3, 'n_videos': 2},
