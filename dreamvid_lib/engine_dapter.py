@@ -33,7 +33,7 @@ from .engine_dreambooth import (ENGINE_LORA_TARGETS, EngineDreamBoothConfig, Eng
 
 # %% auto #0
 __all__ = ['ReferenceBank', 'ReferenceAttnProcessor', 'add_reference_attention', 'references', 'read_velocity',
-           'DapterPretrainConfig', 'RingRefBatches', 'RefFlowLoss', 'add_dapter_branch', 'DapterState', 'KeepTrainable',
+           'DapterPretrainConfig', 'RingRefBatches', 'RefFlowLoss', 'add_dapter_branch', 'DapterState',
            'rings_fingerprint', 'pretrain_engine_dapter', 'save_dapter', 'load_dapter', 'generate_with_references',
            'reference_mass', 'EngineJointConfig', 'EngineJointBatches', 'EngineJointLoss', 'JointState',
            'train_engine_joint', 'ring_router_check']
@@ -195,15 +195,6 @@ class DapterState(EngineLoRAState):
         if emb is not None: self.engine.reference_bank.embed.load_state_dict(emb)
 
 # %% ../nbs/09e_engine_3dapter.ipynb #6e61fdb2
-class KeepTrainable(nn.Module):
-    """`loss`, after which `params` require gradients again: the adapter switches inside the loss (peft's `set_adapter` /
-    `disable_adapters`) turn `requires_grad` off for the adapters they leave, and autograd then drops those gradients."""
-    def __init__(self, loss: nn.Module, params): super().__init__(); self.loss, self._params = loss, list(params)
-    def forward(self, *args):
-        out = self.loss(*args)
-        for p in self._params: p.requires_grad_(True)
-        return out
-
 def rings_fingerprint(rings: dict) -> str:
     "Content hash of a ring set (its images, azimuths and subjects)."
     return tensor_fingerprint(rings['rgba'], np.asarray(rings['azimuth']), repr([s.to_dict() for s in rings['subjects']]))
@@ -226,7 +217,7 @@ def pretrain_engine_dapter(engine: OrbitEngine, rings: dict, cfg: DapterPretrain
     for p in params: p.requires_grad_(True)
     engine.train()
     try:
-        log = train_loop(params, batches, KeepTrainable(RefFlowLoss(engine, captions, name), params), cfg, work_dir, state=DapterState(engine, name),
+        log = train_loop(params, batches, RefFlowLoss(engine, captions, name), cfg, work_dir, state=DapterState(engine, name),
                          progress=progress, stop_after=stop_after, desc=f'{name} (engine, Eq. 2)')
     finally:
         engine.eval()
@@ -388,7 +379,7 @@ def train_engine_joint(engine: OrbitEngine, mv, cond_idx, cfg: EngineJointConfig
     for p in db + dp: p.requires_grad_(True)
     engine.train()
     try:
-        log = train_loop([{'params': db}, {'params': dp, 'lr': cfg.dapter_lr}], batches, KeepTrainable(EngineJointLoss(engine, mv.prompt(), name, branch), db + dp),
+        log = train_loop([{'params': db}, {'params': dp, 'lr': cfg.dapter_lr}], batches, EngineJointLoss(engine, mv.prompt(), name, branch),
                          cfg, work_dir, state=JointState(engine, name, branch), progress=progress, stop_after=stop_after, desc='joint (engine, Eq. 4)')
     finally:
         engine.eval()

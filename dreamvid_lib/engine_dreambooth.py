@@ -162,8 +162,12 @@ def _enabled(unet) -> bool:
 
 @contextmanager
 def engine_adapter(engine: OrbitEngine, name: str | None):
-    "Within the block only adapter `name` is active (None: the base engine); afterwards the adapters active before, enabled or disabled as they were."
+    """Within the block only adapter `name` is active (None: the base engine); afterwards the adapters active before, enabled
+    or disabled as they were, and every LoRA weight trainable or frozen as it was. (peft's switches freeze the adapters they
+    leave; a loss that switches adapters between passes, as the joint method's does, would otherwise lose their gradients:
+    autograd skips a weight that no longer requires them at backward time.)"""
     before = {u: (u.active_adapters(), _enabled(u)) for u in (engine.image_unet, engine.view_unet) if getattr(u, 'peft_config', None)}
+    trainable = [(q, q.requires_grad) for u in before for n, q in u.named_parameters() if 'lora_' in n]
     _active(engine, name)
     try: yield engine
     finally:
@@ -171,6 +175,7 @@ def engine_adapter(engine: OrbitEngine, name: str | None):
             u.set_adapter(names)
             if on: u.enable_adapters()
             else: u.disable_adapters()
+        for q, r in trainable: q.requires_grad_(r)
 
 # %% ../nbs/06a_engine_dreambooth.ipynb #63907697
 def train_engine_dreambooth(engine: OrbitEngine, mv, cfg: EngineDreamBoothConfig | None = None, work_dir=None, out_dir=None,
