@@ -203,7 +203,7 @@ def pretrain_engine_dapter(engine: OrbitEngine, rings: dict, cfg: DapterPretrain
                            name: str = 'dapter', progress: bool = True, stop_after: int | None = None, overwrite: bool = False) -> dict:
     """Pre-train the reference branch `name` of `engine` on `rings` (`toyworld.load_ring_dataset`) with Eq. 2; resumable from
     `work_dir`, which records the engine, the rings and the initialisation. `out_dir`: the branch, once trained (`save_dapter`)."""
-    cfg = cfg or DapterPretrainConfig()
+    cfg = (cfg or DapterPretrainConfig()).validate()
     captions = [video_caption(s, None) for s in rings['subjects']]
     for c in sorted(set(captions)): check_prompt(engine.tokenizer, c)
     batches = RingRefBatches(rings, cfg)
@@ -361,7 +361,7 @@ def train_engine_joint(engine: OrbitEngine, mv, cond_idx, cfg: EngineJointConfig
                        branch: str = 'dapter', progress: bool = True, stop_after: int | None = None, overwrite: bool = False) -> dict:
     """Joint 3Dapter + 3DreamBooth on the engine for the subject of `mv` with conditioning views `cond_idx`; the engine must
     hold a pre-trained reference branch `branch` (`load_dapter`). Resumable from `work_dir`. Returns `train_loop`'s log."""
-    cfg = cfg or EngineJointConfig()
+    cfg = (cfg or EngineJointConfig()).validate()
     if branch not in getattr(engine.view_unet, 'peft_config', {}):
         raise ConfigError(f"the engine has no reference branch {branch!r}: load the pre-trained one (load_dapter) or add a "
                           "random one (add_dapter_branch) first")

@@ -182,7 +182,7 @@ def train_engine_dreambooth(engine: OrbitEngine, mv, cfg: EngineDreamBoothConfig
                             name: str = '3db', progress: bool = True, stop_after: int | None = None, overwrite: bool = False) -> dict:
     """Personalize `engine` to the subject of multi-view set `mv` (its prompt, e.g. 'a video of a sks lamp'). Bad inputs
     (unknown words, no front view, no pair) fail before any training. Returns `train_loop`'s log."""
-    cfg = cfg or EngineDreamBoothConfig()
+    cfg = (cfg or EngineDreamBoothConfig()).validate()
     check_prompt(engine.tokenizer, mv.prompt())
     batches = EngineViewBatches(mv, cfg, engine.config.resolution)
     if name not in getattr(engine.image_unet, 'peft_config', {}):

@@ -1,4 +1,4 @@
-"""Router recipes for 3Dapter on the orbit engine (issue 12; rows 8-9 of `nbs/09e_engine_3dapter.ipynb`'s recipe table).
+"""Router recipes for 3Dapter on the orbit engine (issue 12; rows 8-10 of `nbs/09e_engine_3dapter.ipynb`'s recipe table).
 
 Pre-trains the reference branch with `engine_dapter.pretrain_engine_dapter` (Eq. 2) under two changes meant to make the
 references *necessary* and so to force routing, and scores `ring_router_check` on held-out ring subjects every `--every`
@@ -7,10 +7,13 @@ steps:
 - `--near P --radius R`: in a share P of the samples one of the K references lies within ±R ring steps (15° each) of the
   target view, so the reference at the target's pose holds the answer;
 - `--drop-source P`: in a share P of the samples the target pass gets no source view (zeros), so the target can only
-  come from the references (the reference pass keeps it, as at generation).
+  come from the references (the reference pass keeps it, as at generation);
+- `--shared`: the branch's LoRA is active in the target pass too, so the target's queries can learn to look for the
+  reference at their pose (generation then runs it in both passes).
 
     python research/router/engine_routing.py --near 1 --radius 2 --camera --steps 300                    # row 8
     python research/router/engine_routing.py --near 1 --radius 2 --camera --drop-source 1 --steps 200    # row 9
+    python research/router/engine_routing.py --near 1 --radius 2 --camera --drop-source 0.5 --shared --steps 200   # row 10
 
 One JSON line per evaluation: step, mean loss of the last 50 steps, routing accuracy (chance 1/K) overall and per layer,
 PSNR. Resumable from `--work` (`train_loop`'s checkpoints). About 6 s per step at K = 4, batch 16 on 2 CPU threads.
@@ -30,6 +33,7 @@ p.add_argument('--near', type=float, default=1.0, help='share of samples with a 
 p.add_argument('--radius', type=int, default=2, help='ring steps (15° each) the near reference may lie from the target')
 p.add_argument('--drop-source', type=float, default=0.0, help='share of samples whose target pass gets no source view')
 p.add_argument('--camera', action='store_true', help='camera_embed: a learned camera position on both passes')
+p.add_argument('--shared', action='store_true', help='the branch is active in the target pass too (trained there, and used at generation)')
 p.add_argument('--work', default='engine_routing_work'); p.add_argument('--every', type=int, default=100)
 p.add_argument('--eval-subjects', type=int, default=4); p.add_argument('--threads', type=int, default=2)
 a = p.parse_args()
@@ -75,6 +79,12 @@ class DropSourceLoss(ed.RefFlowLoss):
 
 ed.RingRefBatches = NearRefBatches
 if a.drop_source > 0: ed.RefFlowLoss = DropSourceLoss
+if a.shared:                                  # the target pass runs the branch as well, in training and at generation
+    _loss, _gen = ed.RefFlowLoss, ed.generate_with_references
+    class SharedLoss(_loss):
+        def __init__(self, engine, captions, branch='dapter', target=None): super().__init__(engine, captions, branch, branch)
+    ed.RefFlowLoss = SharedLoss
+    ed.generate_with_references = lambda *args, **kw: _gen(*args, **{**kw, 'target': kw.get('branch', 'dapter')})
 rings = tw.load_ring_dataset(tw.build_ring_dataset(cache_dir(), a.subjects))   # rendered and cached on first use
 engine = load_orbit_engine()
 cfg = ed.DapterPretrainConfig(steps=a.steps, k=a.k, lr=a.lr, batch_size=a.batch, checkpoint_every=a.every, camera_embed=a.camera)
