@@ -139,15 +139,18 @@ class RingRefBatches:
         if not 1 <= cfg.k <= V: raise ConfigError(f"DapterPretrainConfig.k={cfg.k}: the rings have {V} views; use 1 ≤ k ≤ {V}")
         self.rgba, self.cfg, self.az = rings['rgba'], cfg, np.asarray(rings['azimuth'], np.float32)
     def __call__(self, step: int, g: torch.Generator):
-        B, K = self.cfg.batch_size, self.cfg.k
-        S, V = self.rgba.shape[:2]
+        B, (S, V) = self.cfg.batch_size, self.rgba.shape[:2]
         s, i, j = (torch.randint(n, (B,), generator=g).numpy() for n in (S, V, V))
-        r = torch.stack([torch.randperm(V, generator=g)[:K] for _ in range(B)]).numpy()
+        r = self.pick_references(j, g)
         img = lambda ss, vv: torch.from_numpy(self.rgba[ss, vv, ..., :3].astype(np.float32) / 127.5 - 1).movedim(-1, -3)
         sig = torch.where(torch.rand(B, generator=g) < self.cfg.sigma_one, torch.ones(B), torch.rand(B, generator=g))
         noise = torch.randn(B, 3, *self.rgba.shape[2:4], generator=g)
         d = lambda a, b: torch.from_numpy(self.az[a] - self.az[b])
         return img(s, i), img(s, j), d(j, i), img(s[:, None], r), d(r, i[:, None]), sig, noise, torch.from_numpy(s)
+    def pick_references(self, targets: np.ndarray, g: torch.Generator) -> np.ndarray:
+        "Ring indices [B, K] of each sample's references: K distinct views drawn at random (a recipe may choose otherwise)."
+        V = self.rgba.shape[1]
+        return torch.stack([torch.randperm(V, generator=g)[:self.cfg.k] for _ in targets]).numpy()
 
 class RefFlowLoss(nn.Module):
     "Eq. 2 on the engine: the view U-Net's flow matching on targets whose self-attention reads the references."

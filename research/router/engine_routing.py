@@ -42,25 +42,15 @@ torch.set_num_threads(a.threads)
 
 class NearRefBatches(ed.RingRefBatches):
     "`RingRefBatches` whose K references include, in a share `--near` of the samples, one within `--radius` steps of the target."
-    def __call__(self, step, g):
-        B, K = self.cfg.batch_size, self.cfg.k
-        S, V = self.rgba.shape[:2]
-        s, i, j = (torch.randint(n, (B,), generator=g).numpy() for n in (S, V, V))
-        r = []
-        for b in range(B):
+    def pick_references(self, targets, g):
+        V, K, rows = self.rgba.shape[1], self.cfg.k, []
+        for t in targets:
             if torch.rand((), generator=g) < a.near:
-                n0 = (j[b] + int(torch.randint(-a.radius, a.radius + 1, (), generator=g))) % V
+                n0 = (int(t) + int(torch.randint(-a.radius, a.radius + 1, (), generator=g))) % V
                 row = [n0] + [int(x) for x in torch.randperm(V, generator=g) if int(x) != n0][:K - 1]
-                row = [row[q] for q in torch.randperm(K, generator=g)]
-            else:
-                row = torch.randperm(V, generator=g)[:K].tolist()
-            r.append(row)
-        r = np.asarray(r)
-        img = lambda ss, vv: torch.from_numpy(self.rgba[ss, vv, ..., :3].astype(np.float32) / 127.5 - 1).movedim(-1, -3)
-        sig = torch.where(torch.rand(B, generator=g) < self.cfg.sigma_one, torch.ones(B), torch.rand(B, generator=g))
-        noise = torch.randn(B, 3, *self.rgba.shape[2:4], generator=g)
-        dd = lambda x, y: torch.from_numpy(self.az[x] - self.az[y])
-        return img(s, i), img(s, j), dd(j, i), img(s[:, None], r), dd(r, i[:, None]), sig, noise, torch.from_numpy(s)
+                rows.append([row[q] for q in torch.randperm(K, generator=g)])
+            else: rows.append(torch.randperm(V, generator=g)[:K].tolist())
+        return np.asarray(rows)
 
 
 class DropSourceLoss(ed.RefFlowLoss):
