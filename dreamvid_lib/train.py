@@ -23,16 +23,42 @@ from .backbones import Backbone
 from .references import joint_velocity, encode_references
 
 # %% auto #0
-__all__ = ['RESUMABLE_KEYS', 'SIGMA_SCHEMES', 'CHECKPOINT_FORMAT', 'TrainConfig', 'lr_lambda', 'OneCycleSchedule',
-           'OneCycleConfig', 'sample_sigmas', 'config_sigmas', 'frame_token_sigmas', 'FirstFrame', 'plain_velocity',
-           'reference_velocity', 'FlowMatchingLoss', 'step_generator', 'config_diff', 'save_checkpoint',
-           'load_checkpoint', 'AdapterState', 'TrainHook', 'EMAHook', 'StepEndHook', 'NumpyRNGHook', 'TorchRNGHook',
-           'TrainRun', 'loss_backbone', 'flow_matching_inputs', 'train_loop']
+__all__ = ['RESUMABLE_KEYS', 'SIGMA_SCHEMES', 'CONFIG_RULES', 'CHECKPOINT_FORMAT', 'check_train_config', 'TrainConfig',
+           'lr_lambda', 'OneCycleSchedule', 'OneCycleConfig', 'sample_sigmas', 'config_sigmas', 'frame_token_sigmas',
+           'FirstFrame', 'plain_velocity', 'reference_velocity', 'FlowMatchingLoss', 'step_generator', 'config_diff',
+           'save_checkpoint', 'load_checkpoint', 'AdapterState', 'TrainHook', 'EMAHook', 'StepEndHook', 'NumpyRNGHook',
+           'TorchRNGHook', 'TrainRun', 'loss_backbone', 'flow_matching_inputs', 'train_loop']
 
 # %% ../nbs/04a_train.ipynb #3863d4e0
 # settings that may change between a run and its resume: train on for more steps, save or preview more or less often
 RESUMABLE_KEYS = ('steps', 'checkpoint_every', 'preview_every', 'preview_prompt')
 SIGMA_SCHEMES = ('uniform', 'logit_normal', 'one', 'high_mix')
+# what `check_train_config` checks, by field name (a field a configuration lacks is skipped)
+CONFIG_RULES = {
+    'a whole number ≥ 1': ('batch_size', 'rank', 'alpha', 'k', 'batch_videos', 'batch_images', 'frames', 'stride', 'batch',
+                           'latent_channels', 'checkpoint_every'),
+    'a number > 0': ('lr', 'dapter_lr', 'dapter_lr_scale', 'logit_std'),
+    'a number ≥ 0': ('steps', 'warmup', 'weight_decay', 'grad_clip', 'preview_every', 'kl_weight', 'cond_sigma', 'max_elevation_gap'),
+    'a share in [0, 1]': ('sigma_one', 'caption_dropout', 'class_caption_prob', 'context_prob', 'first_frame_prob', 'ema_decay',
+                          'pct_start')}
+
+def check_train_config(cfg):
+    """Refuse a training configuration (any dataclass `train_loop` takes) with a setting no run can use: a ConfigError naming
+    the field and what it takes, by `CONFIG_RULES`, the σ scheme and the precision; returns `cfg`."""
+    def bad(name, what, v): raise ConfigError(f"{type(cfg).__name__}.{name} must be {what}, got {v!r}")
+    number = lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+    ok = {'a whole number ≥ 1': lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1,
+          'a number > 0': lambda v: number(v) and v > 0, 'a number ≥ 0': lambda v: number(v) and v >= 0,
+          'a share in [0, 1]': lambda v: number(v) and 0 <= v <= 1}
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        for what, names in CONFIG_RULES.items():
+            if f.name in names and not ok[what](v): bad(f.name, what, v)
+    scheme = getattr(cfg, 'sigma_sampling', 'uniform')
+    if scheme not in SIGMA_SCHEMES: bad('sigma_sampling', f"one of {', '.join(map(repr, SIGMA_SCHEMES))}", scheme)
+    mp = getattr(cfg, 'mixed_precision', 'no')
+    if mp not in ('no', 'fp16', 'bf16', 'fp8'): bad('mixed_precision', "'no', 'fp16', 'bf16' or 'fp8'", mp)
+    return cfg
 
 @dataclass
 class TrainConfig:
@@ -49,28 +75,10 @@ class TrainConfig:
     seed: int = 0                    # seeds the adapter initialisation and every step's random stream
     mixed_precision: str = 'no'      # 'bf16' on a GPU
     resumable: ClassVar[tuple] = RESUMABLE_KEYS   # settings a resume may change (a class attribute, not stored)
-    # what `validate` checks, by field name, in this class and its subclasses (a field a class lacks is skipped)
-    counts: ClassVar[tuple] = ('batch_size', 'rank', 'alpha', 'k', 'batch_videos', 'batch_images', 'frames', 'stride', 'batch',
-                               'latent_channels', 'checkpoint_every')
-    positive: ClassVar[tuple] = ('lr', 'dapter_lr', 'dapter_lr_scale', 'logit_std')
-    non_negative: ClassVar[tuple] = ('steps', 'warmup', 'weight_decay', 'grad_clip', 'preview_every', 'kl_weight', 'cond_sigma',
-                                     'max_elevation_gap')
-    shares: ClassVar[tuple] = ('sigma_one', 'caption_dropout', 'class_caption_prob', 'context_prob', 'first_frame_prob',
-                               'ema_decay', 'pct_start')
 
     def validate(self) -> 'TrainConfig':
-        "Refuse settings no run can use, naming the field and what it takes, before any work starts; returns the config."
-        def bad(name, what, v): raise ConfigError(f"{type(self).__name__}.{name} must be {what}, got {v!r}")
-        number = lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
-        for f in fields(self):
-            n, v = f.name, getattr(self, f.name)
-            if n in self.counts and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1): bad(n, 'a whole number ≥ 1', v)
-            if n in self.positive and not (number(v) and v > 0): bad(n, 'a number > 0', v)
-            if n in self.non_negative and not (number(v) and v >= 0): bad(n, 'a number ≥ 0', v)
-            if n in self.shares and not (number(v) and 0 <= v <= 1): bad(n, 'a share in [0, 1]', v)
-        if self.sigma_sampling not in SIGMA_SCHEMES: bad('sigma_sampling', f"one of {', '.join(map(repr, SIGMA_SCHEMES))}", self.sigma_sampling)
-        if self.mixed_precision not in ('no', 'fp16', 'bf16', 'fp8'): bad('mixed_precision', "'no', 'fp16', 'bf16' or 'fp8'", self.mixed_precision)
-        return self
+        "Refuse settings no run can use, naming the field and what it takes, before any work starts (`check_train_config`)."
+        return check_train_config(self)
 
     def make_scheduler(self, optimizer: torch.optim.Optimizer):
         "The learning-rate schedule of a run with these settings: `lr_lambda` (warm-up, then cosine to 10%)."
@@ -354,7 +362,7 @@ def train_loop(params, batches: Callable, loss: nn.Module, cfg: TrainConfig, wor
     """Train `params` on `batches(step, generator)` with `loss` under `cfg` (a flow-matching loss gets σ and noise drawn
     here; any other gets `loss(*batch)`); checkpoints in `work_dir` and resumes from them (refusing other settings).
     Returns {'history', 'seconds' (this call), 'seconds_total', 'steps_this_call', 'resumed_from', 'trained_steps', 'step_seconds' (median), 'step'} and what the hooks add."""
-    cfg.validate()
+    check_train_config(cfg)
     work_dir = Path(work_dir); work_dir.mkdir(parents=True, exist_ok=True)
     ckpt, config = work_dir/'checkpoint.pt', asdict(cfg)
     seed_everything(cfg.seed)
