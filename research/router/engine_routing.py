@@ -1,6 +1,6 @@
 """Router recipes for 3Dapter on the orbit engine (issue 12; rows 8-10 of `nbs/09e_engine_3dapter.ipynb`'s recipe table).
 
-Pre-trains the reference branch with `engine_dapter.pretrain_engine_dapter` (Eq. 2) under two changes meant to make the
+Pre-trains the reference branch with `engine_dapter.pretrain_engine_dapter` (Eq. 2) under changes meant to make the
 references *necessary* and so to force routing, and scores `ring_router_check` on held-out ring subjects every `--every`
 steps:
 
@@ -11,7 +11,7 @@ steps:
 - `--shared`: the branch's LoRA is active in the target pass too, so the target's queries can learn to look for the
   reference at their pose (generation then runs it in both passes).
 
-    python research/router/engine_routing.py --near 1 --radius 2 --camera --steps 300                    # row 8
+    python research/router/engine_routing.py --near 1 --radius 2 --camera --steps 200                    # row 8
     python research/router/engine_routing.py --near 1 --radius 2 --camera --drop-source 1 --steps 200    # row 9
     python research/router/engine_routing.py --near 1 --radius 2 --camera --drop-source 0.5 --shared --steps 200   # row 10
 
