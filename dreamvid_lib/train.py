@@ -37,8 +37,9 @@ SIGMA_SCHEMES = ('uniform', 'logit_normal', 'one', 'high_mix')
 CONFIG_RULES = {
     'a whole number ≥ 1': ('batch_size', 'rank', 'alpha', 'k', 'batch_videos', 'batch_images', 'frames', 'stride', 'batch',
                            'latent_channels', 'checkpoint_every'),
-    'a number > 0': ('lr', 'dapter_lr', 'dapter_lr_scale', 'logit_std'),
-    'a number ≥ 0': ('steps', 'warmup', 'weight_decay', 'grad_clip', 'preview_every', 'kl_weight', 'cond_sigma', 'max_elevation_gap'),
+    'a number > 0': ('lr', 'logit_std'),
+    'a number ≥ 0': ('steps', 'warmup', 'weight_decay', 'grad_clip', 'preview_every', 'kl_weight', 'cond_sigma', 'max_elevation_gap',
+                     'dapter_lr', 'dapter_lr_scale'),   # 0: the reference branch frozen
     'a share in [0, 1]': ('sigma_one', 'caption_dropout', 'class_caption_prob', 'context_prob', 'first_frame_prob', 'ema_decay',
                           'pct_start')}
 
