@@ -6,7 +6,7 @@ Docs: https://dreamvid.github.io/dreamvid/bench.html.md"""
 
 # %% ../nbs/11_bench.ipynb #e7b95a0b
 from __future__ import annotations
-import os, json, time, platform
+import os, json, math, time, platform, tempfile
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -22,11 +22,20 @@ from .backbones import default_toy_weights
 from .dapter import default_dapter_weights
 from .metrics import load_encoders
 from .experiments import Method, METHODS, SubjectTruth, score_video, add_method_adapters, run_method
+from .core import files_fingerprint, check_work_folder
+from .orbit_engine import load_orbit_engine
+from .engine_dreambooth import (EngineDreamBoothConfig, EngineLoRAState, train_engine_dreambooth, add_engine_lora,
+                                            engine_adapter, engine_fingerprint, sector_fidelity)
+from .engine_dapter import (EngineJointConfig, JointState, train_engine_joint, load_dapter, generate_with_references,
+                                        reference_mass)
+from .router import routing_accuracy
+from .evaluate import view_matched_fidelity
+from .prompts import orbit_prompt, alternating_directions, class_caption
 
 # %% auto #0
 __all__ = ['TABLES', 'LOWER_IS_BETTER', 'BenchConfig', 'weights_fingerprint', 'default_run_dir', 'run_cell', 'cell_path',
            'run_subject', 'run_bench', 'collect', 'metric_columns', 'summarize', 'markdown_tables', 'plot_summary',
-           'write_reports', 'Method', 'METHODS', 'SubjectTruth', 'score_video']
+           'write_reports', 'engine_convergence', 'Method', 'METHODS', 'SubjectTruth', 'score_video']
 
 # %% ../nbs/11_bench.ipynb #b3a1e5c7
 _all_ = ['Method', 'METHODS', 'SubjectTruth', 'score_video']   # re-exported: they live in experiments (10a_experiments)
@@ -287,3 +296,88 @@ def write_reports(out, cfg: BenchConfig) -> dict:
     (out/'plots').mkdir(exist_ok=True)
     fig = plot_summary(summary); fig.savefig(out/'plots'/'summary.png', dpi=110, bbox_inches='tight'); plt.close(fig)
     return load_json(out/'summary.json')
+
+# %% ../nbs/11_bench.ipynb #c0a1e002
+def _runs(runs, what: str) -> list[tuple[int, ...]]:
+    "Normalise and check a list of runs, each a tuple of increasing checkpoints (the run's length is the last)."
+    out = []
+    for r in runs:
+        r = tuple(int(c) for c in (r if isinstance(r, (tuple, list)) else (r,)))
+        if not r or any(c < 1 for c in r) or list(r) != sorted(set(r)):
+            raise ConfigError(f"{what}: a run is a tuple of increasing positive checkpoints (e.g. (400, 800, 1600)), got {r}")
+        out.append(r)
+    if len({r[-1] for r in out}) != len(out):
+        raise ConfigError(f"{what}: two runs of the same length {[r[-1] for r in out]}: merge their checkpoints into one run")
+    return out
+
+def _checkpoint(work_dir: Path) -> dict | None:
+    ck = Path(work_dir)/'checkpoint.pt'
+    return torch.load(ck, map_location='cpu', weights_only=False) if ck.exists() else None
+
+def _from_checkpoint(e, method: str, st: dict, cfg, source: str) -> dict:
+    "Load a run's checkpoint into engine `e` without training; returns a log like `train_loop`'s."
+    if '3db' not in getattr(e.image_unet, 'peft_config', {}): add_engine_lora(e, '3db', cfg.rank, cfg.alpha, True, cfg.seed)
+    (EngineLoRAState(e, '3db') if method == '3db' else JointState(e, '3db', 'dapter')).load_state_dict(st['model'], source)
+    t = st.get('timing', {})
+    return {'history': st['history'], 'seconds_total': t.get('seconds', 0.0),
+            'step_seconds': float(np.median(t['step_seconds'])) if t.get('step_seconds') else float('nan')}
+
+def engine_convergence(subject_index: int = 0, work_dir=None, branch_dir=None, db_runs=((400,), (400, 800, 1200, 1600)),
+                       joint_runs=((100, 200, 300, 400),), n_videos: int = 8, subject_seed: int = 0, weights=None,
+                       make_engine=None, progress: bool = True) -> dict:
+    """3DreamBooth and the joint method (Eq. 4) on the orbit engine for held-out subject `subject_index` of
+    `toyworld.heldout_subjects(8, subject_seed)`, each run scored at each of its checkpoints; `branch_dir`: the pre-trained
+    reference branch (`engine_dapter.save_dapter`). `make_engine()` builds a fresh engine (default: `load_orbit_engine(weights)`).
+    Returns {'config', 'inputs', 'scores': {'base', '3db/400@400', …, 'joint/400@100', …}}, also written to `work_dir/scores.json`."""
+    db_runs, joint_runs = _runs(db_runs, 'db_runs'), _runs(joint_runs, 'joint_runs')
+    if n_videos < 1: raise ConfigError(f"n_videos must be at least 1, got {n_videos}")
+    if joint_runs and (branch_dir is None or not (Path(branch_dir)/'dapter.json').exists()):
+        raise ConfigError(f"the joint method needs a pre-trained reference branch: branch_dir={branch_dir!r} holds no dapter.json "
+                          "(pre-train one with engine_dapter.pretrain_engine_dapter(..., out_dir=...)), or give joint_runs=()")
+    make_engine = make_engine or (lambda: load_orbit_engine(weights))
+    subject = tw.heldout_subjects(8, seed=subject_seed)[subject_index]
+    work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix='convergence_'))
+    engine = make_engine()
+    truth = SubjectTruth(subject, engine.config.resolution)
+    mv, ci = truth.mv, truth.cond_idx
+    config = {'subject_index': subject_index, 'subject_seed': subject_seed, 'db_runs': db_runs, 'joint_runs': joint_runs, 'n_videos': n_videos}
+    inputs = {'subject': subject.description(), 'engine': engine_fingerprint(engine),
+              'branch': files_fingerprint(branch_dir) if joint_runs else None, 'conditioning_views': [int(i) for i in ci]}
+    check_work_folder(work_dir, {'config': config, 'inputs': inputs}, owned=('scores.json',), what='convergence study')
+    path = work_dir/'scores.json'
+    scores = load_json(path)['scores'] if path.exists() else {}
+    dirs, seeds = alternating_directions(n_videos), list(range(n_videos))
+    prompts = [orbit_prompt(mv.prompt(), d) for d in dirs]
+    def record(key, videos, extra=None):
+        scores[key] = {**sector_fidelity(videos, truth.grid), **(extra or {})}
+        save_json(path, {'config': config, 'inputs': inputs, 'scores': scores})
+    if 'base' not in scores: record('base', engine.generate([orbit_prompt(class_caption(subject.cls), d) for d in dirs], seeds))
+    ref_az = np.asarray(mv.azimuth[ci], float)
+    for method, runs in (('3db', db_runs), ('joint', joint_runs)):
+        for run in runs:
+            keys = [f'{method}/{run[-1]}@{c}' for c in run]
+            if all(k in scores for k in keys): continue
+            e, wd = None, work_dir/f'{method}_{run[-1]}'
+            cfg = (EngineDreamBoothConfig if method == '3db' else EngineJointConfig)(steps=run[-1], checkpoint_every=math.gcd(*run))
+            for c, key in zip(run, keys):
+                st = _checkpoint(wd)
+                held = st['step'] if st else 0
+                if key in scores and held >= c: continue
+                if held > c: raise ConfigError(f"{wd} holds {held} steps but checkpoint {c} was never scored: delete {wd} to rerun it")
+                if e is None:                # a fresh engine: the trainers record its adapters' initial weights
+                    e = make_engine()
+                    if method == 'joint': load_dapter(e, branch_dir)
+                if held == c: log = _from_checkpoint(e, method, st, cfg, str(wd))      # stopped between training and scoring
+                elif method == '3db': log = train_engine_dreambooth(e, mv, cfg, wd, progress=progress, stop_after=c - held)
+                else: log = train_engine_joint(e, mv, ci, cfg, wd, progress=progress, stop_after=c - held)
+                extra = {'train_seconds': round(log['seconds_total'], 1), 'step_ms': round(1000 * log['step_seconds'], 1),
+                         'loss': float(np.mean([h['loss'] for h in log['history'][-20:]]))}
+                if method == '3db':
+                    with engine_adapter(e, '3db'): videos = e.generate(prompts, seeds)
+                else:
+                    videos = generate_with_references(e, prompts, seeds, mv.images[ci], ref_az, target='3db', capture=True)
+                    fa = np.stack([np.asarray(view_matched_fidelity(v.numpy(), truth.grid)['matched_azimuths'])[1:] for v in videos])
+                    extra['routing_accuracy'] = routing_accuracy(reference_mass(e, n_videos), fa, ref_az)
+                record(key, videos, extra)
+                if held == c: e = None       # holds a checkpoint's weights, not the initial ones a resumed trainer checks
+    return {'config': config, 'inputs': inputs, 'scores': scores}
