@@ -35,7 +35,8 @@ from .prompts import orbit_prompt, alternating_directions, class_caption
 # %% auto #0
 __all__ = ['TABLES', 'LOWER_IS_BETTER', 'BenchConfig', 'weights_fingerprint', 'default_run_dir', 'run_cell', 'cell_path',
            'run_subject', 'run_bench', 'collect', 'metric_columns', 'summarize', 'markdown_tables', 'plot_summary',
-           'write_reports', 'engine_convergence', 'Method', 'METHODS', 'SubjectTruth', 'score_video']
+           'write_reports', 'engine_convergence', 'convergence_claims', 'convergence_study', 'Method', 'METHODS',
+           'SubjectTruth', 'score_video']
 
 # %% ../nbs/11_bench.ipynb #b3a1e5c7
 _all_ = ['Method', 'METHODS', 'SubjectTruth', 'score_video']   # re-exported: they live in experiments (10a_experiments)
@@ -381,3 +382,43 @@ def engine_convergence(subject_index: int = 0, work_dir=None, branch_dir=None, d
                 record(key, videos, extra)
                 if held == c: e = None       # holds a checkpoint's weights, not the initial ones a resumed trainer checks
     return {'config': config, 'inputs': inputs, 'scores': scores}
+
+# %% ../nbs/11_bench.ipynb #c0a1e006
+def convergence_claims(scores: dict) -> dict:
+    """The paper's two convergence claims read from `engine_convergence` scores: the joint method against 3DreamBooth after
+    the same iterations (each method's run of that length), and the first joint checkpoint whose PSNR reaches that of
+    3DreamBooth's longest run at its end (None: not within the joint run)."""
+    def runs(m): return sorted({int(k.split('/')[1].split('@')[0]) for k in scores if k.startswith(m + '/')})
+    db, jt = runs('3db'), runs('joint')
+    if not db or not jt: raise ConfigError(f"scores need both a 3db and a joint run, got {sorted(scores)}")
+    same = sorted(set(db) & set(jt))
+    head = {n: {'joint': scores[f'joint/{n}@{n}'], '3db': scores[f'3db/{n}@{n}']} for n in same}
+    longest = f'3db/{db[-1]}@{db[-1]}'
+    jcurve = sorted((int(k.split('@')[1]), v) for k, v in scores.items() if k.startswith(f'joint/{jt[-1]}@'))
+    reach = next((c for c, v in jcurve if v['psnr'] >= scores[longest]['psnr']), None)
+    return {'same_iterations': {n: {'joint_psnr': h['joint']['psnr'], '3db_psnr': h['3db']['psnr'], 'joint_ssim': h['joint']['ssim'],
+                                    '3db_ssim': h['3db']['ssim'], 'joint_wins_psnr': h['joint']['psnr'] > h['3db']['psnr']}
+                                for n, h in head.items()},
+            '3db_longest': {'iterations': db[-1], 'psnr': scores[longest]['psnr'], 'ssim': scores[longest]['ssim']},
+            'joint_iterations_to_reach_it': reach, 'joint_checked_up_to': jcurve[-1][0] if jcurve else 0}
+
+def convergence_study(subjects=(0,), db_runs=((400,), (400, 800, 1200, 1600)), joint_runs=((100, 200, 300, 400),),
+                      n_videos: int = 8, branch_steps: int = 200, ring_subjects: int = 1000, root=None, progress: bool = True) -> dict:
+    """Pre-train the engine's reference branch once (`09e_engine_3dapter`'s recipe), then `engine_convergence` for each held-out
+    subject, in folders under `root` (default: the cache) named by the settings, so that a rerun resumes or reuses them.
+    Returns {subject index: engine_convergence's result plus 'claims' (`convergence_claims`)}."""
+    import hashlib
+    from dreamvid_lib.engine_dapter import add_dapter_branch, pretrain_engine_dapter, DapterPretrainConfig
+    root = Path(root) if root else cache_dir()/'engine_convergence'
+    branch = root/f'branch_{ring_subjects}_{branch_steps}'
+    if joint_runs and not (branch/'dapter.json').exists():
+        engine = load_orbit_engine(); add_dapter_branch(engine)
+        rings = tw.load_ring_dataset(tw.build_ring_dataset(cache_dir(), ring_subjects))
+        pretrain_engine_dapter(engine, rings, DapterPretrainConfig(steps=branch_steps), root/f'{branch.name}_work', branch, progress=progress)
+    key = json.dumps({'db': _runs(db_runs, 'db_runs'), 'joint': _runs(joint_runs, 'joint_runs'), 'n': n_videos, 'branch': branch.name})
+    tag = hashlib.sha1(key.encode()).hexdigest()[:8]
+    out = {}
+    for i in subjects:
+        res = engine_convergence(i, root/f'subject_{i}_{tag}', branch if joint_runs else None, db_runs, joint_runs, n_videos, progress=progress)
+        out[i] = {**res, 'claims': convergence_claims(res['scores']) if joint_runs and db_runs else None}
+    return out

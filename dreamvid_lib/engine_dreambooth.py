@@ -27,10 +27,10 @@ from .evaluate import view_matched_fidelity, rotation_direction
 from .orbit_engine import OrbitEngine
 
 # %% auto #0
-__all__ = ['ENGINE_LORA_TARGETS', 'RESUMABLE_KEYS', 'SECTORS', 'front_views', 'view_pairs', 'EngineDreamBoothConfig',
-           'engine_unets', 'engine_lora_parameters', 'add_engine_lora', 'engine_fingerprint', 'EngineLoRAState',
-           'EngineViewBatches', 'EngineFlowLoss', 'engine_adapter', 'train_engine_dreambooth', 'save_engine_adapter',
-           'load_engine_adapter', 'sector_of', 'sector_fidelity']
+__all__ = ['ENGINE_LORA_TARGETS', 'RESUMABLE_KEYS', 'TRAINING_DATA', 'SECTORS', 'front_views', 'view_pairs',
+           'EngineDreamBoothConfig', 'engine_unets', 'engine_lora_parameters', 'add_engine_lora', 'engine_fingerprint',
+           'EngineLoRAState', 'EngineViewBatches', 'EngineFlowLoss', 'engine_adapter', 'train_engine_dreambooth',
+           'save_engine_adapter', 'load_engine_adapter', 'sector_of', 'sector_fidelity']
 
 # %% ../nbs/06a_engine_dreambooth.ipynb #1de202cc
 def front_views(mv, front_deg: float = 30.0) -> np.ndarray:
@@ -54,6 +54,7 @@ def view_pairs(mv, max_elevation_gap: float = 10.0) -> np.ndarray:
 ENGINE_LORA_TARGETS = r'.*(to_q|to_k|to_v|to_out\.0)'    # attention projections of both U-Nets
 
 RESUMABLE_KEYS = TRAIN_RESUMABLE_KEYS
+TRAINING_DATA = ('1-frame', 'video')
 
 @dataclass
 class EngineDreamBoothConfig(TrainConfig):
@@ -66,6 +67,7 @@ class EngineDreamBoothConfig(TrainConfig):
     front_deg: float = 30.0          # frame 0's adapter learns the views within this azimuth of the front
     max_elevation_gap: float = 10.0  # pairs of views at most this far apart in elevation
     sigma_one: float = 0.5           # share of the pairs at σ = 1 (the view U-Net's pre-training)
+    training: str = '1-frame'        # '1-frame': the views as above; 'video': the views are one video's frames in order (the ablation)
 
 # %% ../nbs/06a_engine_dreambooth.ipynb #9e31e64e
 def engine_unets(engine: OrbitEngine, views: bool = True) -> dict:
@@ -114,13 +116,22 @@ class EngineLoRAState:
 
 # %% ../nbs/06a_engine_dreambooth.ipynb #08a9d1ae
 class EngineViewBatches:
-    "Per step: front views for frame 0's adapter and, with `cfg.views`, pairs of views for the view adapter, with their σ and noise."
+    """Per step: front views for frame 0's adapter and, with `cfg.views`, pairs of views for the view adapter, with their σ and
+    noise. With `cfg.training='video'` the views are the frames of one video in order: frame 0's adapter learns its first
+    frame and the view adapter the pairs (frame 0, frame k), the way the engine draws a video."""
     def __init__(self, mv, cfg: EngineDreamBoothConfig, resolution: int):
+        if cfg.training not in TRAINING_DATA:
+            raise ConfigError(f"EngineDreamBoothConfig.training must be one of {TRAINING_DATA}, got {cfg.training!r}")
         imgs = torch.from_numpy(np.ascontiguousarray(mv.images)).float().permute(0, 3, 1, 2)
         if imgs.shape[-1] != resolution: imgs = F.interpolate(imgs, size=(resolution, resolution), mode='area')
         self.images, self.cfg = imgs * 2 - 1, cfg
-        self.front = torch.from_numpy(front_views(mv, cfg.front_deg))
-        self.pairs = torch.from_numpy(view_pairs(mv, cfg.max_elevation_gap)) if cfg.views else None
+        if cfg.training == 'video':
+            if len(mv) < 2: raise ConfigError(f"training='video' needs the frames of a video, got {len(mv)} view(s)")
+            self.front = torch.zeros(1, dtype=torch.long)
+            self.pairs = torch.stack([torch.zeros(len(mv) - 1, dtype=torch.long), torch.arange(1, len(mv))], 1) if cfg.views else None
+        else:
+            self.front = torch.from_numpy(front_views(mv, cfg.front_deg))
+            self.pairs = torch.from_numpy(view_pairs(mv, cfg.max_elevation_gap)) if cfg.views else None
         self.azimuth = torch.as_tensor(np.asarray(mv.azimuth, np.float32))
     def __call__(self, step: int, gen: torch.Generator):
         B, x = self.cfg.batch_size, self.images
