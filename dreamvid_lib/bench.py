@@ -27,7 +27,7 @@ from .orbit_engine import load_orbit_engine
 from .engine_dreambooth import (EngineDreamBoothConfig, EngineLoRAState, train_engine_dreambooth, add_engine_lora,
                                             engine_adapter, engine_fingerprint, sector_fidelity)
 from .engine_dapter import (EngineJointConfig, JointState, train_engine_joint, load_dapter, generate_with_references,
-                                        reference_mass)
+                                        reference_mass, add_dapter_branch, pretrain_engine_dapter, DapterPretrainConfig)
 from .router import routing_accuracy
 from .evaluate import view_matched_fidelity
 from .prompts import orbit_prompt, alternating_directions, class_caption
@@ -408,7 +408,6 @@ def convergence_study(subjects=(0,), db_runs=((400,), (400, 800, 1200, 1600)), j
     subject, in folders under `root` (default: the cache) named by the settings, so that a rerun resumes or reuses them.
     Returns {subject index: engine_convergence's result plus 'claims' (`convergence_claims`)}."""
     import hashlib
-    from dreamvid_lib.engine_dapter import add_dapter_branch, pretrain_engine_dapter, DapterPretrainConfig
     root = Path(root) if root else cache_dir()/'engine_convergence'
     branch = root/f'branch_{ring_subjects}_{branch_steps}'
     if joint_runs and not (branch/'dapter.json').exists():
