@@ -332,6 +332,7 @@ def engine_convergence(subject_index: int = 0, work_dir=None, branch_dir=None, d
     Returns {'config', 'inputs', 'scores': {'base', '3db/400@400', …, 'joint/400@100', …}}, also written to `work_dir/scores.json`."""
     db_runs, joint_runs = _runs(db_runs, 'db_runs'), _runs(joint_runs, 'joint_runs')
     if n_videos < 1: raise ConfigError(f"n_videos must be at least 1, got {n_videos}")
+    if not 0 <= subject_index < 8: raise ConfigError(f"subject_index {subject_index}: heldout_subjects(8) has subjects 0 to 7")
     if joint_runs and (branch_dir is None or not (Path(branch_dir)/'dapter.json').exists()):
         raise ConfigError(f"the joint method needs a pre-trained reference branch: branch_dir={branch_dir!r} holds no dapter.json "
                           "(pre-train one with engine_dapter.pretrain_engine_dapter(..., out_dir=...)), or give joint_runs=()")

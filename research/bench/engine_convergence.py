@@ -8,7 +8,7 @@ interruption. Each subject's scores and claims are written to `--results`.
 
     python research/bench/engine_convergence.py --subjects 0
 
-About 50 minutes per subject on 2 CPU threads (3DreamBooth 0.6 s per step, the joint method 3.4 s per step), plus 7 for the
+About 30 minutes per subject on 2 CPU threads (3DreamBooth 0.4 s per step, the joint method 2 s per step), plus 4 for the
 branch and 2 for rendering the rings on first use.
 """
 import argparse
