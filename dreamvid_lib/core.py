@@ -138,15 +138,21 @@ class WorkFolderError(ConfigError):
     "A work or output folder holds results made from other inputs or settings."
 
 # %% ../nbs/00_core.ipynb #5a921187
+def _bits(flat: torch.Tensor) -> torch.Tensor:
+    "A 1-D tensor's raw bits as small integers: int16 words when the element width is even, bytes otherwise."
+    flat = flat.contiguous()
+    if flat.dtype == torch.bool: flat = flat.view(torch.uint8)
+    return flat.view(torch.int16) if flat.element_size() % 2 == 0 else flat.view(torch.uint8)
+
 def _update_tensor(h, name: str, t, max_elems: int = 4096) -> None:
     if isinstance(t, torch.Tensor): t = t.detach()
     else: t = torch.as_tensor(np.asarray(t))
-    flat = t.reshape(-1)
-    if flat.numel() > max_elems:                                      # a strided sample and the sum: cheap on huge tensors
-        idx = torch.linspace(0, flat.numel() - 1, max_elems, device=flat.device).long()
-        flat = torch.cat([flat[idx].float(), flat.float().sum(0, keepdim=True)])
+    bits = _bits(t.reshape(-1))
+    if bits.numel() > max_elems:          # a strided sample and an exact integer checksum of every word: cheap on huge
+        idx = torch.linspace(0, bits.numel() - 1, max_elems, device=bits.device).long()   # tensors, and unlike a float
+        bits = torch.cat([bits[idx].long(), bits.sum(dtype=torch.int64).reshape(1)])       # sum the same for any thread count
     h.update(f'{name}:{tuple(t.shape)}:{t.dtype}'.encode())
-    h.update(flat.cpu().contiguous().numpy().tobytes())
+    h.update(bits.cpu().numpy().tobytes())
 
 # %% ../nbs/00_core.ipynb #a3f2c9bf
 def tensor_fingerprint(*items, skip: tuple[str, ...] = (), max_elems: int = 4096) -> str:
