@@ -24,10 +24,11 @@ from .metrics import load_encoders
 from .experiments import Method, METHODS, SubjectTruth, score_video, add_method_adapters, run_method
 from .core import files_fingerprint, check_work_folder
 from .orbit_engine import load_orbit_engine
-from .engine_dreambooth import (EngineDreamBoothConfig, EngineLoRAState, train_engine_dreambooth, add_engine_lora,
+from .engine_dreambooth import (EngineDreamBoothConfig, train_engine_dreambooth,
                                             engine_adapter, engine_fingerprint, sector_fidelity)
-from .engine_dapter import (EngineJointConfig, JointState, train_engine_joint, load_dapter, generate_with_references,
-                                        reference_mass, add_dapter_branch, pretrain_engine_dapter, DapterPretrainConfig)
+from .engine_dapter import (EngineJointConfig, train_engine_joint, load_dapter, generate_with_references,
+                                        reference_mass, build_engine_dapter, DapterPretrainConfig,
+                                        check_engine_dapter, SHIPPED_DAPTER_STEPS)
 from .router import routing_accuracy
 from .evaluate import view_matched_fidelity
 from .prompts import orbit_prompt, alternating_directions, class_caption
@@ -315,14 +316,6 @@ def _checkpoint(work_dir: Path) -> dict | None:
     ck = Path(work_dir)/'checkpoint.pt'
     return torch.load(ck, map_location='cpu', weights_only=False) if ck.exists() else None
 
-def _from_checkpoint(e, method: str, st: dict, cfg, source: str) -> dict:
-    "Load a run's checkpoint into engine `e` without training; returns a log like `train_loop`'s."
-    if '3db' not in getattr(e.image_unet, 'peft_config', {}): add_engine_lora(e, '3db', cfg.rank, cfg.alpha, True, cfg.seed)
-    (EngineLoRAState(e, '3db') if method == '3db' else JointState(e, '3db', 'dapter')).load_state_dict(st['model'], source)
-    t = st.get('timing', {})
-    return {'history': st['history'], 'seconds_total': t.get('seconds', 0.0),
-            'step_seconds': float(np.median(t['step_seconds'])) if t.get('step_seconds') else float('nan')}
-
 def engine_convergence(subject_index: int = 0, work_dir=None, branch_dir=None, db_runs=((400,), (400, 800, 1200, 1600)),
                        joint_runs=((100, 200, 300, 400),), n_videos: int = 8, subject_seed: int = 0, weights=None,
                        make_engine=None, progress: bool = True) -> dict:
@@ -335,7 +328,7 @@ def engine_convergence(subject_index: int = 0, work_dir=None, branch_dir=None, d
     if not 0 <= subject_index < 8: raise ConfigError(f"subject_index {subject_index}: heldout_subjects(8) has subjects 0 to 7")
     if joint_runs and (branch_dir is None or not (Path(branch_dir)/'dapter.json').exists()):
         raise ConfigError(f"the joint method needs a pre-trained reference branch: branch_dir={branch_dir!r} holds no dapter.json "
-                          "(pre-train one with engine_dapter.pretrain_engine_dapter(..., out_dir=...)), or give joint_runs=()")
+                          "(the shipped one: engine_dapter.default_engine_dapter(); or build_engine_dapter(out_dir)), or give joint_runs=()")
     make_engine = make_engine or (lambda: load_orbit_engine(weights))
     subject = tw.heldout_subjects(8, seed=subject_seed)[subject_index]
     work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix='convergence_'))
@@ -369,8 +362,8 @@ def engine_convergence(subject_index: int = 0, work_dir=None, branch_dir=None, d
                 if e is None:                # a fresh engine: the trainers record its adapters' initial weights
                     e = make_engine()
                     if method == 'joint': load_dapter(e, branch_dir)
-                if held == c: log = _from_checkpoint(e, method, st, cfg, str(wd))      # stopped between training and scoring
-                elif method == '3db': log = train_engine_dreambooth(e, mv, cfg, wd, progress=progress, stop_after=c - held)
+                # c - held = 0: stopped between training and scoring, the trainer only loads the checkpoint
+                if method == '3db': log = train_engine_dreambooth(e, mv, cfg, wd, progress=progress, stop_after=c - held)
                 else: log = train_engine_joint(e, mv, ci, cfg, wd, progress=progress, stop_after=c - held)
                 extra = {'train_seconds': round(log['seconds_total'], 1), 'step_ms': round(1000 * log['step_seconds'], 1),
                          'loss': float(np.mean([h['loss'] for h in log['history'][-20:]]))}
@@ -381,7 +374,6 @@ def engine_convergence(subject_index: int = 0, work_dir=None, branch_dir=None, d
                     fa = np.stack([np.asarray(view_matched_fidelity(v.numpy(), truth.grid)['matched_azimuths'])[1:] for v in videos])
                     extra['routing_accuracy'] = routing_accuracy(reference_mass(e, n_videos), fa, ref_az)
                 record(key, videos, extra)
-                if held == c: e = None       # holds a checkpoint's weights, not the initial ones a resumed trainer checks
     return {'config': config, 'inputs': inputs, 'scores': scores}
 
 # %% ../nbs/11_bench.ipynb #c0a1e006
@@ -405,17 +397,18 @@ def convergence_claims(scores: dict) -> dict:
 
 def convergence_study(subjects=(0,), db_runs=((400,), (400, 800, 1200, 1600)), joint_runs=((100, 200, 300, 400),),
                       n_videos: int = 8, branch_steps: int = 200, ring_subjects: int = 1000, root=None, progress: bool = True) -> dict:
-    """Pre-train the engine's reference branch once (`09e_engine_3dapter`'s recipe), then `engine_convergence` for each held-out
+    """The engine's reference branch pre-trained with `09e_engine_3dapter`'s recipe (the shipped `assets/toy_engine_3dapter`
+    at the default `branch_steps` and `ring_subjects`, else built once in `root`), then `engine_convergence` for each held-out
     subject, in folders under `root` (default: the cache) named by the settings, so that a rerun resumes or reuses them.
     Returns {subject index: engine_convergence's result plus 'claims' (`convergence_claims`)}."""
     import hashlib
     root = Path(root) if root else cache_dir()/'engine_convergence'
-    branch = root/f'branch_{ring_subjects}_{branch_steps}'
+    name = f'branch_{ring_subjects}_{branch_steps}'
+    shipped = (ring_subjects, branch_steps) == (1000, SHIPPED_DAPTER_STEPS)
+    branch = check_engine_dapter() if shipped else root/name
     if joint_runs and not (branch/'dapter.json').exists():
-        engine = load_orbit_engine(); add_dapter_branch(engine)
-        rings = tw.load_ring_dataset(tw.build_ring_dataset(cache_dir(), ring_subjects))
-        pretrain_engine_dapter(engine, rings, DapterPretrainConfig(steps=branch_steps), root/f'{branch.name}_work', branch, progress=progress)
-    key = json.dumps({'db': _runs(db_runs, 'db_runs'), 'joint': _runs(joint_runs, 'joint_runs'), 'n': n_videos, 'branch': branch.name})
+        build_engine_dapter(branch, ring_subjects, DapterPretrainConfig(steps=branch_steps), progress=progress)
+    key = json.dumps({'db': _runs(db_runs, 'db_runs'), 'joint': _runs(joint_runs, 'joint_runs'), 'n': n_videos, 'branch': name})
     tag = hashlib.sha1(key.encode()).hexdigest()[:8]
     out = {}
     for i in subjects:

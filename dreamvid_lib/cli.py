@@ -27,17 +27,20 @@ from .router import probe_of, mass_array, routing_accuracy, routing_by_layer
 from .pretrain import (PretrainConfig, pretrain, finalize_pretrained, VAEConfig, VAE_STAGES, orbit_prior_recipe,
                                    pretrain_stages, train_toy_vae, set_latent_normalisation, vae_heldout_psnr, refuse_former_vae_checkpoints)
 from .experiments import run_method, SubjectTruth
-from .engine_dreambooth import EngineDreamBoothConfig, train_engine_dreambooth, sector_fidelity
+from .engine_dreambooth import EngineDreamBoothConfig, train_engine_dreambooth, sector_fidelity, save_engine_adapter
+from .engine_dapter import (EngineJointConfig, train_engine_joint, load_dapter, save_dapter, generate_with_references,
+                                        reference_mass, check_engine_dapter, add_dapter_branch)
+from .evaluate import view_matched_fidelity
 from .bench import BenchConfig, METHODS, run_bench
 from . import personalize, synthetic3d, make_your_3d
 from .openlrm import image_to_3d_cli
 
 # %% auto #0
-__all__ = ['DEMO_OUTPUTS', 'BASE_MODELS', 'save_videos', 'save_figure', 'base_prompts', 'base_video_record', 'real_orbit_error',
-           'evaluate_base', 'loss_first_last', 'demo_dreambooth', 'demo_engine_dreambooth', 'router_report',
-           'demo_joint', 'check_base_model', 'demo_record', 'run_demo', 'add_demo_command', 'add_bench_command',
-           'add_pretrain_command', 'build_parser', 'check_pretrain_args', 'vae_backbone', 'run_pretrain',
-           'bench_config', 'demo_summary', 'run_command', 'main']
+__all__ = ['ENGINE_JOINT_STEPS', 'DEMO_OUTPUTS', 'BASE_MODELS', 'save_videos', 'save_figure', 'base_prompts', 'base_video_record',
+           'real_orbit_error', 'evaluate_base', 'loss_first_last', 'demo_dreambooth', 'demo_engine_dreambooth',
+           'router_report', 'demo_joint', 'demo_engine_joint', 'check_base_model', 'demo_record', 'run_demo',
+           'add_demo_command', 'add_bench_command', 'add_pretrain_command', 'build_parser', 'check_pretrain_args',
+           'vae_backbone', 'run_pretrain', 'bench_config', 'demo_summary', 'run_command', 'main']
 
 # %% ../nbs/13_cli.ipynb #ff8013e4
 def save_videos(videos, folder, prefix: str) -> list[Path]:
@@ -196,6 +199,42 @@ def demo_joint(backbone_name: str, weights, subject, out_dir, steps: int = 400, 
                       'conditioning_views': ci, 'reference_azimuths': np.round(ref_az, 1).tolist()},
             'router': router}
 
+# %% ../nbs/13_cli.ipynb #f0e1a001
+ENGINE_JOINT_STEPS = 100     # the demo's joint iterations on the orbit engine (the paper's 400: 11_bench's convergence study)
+
+def demo_engine_joint(subject, out_dir, steps: int = ENGINE_JOINT_STEPS, n_videos: int = 8, dapter=None, progress: bool = True,
+                      weights=None) -> dict:
+    """The joint method (3Dapter + 3DreamBooth, Eq. 4) on the orbit engine for one toy subject: the pre-trained reference
+    branch `dapter` (default: the shipped one; 'random': a zero-initialised one) and a fresh 3DreamBooth adapter trained together with the subject's K = 4
+    conditioning views as references; `n_videos` orbits generated with the references read and the router captured; fidelity
+    over the whole turn and per 90° sector, routing accuracy overall and per self-attention layer of the view U-Net."""
+    out_dir = Path(out_dir); (out_dir/'videos').mkdir(parents=True, exist_ok=True)
+    engine, shown = load_orbit_engine(weights), str(dapter) if dapter else 'shipped (assets/toy_engine_3dapter)'
+    if dapter == 'random': add_dapter_branch(engine)                        # zero-initialised: the engine reading the references as is
+    else: dapter = check_engine_dapter(dapter); load_dapter(engine, dapter)
+    truth = SubjectTruth(subject, engine.config.resolution)
+    mv, ci = truth.mv, truth.cond_idx
+    cfg = EngineJointConfig(steps=steps)
+    log = train_engine_joint(engine, mv, ci, cfg, out_dir/'joint_work', progress=progress)
+    save_engine_adapter(engine, '3db', out_dir/'adapter_joint'/'3db', {'steps': steps, 'prompt': mv.prompt()})
+    save_dapter(engine, out_dir/'adapter_joint'/'dapter', info={'joint_steps': steps, 'pretrained': str(dapter)})
+    dirs, seeds = alternating_directions(n_videos), list(range(n_videos))
+    prompts = [orbit_prompt(mv.prompt(), d) for d in dirs]
+    ref_az = np.asarray(mv.azimuth[ci], float)
+    videos = generate_with_references(engine, prompts, seeds, mv.images[ci], ref_az, target='3db', capture=True)
+    mass = reference_mass(engine, n_videos)
+    frame_az = np.stack([np.asarray(view_matched_fidelity(v.numpy(), truth.grid)['matched_azimuths'])[1:] for v in videos])
+    per_layer = routing_by_layer(mass, frame_az, ref_az)
+    save_videos(videos, out_dir, 'joint')
+    save_figure(frames_grid(list(videos[:4]), prompts[:4]), out_dir/'joint_grid.png')
+    return {'joint': {**sector_fidelity(videos, truth.grid), 'model': 'orbit engine (09e_engine_3dapter)', 'n_videos': n_videos,
+                      'steps': steps, 'k': cfg.k, 'train_seconds': round(log['seconds_total'], 1), 'dapter': shown,
+                      'step_ms': round(1000 * log['step_seconds'], 1), 'loss_first_last': loss_first_last(log['history']),
+                      'conditioning_views': [int(i) for i in ci], 'reference_azimuths': np.round(ref_az, 1).tolist()},
+            'router': {'routing_accuracy': routing_accuracy(mass, frame_az, ref_az), 'chance': 1 / len(ref_az), 'per_layer': per_layer,
+                       'sharpest_layer': int(np.argmax(per_layer)), 'frame_azimuths': np.round(frame_az, 1).tolist(),
+                       'frames': 'views 1 to F-1 (frame 0 is drawn from text without references)'}}
+
 # %% ../nbs/13_cli.ipynb #98738e4e
 DEMO_OUTPUTS = ('report.json', '3db_work', 'joint_work', 'adapter_3db', 'adapter_joint', 'videos')
 
@@ -212,8 +251,9 @@ def check_base_model(base_model: str | None, backbone: str) -> str:
 def demo_record(subject_seed: int, fast: bool, backbone: str, weights, dapter, base_model: str | None = None) -> dict:
     "What a demo folder is made from: its settings and the fingerprints of the weights it loads (checked before any work)."
     w = weights or (default_toy_weights() if backbone == 'toy' else None)
-    d = None if dapter == 'random' else check_dapter(dapter)                 # a bad --dapter fails here, not after training
     base_model = check_base_model(base_model, backbone)
+    # a bad --dapter fails here, not after training: an engine reference branch for the engine, a LoRA folder for the backbone
+    d = None if dapter == 'random' else check_engine_dapter(dapter) if base_model == 'engine' else check_dapter(dapter)
     e = default_engine_weights() if base_model == 'engine' else None
     return {'config': {'subject_seed': subject_seed, 'fast': fast, 'backbone': backbone, 'weights': str(weights), 'dapter': str(dapter),
                        'base_model': base_model},
@@ -226,12 +266,13 @@ def run_demo(out: str | Path, subject_seed: int = 0, fast: bool = False, backbon
              weights: str | None = None, progress: bool = True, dapter: str | None = None, overwrite: bool = False,
              base_model: str | None = None) -> dict:
     """The main job; writes `out/report.json` and returns the report. `dapter`: a pre-trained 3Dapter folder for the joint
-    stage (default: the shipped one for the toy; a randomly initialised branch for other backbones, which have none shipped).
+    stage (default: the shipped one for the toy, `assets/toy_engine_3dapter` on the engine, `assets/toy_3dapter` on the
+    transformer; a randomly initialised branch for other backbones, which have none shipped).
     `out` records what it was made from: rerun with another subject, weights or settings it is refused (`overwrite`: start again).
     `base_model`: what the base-model section measures, 'engine' (the orbit engine of `05c_orbit_engine`, text → image → views;
     the toy's default) or 'backbone' (the text-to-video backbone; the only choice for wan and hunyuan). 3DreamBooth trains on
-    the same model (`demo_engine_dreambooth` on the engine, 8 videos; `demo_dreambooth` on the backbone); the joint method
-    trains on the backbone either way."""
+    the same model (`demo_engine_dreambooth` on the engine, 8 videos; `demo_dreambooth` on the backbone), and so does the joint
+    method (`demo_engine_joint`, `ENGINE_JOINT_STEPS` iterations; `demo_joint`, as many as 3DreamBooth)."""
     t0 = time.perf_counter()
     out, _ = check_out_dir(out, 'demo')
     dapter = dapter or (None if backbone == 'toy' else 'random')
@@ -245,7 +286,10 @@ def run_demo(out: str | Path, subject_seed: int = 0, fast: bool = False, backbon
     base = evaluate_base(load_orbit_engine() if base_model == 'engine' else bb, subjects, out, seeds_per_subject=1 if fast else 2, steps=gen_steps, progress=progress)
     if base_model == 'engine': db = demo_engine_dreambooth(subjects[0], out, steps=steps, n_videos=4 if fast else 8, progress=progress)
     else: db = demo_dreambooth(backbone, weights, subjects[0], out, steps=steps, seeds=seeds, gen_steps=gen_steps, progress=progress)
-    jt = demo_joint(backbone, weights, subjects[0], out, steps=steps, seeds=seeds, gen_steps=gen_steps, progress=progress, dapter=dapter)
+    if base_model == 'engine':
+        jt = demo_engine_joint(subjects[0], out, steps=steps // 4 if fast else ENGINE_JOINT_STEPS, n_videos=4 if fast else 8,
+                               dapter=dapter, progress=progress)
+    else: jt = demo_joint(backbone, weights, subjects[0], out, steps=steps, seeds=seeds, gen_steps=gen_steps, progress=progress, dapter=dapter)
     keep = ('subject', 'prompt', 'steps', 'train_seconds', 'step_ms', 'loss_first_last', 'conditioning_views')
     report = {'backbone': backbone, 'base_model': base_model, 'fast': fast, 'subject_seed': subject_seed,
               'subjects': [s.description() for s in subjects], 'base': base,
@@ -269,8 +313,8 @@ def add_demo_command(sub) -> argparse.ArgumentParser:
     d.add_argument('--base-model', default=None, choices=['engine', 'backbone'], help="what the base-model section measures: "
                    "'engine' (the orbit engine, assets/toy_orbit_engine: text -> image -> views; the toy's default) or 'backbone' "
                    "(the text-to-video backbone; the default for wan and hunyuan)")
-    d.add_argument('--dapter', default=None, help="pre-trained 3Dapter folder for the joint stage, or 'random' "
-                   "(default: assets/toy_3dapter for the toy; 'random' for wan and hunyuan)")
+    d.add_argument('--dapter', default=None, help="pre-trained 3Dapter folder for the joint stage, or 'random' (default: "
+                   "assets/toy_engine_3dapter on the orbit engine, assets/toy_3dapter on the toy transformer; 'random' for wan and hunyuan)")
     d.add_argument('--weights', default=None, help='folder of the backbone weights (default: assets/toy_t2v; for wan: '
                    'a Wan2.1-T2V-1.3B-Diffusers folder or a hub id in the local cache, e.g. one made by dreamvid_lib.wan.make_tiny_wan; '
                    'for hunyuan: a HunyuanVideo-1.5-480p_t2v folder, e.g. one made by dreamvid_lib.hunyuan.make_tiny_hunyuan)')
@@ -410,7 +454,7 @@ def demo_summary(r: dict, out) -> str:
         f"PSNR {c['psnr']:.2f} / SSIM {c['ssim']:.3f}; rotation_monotone_rate={d['rotation_monotone_rate']:.2f}"
         + (f"; back PSNR {d['per_sector']['back']['psnr']:.2f} vs {c['per_sector']['back']['psnr']:.2f}"
            if (d.get('per_sector') or {}).get('back') and (c.get('per_sector') or {}).get('back') else ''),
-        f"3Dapter+3DB: PSNR {j['psnr']:.2f} / SSIM {j['ssim']:.3f}; rotation_monotone_rate={j['rotation_monotone_rate']:.2f}; "
+        f"3Dapter+3DB ({j['steps']} it.): PSNR {j['psnr']:.2f} / SSIM {j['ssim']:.3f}; rotation_monotone_rate={j['rotation_monotone_rate']:.2f}; "
         f"routing accuracy {ro['routing_accuracy']:.2f} (chance {ro['chance']:.2f})",
         f"done in {r['seconds']:.0f} s -> {Path(out)/'report.json'}"])
 

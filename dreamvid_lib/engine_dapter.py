@@ -19,7 +19,8 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import save_file, load_file
 from diffusers.models.attention_processor import AttnProcessor2_0
-from .core import ConfigError, AssetError, atomic_path, save_json, load_json, tensor_fingerprint, check_work_folder
+from .core import (ConfigError, AssetError, atomic_path, save_json, load_json, tensor_fingerprint, check_work_folder,
+                               assets_dir, cache_dir, check_safetensors)
 from .train import TrainConfig, train_loop, RESUMABLE_KEYS
 from .prompts import video_caption, orbit_prompt
 from .backbones import check_prompt
@@ -27,16 +28,17 @@ from . import toyworld as tw
 from .evaluate import tracking_views, view_matched_fidelity
 from .router import routing_accuracy, routing_by_layer
 from .dreambooth import views_fingerprint
-from .orbit_engine import OrbitEngine, camera_features, split_prompt
+from .orbit_engine import OrbitEngine, camera_features, split_prompt, load_orbit_engine
 from .engine_dreambooth import (ENGINE_LORA_TARGETS, EngineDreamBoothConfig, EngineViewBatches, EngineLoRAState, engine_adapter,
                                 engine_lora_parameters, engine_fingerprint, add_engine_lora, _active)
 
 # %% auto #0
-__all__ = ['ReferenceBank', 'ReferenceAttnProcessor', 'add_reference_attention', 'references', 'read_velocity',
-           'DapterPretrainConfig', 'RingRefBatches', 'RefFlowLoss', 'add_dapter_branch', 'DapterState',
-           'rings_fingerprint', 'pretrain_engine_dapter', 'save_dapter', 'load_dapter', 'generate_with_references',
-           'reference_mass', 'EngineJointConfig', 'EngineJointBatches', 'EngineJointLoss', 'JointState',
-           'train_engine_joint', 'ring_router_check']
+__all__ = ['SHIPPED_DAPTER_STEPS', 'ReferenceBank', 'ReferenceAttnProcessor', 'add_reference_attention', 'references',
+           'read_velocity', 'DapterPretrainConfig', 'RingRefBatches', 'RefFlowLoss', 'add_dapter_branch', 'DapterState',
+           'rings_fingerprint', 'pretrain_engine_dapter', 'save_dapter', 'load_dapter', 'default_engine_dapter',
+           'check_engine_dapter', 'build_engine_dapter', 'generate_with_references', 'reference_mass',
+           'EngineJointConfig', 'EngineJointBatches', 'EngineJointLoss', 'JointState', 'train_engine_joint',
+           'ring_router_check']
 
 # %% ../nbs/09e_engine_3dapter.ipynb #af6c03f5
 class ReferenceBank:
@@ -260,6 +262,37 @@ def load_dapter(engine: OrbitEngine, path, name: str | None = None) -> str:
     DapterState(engine, name).load_state_dict(st, str(path))
     for p in engine_lora_parameters(engine, name): p.requires_grad_(False)
     return name
+
+# %% ../nbs/09e_engine_3dapter.ipynb #d9e0a002
+def default_engine_dapter() -> Path:
+    "Path of the shipped reference branch of the shipped orbit engine."
+    return assets_dir()/'toy_engine_3dapter'
+
+def check_engine_dapter(path=None) -> Path:
+    "Validate an engine reference-branch folder (default: the shipped one) without loading it: files present and readable."
+    path = Path(path) if path else default_engine_dapter()
+    if not path.exists():
+        raise AssetError(f"engine reference branch {path} not found: it ships as assets/toy_engine_3dapter; rebuild it with "
+                         f"engine_dapter.build_engine_dapter({str(path)!r})")
+    if not (path/'dapter.json').exists() or not (path/'dapter.safetensors').exists():
+        raise AssetError(f"{path} is not an engine reference branch (it needs dapter.json and dapter.safetensors, as save_dapter "
+                         "writes them): pass such a folder")
+    load_json(path/'dapter.json'); check_safetensors(path/'dapter.safetensors', f'engine reference branch {path}:')
+    return path
+
+SHIPPED_DAPTER_STEPS = 200
+
+def build_engine_dapter(out_dir, ring_subjects: int = 1000, cfg: DapterPretrainConfig | None = None, work_dir=None,
+                        weights=None, progress: bool = True) -> Path:
+    """Pre-train the shipped engine's reference branch with this notebook's recipe (`DapterPretrainConfig(steps=200)` unless
+    `cfg`) on the rings of `ring_subjects` training subjects and save it to `out_dir` (resumable from `work_dir`, default
+    `out_dir` + '_work'); returns `out_dir`."""
+    out_dir = Path(out_dir)
+    engine = load_orbit_engine(weights); add_dapter_branch(engine)
+    rings = tw.load_ring_dataset(tw.build_ring_dataset(cache_dir(), ring_subjects))
+    pretrain_engine_dapter(engine, rings, cfg or DapterPretrainConfig(steps=SHIPPED_DAPTER_STEPS), work_dir or out_dir.parent/f'{out_dir.name}_work', out_dir,
+                           progress=progress)
+    return out_dir
 
 # %% ../nbs/09e_engine_3dapter.ipynb #afb2e04f
 @torch.no_grad()

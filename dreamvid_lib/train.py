@@ -362,6 +362,8 @@ def train_loop(params, batches: Callable, loss: nn.Module, cfg: TrainConfig, wor
                stop_after: int | None = None, desc: str = 'train') -> dict:
     """Train `params` on `batches(step, generator)` with `loss` under `cfg` (a flow-matching loss gets σ and noise drawn
     here; any other gets `loss(*batch)`); checkpoints in `work_dir` and resumes from them (refusing other settings).
+    `stop_after`: end this call after that many steps (a simulated kill, or a run scored at checkpoints); 0 only loads the
+    checkpoint into `state` and returns its log, training nothing.
     Returns {'history', 'seconds' (this call), 'seconds_total', 'steps_this_call', 'resumed_from', 'trained_steps', 'step_seconds' (median), 'step'} and what the hooks add."""
     check_train_config(cfg)
     work_dir = Path(work_dir); work_dir.mkdir(parents=True, exist_ok=True)
@@ -394,6 +396,7 @@ def train_loop(params, batches: Callable, loss: nn.Module, cfg: TrainConfig, wor
     t0, done, step_times = time.perf_counter(), 0, list(timing['step_seconds'])
     bar = tqdm(range(start, cfg.steps), initial=min(start, cfg.steps), total=cfg.steps, disable=not progress, desc=desc)
     for step in bar:
+        if stop_after is not None and done >= stop_after: break
         ts = time.perf_counter()
         gen = generator if generator is not None else step_generator(cfg.seed, rank, step)
         batch = batches(step, gen)
@@ -414,7 +417,6 @@ def train_loop(params, batches: Callable, loss: nn.Module, cfg: TrainConfig, wor
                                    'hooks': {h.name: h.state_dict() for h in hooks},
                                    'gen': generator.get_state() if generator is not None else None, 'torch_rng': torch.get_rng_state(),
                                    'timing': {'seconds': timing['seconds'] + time.perf_counter() - t0, 'step_seconds': step_times}})
-        if stop_after is not None and done >= stop_after: break
     seconds = time.perf_counter() - t0
     log = {'history': run.history, 'seconds': seconds, 'seconds_this_call': seconds, 'seconds_total': timing['seconds'] + seconds,
            'steps_this_call': done, 'resumed_from': start, 'trained_steps': run.history[-1]['step'] if run.history else 0,

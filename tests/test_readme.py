@@ -2,6 +2,7 @@
 from the committed JSON files: a hand edit of README.md, or a JSON file changed without re-executing index, fails here."""
 import ast, json, importlib.util, pathlib
 import pytest
+from dreamvid_lib.cli import ENGINE_JOINT_STEPS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -50,4 +51,6 @@ def test_index_tables_match_the_committed_json():
 def test_demo_report_is_a_full_default_run():
     r = json.loads((ROOT/'results'/'demo'/'report.json').read_text())
     assert r['fast'] is False and r['backbone'] == 'toy' and r['subject_seed'] == 0
-    assert r['base']['n_subjects'] == 8 and r['dreambooth']['steps'] == 400 and r['joint']['steps'] == 400
+    assert r['base']['n_subjects'] == 8 and r['dreambooth']['steps'] == 400
+    assert r['joint']['steps'] == (ENGINE_JOINT_STEPS if r['base_model'] == 'engine' else 400)
+    assert ('model' in r['joint']) == (r['base_model'] == 'engine')          # the joint method trains on the base model

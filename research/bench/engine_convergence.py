@@ -1,21 +1,20 @@
 """The paper's convergence claims on the orbit engine (`11_bench`: `bench.convergence_study`), from the command line.
 
-Pre-trains the reference branch once (Eq. 2, `09e_engine_3dapter`'s recipe: 200 steps on 1,000 ring subjects, lr 5e-4,
-batch 16), then for each held-out subject runs 3DreamBooth for 400 iterations, 3DreamBooth for 1,600 scored at 400, 800,
+Uses the shipped reference branch (`assets/toy_engine_3dapter`: Eq. 2 with `09e_engine_3dapter`'s recipe, 200 steps on
+1,000 ring subjects, lr 5e-4, batch 16), then for each held-out subject runs 3DreamBooth for 400 iterations, 3DreamBooth for 1,600 scored at 400, 800,
 1,200 and 1,600, and the joint method (Eq. 4) for 400 scored every 100; 8 videos per checkpoint. Everything is resumable
 and cached under ~/.cache/dreamvid/engine_convergence (the notebook reuses it): rerun the same command after an
 interruption. Each subject's scores and claims are written to `--results`.
 
     python research/bench/engine_convergence.py --subjects 0
 
-About 30 minutes per subject on 2 CPU threads (3DreamBooth 0.4 s per step, the joint method 2 s per step), plus 4 for the
-branch and 2 for rendering the rings on first use.
+About 30 minutes per subject on 2 CPU threads (3DreamBooth 0.4 s per step, the joint method 2 s per step).
 """
 import argparse
 from pathlib import Path
 import torch
 from dreamvid_lib.core import save_json
-from dreamvid_lib.bench import convergence_study
+from dreamvid_lib.bench import convergence_study, convergence_report
 
 
 def main():
@@ -28,10 +27,8 @@ def main():
         res = convergence_study([i])[i]
         out = Path(a.results); out.mkdir(parents=True, exist_ok=True)
         save_json(out/f'subject_{i}.json', {**res, 'command': f'python research/bench/engine_convergence.py --subjects {i}'})
-        for k, s in res['scores'].items():
-            print(f"subject {i} {k:14s} PSNR {s['psnr']:.2f} SSIM {s['ssim']:.3f} rotation {s['rotation_monotone_rate']:.2f}"
-                  + (f" routing {s['routing_accuracy']:.2f}" if 'routing_accuracy' in s else ''), flush=True)
-        print(res['claims'], flush=True)
+        table, lines = convergence_report({i: res})
+        print(table.to_string(), *lines, sep='\n', flush=True)
 
 
 if __name__ == '__main__':      # the ring renderer spawns worker processes
