@@ -36,8 +36,8 @@ from .prompts import orbit_prompt, alternating_directions, class_caption
 # %% auto #0
 __all__ = ['TABLES', 'LOWER_IS_BETTER', 'BenchConfig', 'weights_fingerprint', 'default_run_dir', 'run_cell', 'cell_path',
            'run_subject', 'run_bench', 'collect', 'metric_columns', 'summarize', 'markdown_tables', 'plot_summary',
-           'write_reports', 'engine_convergence', 'convergence_claims', 'convergence_study', 'Method', 'METHODS',
-           'SubjectTruth', 'score_video']
+           'write_reports', 'engine_convergence', 'convergence_claims', 'convergence_study', 'convergence_report',
+           'Method', 'METHODS', 'SubjectTruth', 'score_video']
 
 # %% ../nbs/11_bench.ipynb #b3a1e5c7
 _all_ = ['Method', 'METHODS', 'SubjectTruth', 'score_video']   # re-exported: they live in experiments (10a_experiments)
@@ -415,3 +415,24 @@ def convergence_study(subjects=(0,), db_runs=((400,), (400, 800, 1200, 1600)), j
         res = engine_convergence(i, root/f'subject_{i}_{tag}', branch if joint_runs else None, db_runs, joint_runs, n_videos, progress=progress)
         out[i] = {**res, 'claims': convergence_claims(res['scores']) if joint_runs and db_runs else None}
     return out
+
+# %% ../nbs/11_bench.ipynb #c0a1e007
+def convergence_report(study: dict) -> tuple:
+    """`convergence_study`'s result as a table (one row per subject and run checkpoint: PSNR, SSIM, rotation, back-sector
+    PSNR, routing, training seconds) and the claims as lines of text, for the notebook and the command line alike."""
+    import pandas as pd
+    rows, lines = [], []
+    for i, r in study.items():
+        for k, s in r['scores'].items():
+            rows.append({'subject': i, 'run': k, 'PSNR': s['psnr'], 'SSIM': s['ssim'], 'rotation': s['rotation_monotone_rate'],
+                         'back PSNR': s['per_sector']['back']['psnr'] if s['per_sector']['back'] else np.nan,
+                         'routing': s.get('routing_accuracy', np.nan), 'train s': s.get('train_seconds', 0.0)})
+        c = r['claims']
+        if c is None: continue
+        for n, h in c['same_iterations'].items():
+            lines.append(f"subject {i} ({r['inputs']['subject']}): at {n} iterations joint {h['joint_psnr']:.2f} dB / {h['joint_ssim']:.3f} "
+                         f"vs 3DreamBooth {h['3db_psnr']:.2f} / {h['3db_ssim']:.3f}")
+        lines.append(f"  3DreamBooth after {c['3db_longest']['iterations']}: {c['3db_longest']['psnr']:.2f} dB; the joint method reaches it at "
+                     f"{c['joint_iterations_to_reach_it'] if c['joint_iterations_to_reach_it'] else 'none of its checkpoints'} "
+                     f"(checked up to {c['joint_checked_up_to']})")
+    return pd.DataFrame(rows).set_index(['subject', 'run']).round(3), lines
