@@ -34,9 +34,11 @@ __all__ = ['ENGINE_LORA_TARGETS', 'RESUMABLE_KEYS', 'TRAINING_DATA', 'SECTORS', 
 
 # %% ../nbs/06a_engine_dreambooth.ipynb #1de202cc
 def front_views(mv, front_deg: float = 30.0) -> np.ndarray:
-    "Indices of the views of multi-view set `mv` within ±`front_deg` of azimuth 0 (the pose the engine's frame 0 is drawn at)."
+    """Indices of the views of multi-view set `mv` within ±`front_deg` of azimuth 0 (the pose the engine's frame 0 is drawn
+    at); `front_deg=0`: the single most frontal view, whatever its offset."""
+    if front_deg < 0: raise ConfigError(f"front_deg must be ≥ 0 (0: the most frontal view), got {front_deg}")
     off = np.abs((np.asarray(mv.azimuth, float) + 180) % 360 - 180)
-    idx = np.flatnonzero(off <= front_deg)
+    idx = np.flatnonzero(off <= front_deg) if front_deg > 0 else np.array([int(np.argmin(off))])
     if len(idx) == 0:
         raise ConfigError(f"no view of the subject lies within ±{front_deg:g}° of azimuth 0 (its azimuths: "
                           f"{np.round(np.sort(np.asarray(mv.azimuth, float)), 0).tolist()}): widen front_deg or give a view of the front")
@@ -64,7 +66,7 @@ class EngineDreamBoothConfig(TrainConfig):
     rank: int = LORA_RANK            # 16
     alpha: int = LORA_ALPHA          # 32
     views: bool = True               # also the view U-Net, on pairs of the subject's views (False: frame 0 alone)
-    front_deg: float = 30.0          # frame 0's adapter learns the views within this azimuth of the front
+    front_deg: float = 30.0          # frame 0's adapter learns the views within this azimuth of the front (0: the most frontal one)
     max_elevation_gap: float = 10.0  # pairs of views at most this far apart in elevation
     sigma_one: float = 0.5           # share of the pairs at σ = 1 (the view U-Net's pre-training)
     training: str = '1-frame'        # '1-frame': the views as above; 'video': the views are one video's frames in order (the ablation)
