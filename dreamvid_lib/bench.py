@@ -27,10 +27,8 @@ from .orbit_engine import load_orbit_engine
 from .engine_dreambooth import (EngineDreamBoothConfig, train_engine_dreambooth,
                                             engine_adapter, engine_fingerprint, sector_fidelity)
 from .engine_dapter import (EngineJointConfig, train_engine_joint, load_dapter, generate_with_references,
-                                        reference_mass, build_engine_dapter, DapterPretrainConfig,
+                                        score_router, build_engine_dapter, DapterPretrainConfig,
                                         check_engine_dapter, SHIPPED_DAPTER_STEPS)
-from .router import routing_accuracy
-from .evaluate import view_matched_fidelity
 from .prompts import orbit_prompt, alternating_directions, class_caption
 
 # %% auto #0
@@ -371,8 +369,7 @@ def engine_convergence(subject_index: int = 0, work_dir=None, branch_dir=None, d
                     with engine_adapter(e, '3db'): videos = e.generate(prompts, seeds)
                 else:
                     videos = generate_with_references(e, prompts, seeds, mv.images[ci], ref_az, target='3db', capture=True)
-                    fa = np.stack([np.asarray(view_matched_fidelity(v.numpy(), truth.grid)['matched_azimuths'])[1:] for v in videos])
-                    extra['routing_accuracy'] = routing_accuracy(reference_mass(e, n_videos), fa, ref_az)
+                    extra['routing_accuracy'] = score_router(e, videos, truth.grid, ref_az)['routing_accuracy']
                 record(key, videos, extra)
     return {'config': config, 'inputs': inputs, 'scores': scores}
 

@@ -29,8 +29,7 @@ from .pretrain import (PretrainConfig, pretrain, finalize_pretrained, VAEConfig,
 from .experiments import run_method, SubjectTruth
 from .engine_dreambooth import EngineDreamBoothConfig, train_engine_dreambooth, sector_fidelity, save_engine_adapter
 from .engine_dapter import (EngineJointConfig, train_engine_joint, load_dapter, save_dapter, generate_with_references,
-                                        reference_mass, check_engine_dapter, add_dapter_branch)
-from .evaluate import view_matched_fidelity
+                                        score_router, check_engine_dapter, add_dapter_branch)
 from .bench import BenchConfig, METHODS, run_bench
 from . import personalize, synthetic3d, make_your_3d
 from .openlrm import image_to_3d_cli
@@ -222,16 +221,15 @@ def demo_engine_joint(subject, out_dir, steps: int = ENGINE_JOINT_STEPS, n_video
     prompts = [orbit_prompt(mv.prompt(), d) for d in dirs]
     ref_az = np.asarray(mv.azimuth[ci], float)
     videos = generate_with_references(engine, prompts, seeds, mv.images[ci], ref_az, target='3db', capture=True)
-    mass = reference_mass(engine, n_videos)
-    frame_az = np.stack([np.asarray(view_matched_fidelity(v.numpy(), truth.grid)['matched_azimuths'])[1:] for v in videos])
-    per_layer = routing_by_layer(mass, frame_az, ref_az)
+    ro = score_router(engine, videos, truth.grid, ref_az)
+    per_layer, frame_az = ro['by_layer'], ro['frame_azimuths']
     save_videos(videos, out_dir, 'joint')
     save_figure(frames_grid(list(videos[:4]), prompts[:4]), out_dir/'joint_grid.png')
     return {'joint': {**sector_fidelity(videos, truth.grid), 'model': 'orbit engine (09e_engine_3dapter)', 'n_videos': n_videos,
                       'steps': steps, 'k': cfg.k, 'train_seconds': round(log['seconds_total'], 1), 'dapter': shown,
                       'step_ms': round(1000 * log['step_seconds'], 1), 'loss_first_last': loss_first_last(log['history']),
                       'conditioning_views': [int(i) for i in ci], 'reference_azimuths': np.round(ref_az, 1).tolist()},
-            'router': {'routing_accuracy': routing_accuracy(mass, frame_az, ref_az), 'chance': 1 / len(ref_az), 'per_layer': per_layer,
+            'router': {'routing_accuracy': ro['routing_accuracy'], 'chance': ro['chance'], 'per_layer': per_layer,
                        'sharpest_layer': int(np.argmax(per_layer)), 'frame_azimuths': np.round(frame_az, 1).tolist(),
                        'frames': 'views 1 to F-1 (frame 0 is drawn from text without references)'}}
 

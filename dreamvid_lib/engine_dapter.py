@@ -33,22 +33,33 @@ from .engine_dreambooth import (ENGINE_LORA_TARGETS, EngineDreamBoothConfig, Eng
                                 engine_lora_parameters, engine_fingerprint, add_engine_lora, _active)
 
 # %% auto #0
-__all__ = ['SHIPPED_DAPTER_STEPS', 'ReferenceBank', 'ReferenceAttnProcessor', 'add_reference_attention', 'references',
-           'read_velocity', 'DapterPretrainConfig', 'RingRefBatches', 'RefFlowLoss', 'add_dapter_branch', 'DapterState',
-           'rings_fingerprint', 'pretrain_engine_dapter', 'save_dapter', 'load_dapter', 'default_engine_dapter',
-           'check_engine_dapter', 'build_engine_dapter', 'generate_with_references', 'reference_mass',
-           'EngineJointConfig', 'EngineJointBatches', 'EngineJointLoss', 'JointState', 'train_engine_joint',
-           'ring_router_check']
+__all__ = ['SHIPPED_DAPTER_STEPS', 'ReferenceBank', 'spatial_prior', 'ReferenceAttnProcessor', 'add_reference_attention',
+           'references', 'read_velocity', 'DapterPretrainConfig', 'RingRefBatches', 'RefFlowLoss', 'add_dapter_branch',
+           'DapterState', 'rings_fingerprint', 'pretrain_engine_dapter', 'save_dapter', 'load_dapter',
+           'default_engine_dapter', 'check_engine_dapter', 'build_engine_dapter', 'generate_with_references',
+           'reference_mass', 'score_router', 'EngineJointConfig', 'EngineJointBatches', 'EngineJointLoss', 'JointState',
+           'train_engine_joint', 'ring_router_check']
 
 # %% ../nbs/09e_engine_3dapter.ipynb #af6c03f5
 class ReferenceBank:
     """What the view U-Net's self-attention layers share while reference attention runs: the mode ('write', 'read' or None:
     plain self-attention), the kept tokens per layer, K (references per video), how many frames read each video's
-    references, the cameras of the current pass (for `embed`), and with `capture` the mass records."""
+    references, the cameras of the current pass (for `embed`), `locality` (the width of the spatial prior on the reference
+    logits, `spatial_prior`; 0: none) and with `capture` the mass records."""
     def __init__(self):
         self.mode, self.tokens, self.k, self.frames, self.cam = None, {}, 0, 1, None
-        self.capture, self.records, self.step, self.embed = False, [], 0, None
+        self.capture, self.records, self.step, self.embed, self.locality = False, [], 0, None, 0.0
     def clear(self): self.mode, self.tokens, self.cam = None, {}, None
+
+def spatial_prior(n: int, width: float, device=None) -> torch.Tensor:
+    """The logit bias [n, n] between the tokens of a square h × h grid (n = h²; row-major, as diffusers flattens it) of a
+    target frame and of a reference: $-\\lVert p - p'\\rVert^2 / 2w^2$ over positions in units of the image side."""
+    h = int(round(n ** 0.5))
+    if h * h != n: raise ConfigError(f"spatial_prior: {n} tokens are not a square grid; the view U-Net's self-attention layers are square")
+    if not width > 0: raise ConfigError(f"spatial_prior: width {width} must be > 0 (a fraction of the image side, e.g. 0.05)")
+    c = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h
+    pos = torch.stack(torch.meshgrid(c, c, indexing='ij'), -1).reshape(n, 2)
+    return -torch.cdist(pos, pos).square() / (2 * width ** 2)
 
 class ReferenceAttnProcessor:
     "Self-attention that, in the bank's 'read' mode, also attends to the references' tokens kept in 'write' mode."
@@ -65,7 +76,13 @@ class ReferenceAttnProcessor:
         N, n, _ = x.shape
         split = lambda t: t.reshape(N, t.shape[1], attn.heads, -1).transpose(1, 2)
         q, k, v = split(attn.to_q(x)), split(attn.to_k(kv)), split(attn.to_v(kv))
-        p = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)               # [N, heads, n, n + K m]
+        logits = q @ k.transpose(-1, -2) * attn.scale                         # [N, heads, n, n + K m]
+        if b.mode == 'read' and b.locality:                                   # the same spatial grid for target and references
+            m = (kv.shape[1] - n) // b.k
+            if m != n: raise ConfigError(f"reference attention with locality: {m} reference tokens per view vs {n} target tokens")
+            bias = spatial_prior(n, b.locality, x.device).to(logits.dtype)
+            logits = torch.cat([logits[..., :n], (logits[..., n:].unflatten(-1, (b.k, m)) + bias[:, None]).flatten(-2)], -1)
+        p = logits.softmax(-1)
         if b.mode == 'read' and b.capture:
             per = p[..., n:].reshape(N, attn.heads, n, b.k, -1).sum(-1)       # [N, heads, n, K]
             b.records.append({'layer': self.layer, 'step': b.step, 'frames': per.mean(2).detach().float().cpu(),
@@ -77,10 +94,13 @@ class ReferenceAttnProcessor:
 def _attn1_modules(unet) -> list:
     return [m for n, m in unet.named_modules() if n.endswith('attn1')]
 
-def add_reference_attention(engine: OrbitEngine, camera_embed: bool = False) -> ReferenceBank:
-    "Give every self-attention of the engine's view U-Net reference attention (once); returns the shared bank."
+def add_reference_attention(engine: OrbitEngine, camera_embed: bool = False, locality: float | None = None) -> ReferenceBank:
+    """Give every self-attention of the engine's view U-Net reference attention (once); returns the shared bank. `locality`:
+    the width of `spatial_prior` on the reference logits (0: none; None: keep the bank's setting)."""
     bank = getattr(engine, 'reference_bank', None)
+    if locality is not None and locality < 0: raise ConfigError(f"locality={locality}: use 0 (no spatial prior) or a width > 0, e.g. 0.05")
     if bank is not None:
+        if locality is not None: bank.locality = float(locality)
         if (bank.embed is not None) != camera_embed:
             raise ConfigError(f"the engine already has reference attention with camera_embed={bank.embed is not None}: load a fresh engine")
         return bank
@@ -89,6 +109,7 @@ def add_reference_attention(engine: OrbitEngine, camera_embed: bool = False) -> 
         if name.endswith('attn1.processor'): procs[name] = ReferenceAttnProcessor(layer, bank); layer += 1
         else: procs[name] = AttnProcessor2_0()
     engine.view_unet.set_attn_processor(procs)
+    bank.locality = float(locality or 0.0)
     if camera_embed:
         dims = [getattr(m.to_q, 'base_layer', m.to_q).in_features for m in _attn1_modules(engine.view_unet)]
         bank.embed = nn.ModuleList([nn.Linear(4, d) for d in dims]).to(engine.device)
@@ -133,6 +154,7 @@ class DapterPretrainConfig(TrainConfig):
     alpha: int = 32
     sigma_one: float = 0.5      # share of samples at σ = 1
     camera_embed: bool = False  # a learned camera position on the tokens of both passes
+    locality: float = 0.0       # width of the spatial prior shared by target and reference tokens (0: none; `spatial_prior`)
 
 class RingRefBatches:
     "Per step: source view i, target view j and K distinct reference views of ring subjects, azimuth changes from i, σ, noise, subjects."
@@ -169,9 +191,9 @@ class RefFlowLoss(nn.Module):
 
 # %% ../nbs/09e_engine_3dapter.ipynb #5800558c
 def add_dapter_branch(engine: OrbitEngine, name: str = 'dapter', rank: int = 16, alpha: int = 32, seed: int = 0,
-                      camera_embed: bool = False) -> list[torch.nn.Parameter]:
+                      camera_embed: bool = False, locality: float | None = None) -> list[torch.nn.Parameter]:
     "Reference attention plus the reference branch: LoRA adapter `name` on the view U-Net (seeded), the rest frozen; returns its parameters."
-    bank = add_reference_attention(engine, camera_embed)
+    bank = add_reference_attention(engine, camera_embed, locality)
     u = engine.view_unet
     if name in getattr(u, 'peft_config', {}): raise ConfigError(f"the view U-Net already has an adapter named {name!r}")
     for p in engine.parameters(): p.requires_grad_(False)
@@ -213,7 +235,8 @@ def pretrain_engine_dapter(engine: OrbitEngine, rings: dict, cfg: DapterPretrain
     for c in sorted(set(captions)): check_prompt(engine.tokenizer, c)
     batches = RingRefBatches(rings, cfg)
     if name not in getattr(engine.view_unet, 'peft_config', {}):
-        add_dapter_branch(engine, name, cfg.rank, cfg.alpha, cfg.seed, cfg.camera_embed)
+        add_dapter_branch(engine, name, cfg.rank, cfg.alpha, cfg.seed, cfg.camera_embed, cfg.locality)
+    else: add_reference_attention(engine, cfg.camera_embed, cfg.locality)
     params = engine_lora_parameters(engine, name) + (list(engine.reference_bank.embed.parameters()) if engine.reference_bank.embed is not None else [])
     work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix='dapter_engine_'))
     inputs = {'rings': rings_fingerprint(rings), 'engine': engine_fingerprint(engine),
@@ -241,7 +264,7 @@ def save_dapter(engine: OrbitEngine, out_dir, name: str = 'dapter', info: dict |
     with atomic_path(out_dir/'dapter.safetensors') as tmp: save_file(flat, str(tmp))
     lc = engine.view_unet.peft_config[name]
     save_json(out_dir/'dapter.json', {'name': name, 'rank': lc.r, 'alpha': lc.lora_alpha, 'targets': ENGINE_LORA_TARGETS,
-                                      'camera_embed': 'camera_embed' in st, 'engine': engine_fingerprint(engine), 'info': info or {}})
+                                      'camera_embed': 'camera_embed' in st, 'locality': engine.reference_bank.locality, 'engine': engine_fingerprint(engine), 'info': info or {}})
     return out_dir
 
 def load_dapter(engine: OrbitEngine, path, name: str | None = None) -> str:
@@ -255,7 +278,8 @@ def load_dapter(engine: OrbitEngine, path, name: str | None = None) -> str:
         raise ConfigError(f"{path} was pre-trained on another orbit engine (fingerprint {meta['engine']}, this one "
                           f"{engine_fingerprint(engine)}): load the engine it was trained on, or pre-train it again")
     name = name or meta['name']
-    add_dapter_branch(engine, name, meta['rank'], meta['alpha'], camera_embed=meta['camera_embed'])
+    add_dapter_branch(engine, name, meta['rank'], meta['alpha'], camera_embed=meta['camera_embed'],
+                      locality=meta.get('locality', 0.0))
     flat = load_file(str(path/'dapter.safetensors'))
     st = {}
     for k, v in flat.items(): part, rest = k.split('.', 1); st.setdefault(part, {})[rest] = v
@@ -345,6 +369,16 @@ def reference_mass(engine: OrbitEngine, n_videos: int) -> np.ndarray:
     def one(t): N, H, K = t.shape; return t.reshape(n_videos, N // n_videos, H, K).transpose(1, 2).numpy()
     return np.stack([np.stack([one(by[(s, l)]) for l in layers]) for s in steps])
 
+def score_router(engine: OrbitEngine, videos, grid, ref_azimuths) -> dict:
+    """The router of the `videos` [V, F, H, W, 3] just drawn by `generate_with_references(..., capture=True)`: routing accuracy
+    overall and per self-attention layer (chance 1/K) against each view frame's view-matched azimuth on `grid` (frames
+    1..F-1), with those azimuths and the mass (`reference_mass`)."""
+    ref_az = np.asarray(ref_azimuths, float)
+    mass = reference_mass(engine, len(videos))
+    fa = np.stack([np.asarray(view_matched_fidelity(np.asarray(v), grid)['matched_azimuths'])[1:] for v in videos])
+    return {'routing_accuracy': routing_accuracy(mass, fa, ref_az), 'by_layer': routing_by_layer(mass, fa, ref_az),
+            'chance': 1 / len(ref_az), 'frame_azimuths': fa, 'mass': mass}
+
 # %% ../nbs/09e_engine_3dapter.ipynb #be1a42aa
 @dataclass
 class EngineJointConfig(EngineDreamBoothConfig):
@@ -424,7 +458,7 @@ def train_engine_joint(engine: OrbitEngine, mv, cond_idx, cfg: EngineJointConfig
 
 # %% ../nbs/09e_engine_3dapter.ipynb #b45a8df9
 def ring_router_check(engine: OrbitEngine, subjects, branch: str | None = 'dapter', k: int = 4, res: int = 32) -> dict:
-    """Routing accuracy (overall, per layer; chance 1/k) and mean view-matched PSNR of videos drawn from rendered fronts of
+    """Routing accuracy (overall, per layer, per view step; chance 1/k) and mean view-matched PSNR of videos drawn from rendered fronts of
     `subjects` with k references rendered around each subject at its ring elevation (2 videos per subject, both directions)."""
     ref_az = np.arange(k) * 360.0 / k
     masses, frames_az, psnr = [], [], []
@@ -435,9 +469,10 @@ def ring_router_check(engine: OrbitEngine, subjects, branch: str | None = 'dapte
         prompts = [orbit_prompt(f'a video of a {sub.description()}', d) for d in (1, -1)]
         v = generate_with_references(engine, prompts, [0, 1], refs, ref_az, branch=branch, first=f0, capture=True)
         grid = tracking_views(sub, res, azimuth_step=15.0, elevations=(0.0, 15.0, 30.0), with_depth=False)
-        fits = [view_matched_fidelity(x.numpy(), grid) for x in v]
-        masses.append(reference_mass(engine, 2)); psnr += [f['psnr'] for f in fits]
-        frames_az += [np.asarray(f['matched_azimuths'])[1:] for f in fits]
-    m, fa = np.concatenate(masses, 2), np.stack(frames_az)
+        r = score_router(engine, v, grid, ref_az)
+        masses.append(r['mass']); frames_az.append(r['frame_azimuths'])
+        psnr += [view_matched_fidelity(x.numpy(), grid)['psnr'] for x in v]
+    m, fa = np.concatenate(masses, 2), np.concatenate(frames_az)
     return {'routing_accuracy': routing_accuracy(m, fa, ref_az), 'by_layer': [round(a, 3) for a in routing_by_layer(m, fa, ref_az)],
+            'per_step': [round(routing_accuracy(m, fa, ref_az, step=i), 3) for i in range(len(m))],
             'psnr': float(np.mean(psnr)), 'chance': 1 / k, 'frames': int(fa.size)}

@@ -9,11 +9,15 @@ steps:
 - `--drop-source P`: in a share P of the samples the target pass gets no source view (zeros), so the target can only
   come from the references (the reference pass keeps it, as at generation);
 - `--shared`: the branch's LoRA is active in the target pass too, so the target's queries can learn to look for the
-  reference at their pose (generation then runs it in both passes).
+  reference at their pose (generation then runs it in both passes);
+- `--locality W`: the spatial prior shared by target and reference tokens (`engine_dapter.spatial_prior`, width W of the
+  image side), in training and at evaluation.
 
     python research/router/engine_routing.py --near 1 --radius 2 --camera --steps 200                    # row 8
     python research/router/engine_routing.py --near 1 --radius 2 --camera --drop-source 1 --steps 200    # row 9
     python research/router/engine_routing.py --near 1 --radius 2 --camera --drop-source 0.5 --shared --steps 200   # row 10
+    python research/router/engine_routing.py --near 1 --radius 2 --camera --locality 0.05 --steps 100 --every 50  # row 12
+    python research/router/engine_routing.py --near 1 --radius 2 --camera --locality 0.05 --drop-source 0.5 --shared --steps 200 --every 50  # row 13
 
 One JSON line per evaluation: step, mean loss of the last 50 steps, routing accuracy (chance 1/K) overall and per layer,
 PSNR. Resumable from `--work` (`train_loop`'s checkpoints). About 6 s per step at K = 4, batch 16 on 2 CPU threads.
@@ -34,6 +38,7 @@ p.add_argument('--radius', type=int, default=2, help='ring steps (15° each) the
 p.add_argument('--drop-source', type=float, default=0.0, help='share of samples whose target pass gets no source view')
 p.add_argument('--camera', action='store_true', help='camera_embed: a learned camera position on both passes')
 p.add_argument('--shared', action='store_true', help='the branch is active in the target pass too (trained there, and used at generation)')
+p.add_argument('--locality', type=float, default=0.0, help='width of the spatial prior on the reference logits (0: none)')
 p.add_argument('--work', default='engine_routing_work'); p.add_argument('--every', type=int, default=100)
 p.add_argument('--eval-subjects', type=int, default=4); p.add_argument('--threads', type=int, default=2)
 a = p.parse_args()
@@ -77,7 +82,8 @@ if a.shared:                                  # the target pass runs the branch 
     ed.generate_with_references = lambda *args, **kw: _gen(*args, **{**kw, 'target': kw.get('branch', 'dapter')})
 rings = tw.load_ring_dataset(tw.build_ring_dataset(cache_dir(), a.subjects))   # rendered and cached on first use
 engine = load_orbit_engine()
-cfg = ed.DapterPretrainConfig(steps=a.steps, k=a.k, lr=a.lr, batch_size=a.batch, checkpoint_every=a.every, camera_embed=a.camera)
+cfg = ed.DapterPretrainConfig(steps=a.steps, k=a.k, lr=a.lr, batch_size=a.batch, checkpoint_every=a.every, camera_embed=a.camera,
+                              locality=a.locality)
 held = tw.heldout_subjects(a.eval_subjects, seed=0)
 done = 0
 while done < a.steps:
