@@ -29,7 +29,7 @@ from .pretrain import (PretrainConfig, pretrain, finalize_pretrained, VAEConfig,
 from .experiments import run_method, SubjectTruth
 from .engine_dreambooth import EngineDreamBoothConfig, train_engine_dreambooth, sector_fidelity, save_engine_adapter
 from .engine_dapter import (EngineJointConfig, train_engine_joint, load_dapter, save_dapter, generate_with_references,
-                                        score_router, check_engine_dapter, add_dapter_branch)
+                                        score_router, check_engine_dapter, add_dapter_branch, ROUTER_ATTENTION)
 from .bench import BenchConfig, METHODS, run_bench
 from . import personalize, synthetic3d, make_your_3d
 from .openlrm import image_to_3d_cli
@@ -213,7 +213,7 @@ def demo_engine_joint(subject, out_dir, steps: int = ENGINE_JOINT_STEPS, n_video
     else: dapter = check_engine_dapter(dapter); load_dapter(engine, dapter)
     truth = SubjectTruth(subject, engine.config.resolution)
     mv, ci = truth.mv, truth.cond_idx
-    cfg = EngineJointConfig(steps=steps)
+    cfg = EngineJointConfig(steps=steps, **ROUTER_ATTENTION)          # one spatial grid and centred keys: the router routes (09e)
     log = train_engine_joint(engine, mv, ci, cfg, out_dir/'joint_work', progress=progress)
     save_engine_adapter(engine, '3db', out_dir/'adapter_joint'/'3db', {'steps': steps, 'prompt': mv.prompt()})
     save_dapter(engine, out_dir/'adapter_joint'/'dapter', info={'joint_steps': steps, 'pretrained': str(dapter)})
@@ -226,7 +226,7 @@ def demo_engine_joint(subject, out_dir, steps: int = ENGINE_JOINT_STEPS, n_video
     save_videos(videos, out_dir, 'joint')
     save_figure(frames_grid(list(videos[:4]), prompts[:4]), out_dir/'joint_grid.png')
     return {'joint': {**sector_fidelity(videos, truth.grid), 'model': 'orbit engine (09e_engine_3dapter)', 'n_videos': n_videos,
-                      'steps': steps, 'k': cfg.k, 'train_seconds': round(log['seconds_total'], 1), 'dapter': shown,
+                      'steps': steps, 'k': cfg.k, 'attention': ROUTER_ATTENTION, 'train_seconds': round(log['seconds_total'], 1), 'dapter': shown,
                       'step_ms': round(1000 * log['step_seconds'], 1), 'loss_first_last': loss_first_last(log['history']),
                       'conditioning_views': [int(i) for i in ci], 'reference_azimuths': np.round(ref_az, 1).tolist()},
             'router': {'routing_accuracy': ro['routing_accuracy'], 'chance': ro['chance'], 'per_layer': per_layer,

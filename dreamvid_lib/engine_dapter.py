@@ -33,22 +33,23 @@ from .engine_dreambooth import (ENGINE_LORA_TARGETS, EngineDreamBoothConfig, Eng
                                 engine_lora_parameters, engine_fingerprint, add_engine_lora, _active)
 
 # %% auto #0
-__all__ = ['SHIPPED_DAPTER_STEPS', 'ReferenceBank', 'spatial_prior', 'ReferenceAttnProcessor', 'add_reference_attention',
-           'references', 'read_velocity', 'DapterPretrainConfig', 'RingRefBatches', 'RefFlowLoss', 'add_dapter_branch',
-           'DapterState', 'rings_fingerprint', 'pretrain_engine_dapter', 'save_dapter', 'load_dapter',
-           'default_engine_dapter', 'check_engine_dapter', 'build_engine_dapter', 'generate_with_references',
-           'reference_mass', 'score_router', 'EngineJointConfig', 'EngineJointBatches', 'EngineJointLoss', 'JointState',
-           'train_engine_joint', 'ring_router_check']
+__all__ = ['SHIPPED_DAPTER_STEPS', 'ROUTER_ATTENTION', 'ReferenceBank', 'spatial_prior', 'ReferenceAttnProcessor',
+           'add_reference_attention', 'references', 'read_velocity', 'DapterPretrainConfig', 'RingRefBatches',
+           'RefFlowLoss', 'add_dapter_branch', 'DapterState', 'rings_fingerprint', 'pretrain_engine_dapter',
+           'save_dapter', 'load_dapter', 'default_engine_dapter', 'check_engine_dapter', 'build_engine_dapter',
+           'generate_with_references', 'reference_mass', 'score_router', 'EngineJointConfig', 'EngineJointBatches',
+           'EngineJointLoss', 'JointState', 'train_engine_joint', 'ring_router_check']
 
 # %% ../nbs/09e_engine_3dapter.ipynb #af6c03f5
 class ReferenceBank:
     """What the view U-Net's self-attention layers share while reference attention runs: the mode ('write', 'read' or None:
     plain self-attention), the kept tokens per layer, K (references per video), how many frames read each video's
     references, the cameras of the current pass (for `embed`), `locality` (the width of the spatial prior on the reference
-    logits, `spatial_prior`; 0: none) and with `capture` the mass records."""
+    logits, `spatial_prior`; 0: none), `center_keys` (each reference's keys re-centred on the frame's mean key) and with
+    `capture` the mass records."""
     def __init__(self):
         self.mode, self.tokens, self.k, self.frames, self.cam = None, {}, 0, 1, None
-        self.capture, self.records, self.step, self.embed, self.locality = False, [], 0, None, 0.0
+        self.capture, self.records, self.step, self.embed, self.locality, self.center_keys = False, [], 0, None, 0.0, False
     def clear(self): self.mode, self.tokens, self.cam = None, {}, None
 
 def spatial_prior(n: int, width: float, device=None) -> torch.Tensor:
@@ -76,6 +77,10 @@ class ReferenceAttnProcessor:
         N, n, _ = x.shape
         split = lambda t: t.reshape(N, t.shape[1], attn.heads, -1).transpose(1, 2)
         q, k, v = split(attn.to_q(x)), split(attn.to_k(kv)), split(attn.to_v(kv))
+        if b.mode == 'read' and b.center_keys:                                # no view-level offset between the references
+            kr = k[:, :, n:].unflatten(2, (b.k, -1))                          # [N, heads, K, m, d]
+            kr = kr - kr.mean(3, keepdim=True) + k[:, :, None, :n].mean(3, keepdim=True)
+            k = torch.cat([k[:, :, :n], kr.flatten(2, 3)], 2)
         logits = q @ k.transpose(-1, -2) * attn.scale                         # [N, heads, n, n + K m]
         if b.mode == 'read' and b.locality:                                   # the same spatial grid for target and references
             m = (kv.shape[1] - n) // b.k
@@ -94,13 +99,16 @@ class ReferenceAttnProcessor:
 def _attn1_modules(unet) -> list:
     return [m for n, m in unet.named_modules() if n.endswith('attn1')]
 
-def add_reference_attention(engine: OrbitEngine, camera_embed: bool = False, locality: float | None = None) -> ReferenceBank:
+def add_reference_attention(engine: OrbitEngine, camera_embed: bool = False, locality: float | None = None,
+                            center_keys: bool | None = None) -> ReferenceBank:
     """Give every self-attention of the engine's view U-Net reference attention (once); returns the shared bank. `locality`:
-    the width of `spatial_prior` on the reference logits (0: none; None: keep the bank's setting)."""
+    the width of `spatial_prior` on the reference logits (0: none); `center_keys`: re-centre each reference's keys on the
+    frame's mean key (None, for either: keep the bank's setting)."""
     bank = getattr(engine, 'reference_bank', None)
     if locality is not None and locality < 0: raise ConfigError(f"locality={locality}: use 0 (no spatial prior) or a width > 0, e.g. 0.05")
     if bank is not None:
         if locality is not None: bank.locality = float(locality)
+        if center_keys is not None: bank.center_keys = bool(center_keys)
         if (bank.embed is not None) != camera_embed:
             raise ConfigError(f"the engine already has reference attention with camera_embed={bank.embed is not None}: load a fresh engine")
         return bank
@@ -109,7 +117,7 @@ def add_reference_attention(engine: OrbitEngine, camera_embed: bool = False, loc
         if name.endswith('attn1.processor'): procs[name] = ReferenceAttnProcessor(layer, bank); layer += 1
         else: procs[name] = AttnProcessor2_0()
     engine.view_unet.set_attn_processor(procs)
-    bank.locality = float(locality or 0.0)
+    bank.locality, bank.center_keys = float(locality or 0.0), bool(center_keys)
     if camera_embed:
         dims = [getattr(m.to_q, 'base_layer', m.to_q).in_features for m in _attn1_modules(engine.view_unet)]
         bank.embed = nn.ModuleList([nn.Linear(4, d) for d in dims]).to(engine.device)
@@ -155,6 +163,7 @@ class DapterPretrainConfig(TrainConfig):
     sigma_one: float = 0.5      # share of samples at σ = 1
     camera_embed: bool = False  # a learned camera position on the tokens of both passes
     locality: float = 0.0       # width of the spatial prior shared by target and reference tokens (0: none; `spatial_prior`)
+    center_keys: bool = False   # each reference's keys re-centred on the target frame's mean key
 
 class RingRefBatches:
     "Per step: source view i, target view j and K distinct reference views of ring subjects, azimuth changes from i, σ, noise, subjects."
@@ -191,9 +200,9 @@ class RefFlowLoss(nn.Module):
 
 # %% ../nbs/09e_engine_3dapter.ipynb #5800558c
 def add_dapter_branch(engine: OrbitEngine, name: str = 'dapter', rank: int = 16, alpha: int = 32, seed: int = 0,
-                      camera_embed: bool = False, locality: float | None = None) -> list[torch.nn.Parameter]:
+                      camera_embed: bool = False, locality: float | None = None, center_keys: bool | None = None) -> list[torch.nn.Parameter]:
     "Reference attention plus the reference branch: LoRA adapter `name` on the view U-Net (seeded), the rest frozen; returns its parameters."
-    bank = add_reference_attention(engine, camera_embed, locality)
+    bank = add_reference_attention(engine, camera_embed, locality, center_keys)
     u = engine.view_unet
     if name in getattr(u, 'peft_config', {}): raise ConfigError(f"the view U-Net already has an adapter named {name!r}")
     for p in engine.parameters(): p.requires_grad_(False)
@@ -235,8 +244,8 @@ def pretrain_engine_dapter(engine: OrbitEngine, rings: dict, cfg: DapterPretrain
     for c in sorted(set(captions)): check_prompt(engine.tokenizer, c)
     batches = RingRefBatches(rings, cfg)
     if name not in getattr(engine.view_unet, 'peft_config', {}):
-        add_dapter_branch(engine, name, cfg.rank, cfg.alpha, cfg.seed, cfg.camera_embed, cfg.locality)
-    else: add_reference_attention(engine, cfg.camera_embed, cfg.locality)
+        add_dapter_branch(engine, name, cfg.rank, cfg.alpha, cfg.seed, cfg.camera_embed, cfg.locality, cfg.center_keys)
+    else: add_reference_attention(engine, cfg.camera_embed, cfg.locality, cfg.center_keys)
     params = engine_lora_parameters(engine, name) + (list(engine.reference_bank.embed.parameters()) if engine.reference_bank.embed is not None else [])
     work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix='dapter_engine_'))
     inputs = {'rings': rings_fingerprint(rings), 'engine': engine_fingerprint(engine),
@@ -264,7 +273,8 @@ def save_dapter(engine: OrbitEngine, out_dir, name: str = 'dapter', info: dict |
     with atomic_path(out_dir/'dapter.safetensors') as tmp: save_file(flat, str(tmp))
     lc = engine.view_unet.peft_config[name]
     save_json(out_dir/'dapter.json', {'name': name, 'rank': lc.r, 'alpha': lc.lora_alpha, 'targets': ENGINE_LORA_TARGETS,
-                                      'camera_embed': 'camera_embed' in st, 'locality': engine.reference_bank.locality, 'engine': engine_fingerprint(engine), 'info': info or {}})
+                                      'camera_embed': 'camera_embed' in st, 'locality': engine.reference_bank.locality,
+                                      'center_keys': engine.reference_bank.center_keys, 'engine': engine_fingerprint(engine), 'info': info or {}})
     return out_dir
 
 def load_dapter(engine: OrbitEngine, path, name: str | None = None) -> str:
@@ -279,7 +289,7 @@ def load_dapter(engine: OrbitEngine, path, name: str | None = None) -> str:
                           f"{engine_fingerprint(engine)}): load the engine it was trained on, or pre-train it again")
     name = name or meta['name']
     add_dapter_branch(engine, name, meta['rank'], meta['alpha'], camera_embed=meta['camera_embed'],
-                      locality=meta.get('locality', 0.0))
+                      locality=meta.get('locality', 0.0), center_keys=meta.get('center_keys', False))
     flat = load_file(str(path/'dapter.safetensors'))
     st = {}
     for k, v in flat.items(): part, rest = k.split('.', 1); st.setdefault(part, {})[rest] = v
@@ -385,6 +395,10 @@ class EngineJointConfig(EngineDreamBoothConfig):
     "The joint method on the engine: 3DreamBooth's settings, K references and the reference branch's learning rate."
     k: int = 4
     dapter_lr: float = 1e-4
+    locality: float | None = None     # the reference attention's spatial prior here and at generation (None: the branch's own)
+    center_keys: bool | None = None   # re-centre the references' keys (None: the branch's own)
+
+ROUTER_ATTENTION = {'locality': 0.05, 'center_keys': True}   # the settings under which the router routes (recipe rows 17-19)
 
 class EngineJointBatches(EngineViewBatches):
     "`EngineViewBatches` plus, per pair, the K conditioning views and their azimuths from the pair's source."
@@ -436,6 +450,8 @@ def train_engine_joint(engine: OrbitEngine, mv, cond_idx, cfg: EngineJointConfig
         raise ConfigError(f"the engine has no reference branch {branch!r}: load the pre-trained one (load_dapter) or add a "
                           "random one (add_dapter_branch) first")
     check_prompt(engine.tokenizer, mv.prompt())
+    if cfg.locality is not None or cfg.center_keys is not None:       # the attention's settings for this run (and generation after it)
+        add_reference_attention(engine, engine.reference_bank.embed is not None, cfg.locality, cfg.center_keys)
     batches = EngineJointBatches(mv, cfg, engine.config.resolution, cond_idx)
     if name not in getattr(engine.image_unet, 'peft_config', {}):
         add_engine_lora(engine, name, cfg.rank, cfg.alpha, True, cfg.seed)

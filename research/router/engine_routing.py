@@ -1,4 +1,4 @@
-"""Router recipes for 3Dapter on the orbit engine (issue 12; rows 8-10 of `nbs/09e_engine_3dapter.ipynb`'s recipe table).
+"""Router recipes for 3Dapter on the orbit engine (issue 12; rows 8-10 and 15-16 of `nbs/09e_engine_3dapter.ipynb`'s recipe table).
 
 Pre-trains the reference branch with `engine_dapter.pretrain_engine_dapter` (Eq. 2) under changes meant to make the
 references *necessary* and so to force routing, and scores `ring_router_check` on held-out ring subjects every `--every`
@@ -16,8 +16,8 @@ steps:
     python research/router/engine_routing.py --near 1 --radius 2 --camera --steps 200                    # row 8
     python research/router/engine_routing.py --near 1 --radius 2 --camera --drop-source 1 --steps 200    # row 9
     python research/router/engine_routing.py --near 1 --radius 2 --camera --drop-source 0.5 --shared --steps 200   # row 10
-    python research/router/engine_routing.py --near 1 --radius 2 --camera --locality 0.05 --steps 100 --every 50  # row 12
-    python research/router/engine_routing.py --near 1 --radius 2 --camera --locality 0.05 --drop-source 0.5 --shared --steps 200 --every 50  # row 13
+    python research/router/engine_routing.py --near 1 --radius 2 --camera --locality 0.05 --steps 100 --every 50  # row 15
+    python research/router/engine_routing.py --near 1 --radius 2 --camera --locality 0.05 --drop-source 0.5 --shared --steps 200 --every 50  # row 16
 
 One JSON line per evaluation: step, mean loss of the last 50 steps, routing accuracy (chance 1/K) overall and per layer,
 PSNR. Resumable from `--work` (`train_loop`'s checkpoints). About 6 s per step at K = 4, batch 16 on 2 CPU threads.
