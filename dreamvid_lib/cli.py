@@ -205,7 +205,7 @@ def demo_engine_joint(subject, out_dir, steps: int = ENGINE_JOINT_STEPS, n_video
                       weights=None) -> dict:
     """The joint method (3Dapter + 3DreamBooth, Eq. 4) on the orbit engine for one toy subject: the pre-trained reference
     branch `dapter` (default: the shipped one; 'random': a zero-initialised one) and a fresh 3DreamBooth adapter trained together with the subject's K = 4
-    conditioning views as references; `n_videos` orbits generated with the references read and the router captured; fidelity
+    conditioning views as references, with `ROUTER_ATTENTION`; `n_videos` orbits generated with the references read and the router captured; fidelity
     over the whole turn and per 90° sector, routing accuracy overall and per self-attention layer of the view U-Net."""
     out_dir = Path(out_dir); (out_dir/'videos').mkdir(parents=True, exist_ok=True)
     engine, shown = load_orbit_engine(weights), str(dapter) if dapter else 'shipped (assets/toy_engine_3dapter)'

@@ -107,10 +107,10 @@ def add_reference_attention(engine: OrbitEngine, camera_embed: bool = False, loc
     bank = getattr(engine, 'reference_bank', None)
     if locality is not None and locality < 0: raise ConfigError(f"locality={locality}: use 0 (no spatial prior) or a width > 0, e.g. 0.05")
     if bank is not None:
-        if locality is not None: bank.locality = float(locality)
-        if center_keys is not None: bank.center_keys = bool(center_keys)
         if (bank.embed is not None) != camera_embed:
             raise ConfigError(f"the engine already has reference attention with camera_embed={bank.embed is not None}: load a fresh engine")
+        if locality is not None: bank.locality = float(locality)
+        if center_keys is not None: bank.center_keys = bool(center_keys)
         return bank
     bank, procs, layer = ReferenceBank(), {}, 0
     for name in engine.view_unet.attn_processors:
