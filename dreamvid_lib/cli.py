@@ -202,18 +202,22 @@ def demo_joint(backbone_name: str, weights, subject, out_dir, steps: int = 400, 
 ENGINE_JOINT_STEPS = 100     # the demo's joint iterations on the orbit engine (the paper's 400: 11_bench's convergence study)
 
 def demo_engine_joint(subject, out_dir, steps: int = ENGINE_JOINT_STEPS, n_videos: int = 8, dapter=None, progress: bool = True,
-                      weights=None) -> dict:
+                      weights=None, attention: dict | None = None) -> dict:
     """The joint method (3Dapter + 3DreamBooth, Eq. 4) on the orbit engine for one toy subject: the pre-trained reference
     branch `dapter` (default: the shipped one; 'random': a zero-initialised one) and a fresh 3DreamBooth adapter trained together with the subject's K = 4
-    conditioning views as references, with `ROUTER_ATTENTION`; `n_videos` orbits generated with the references read and the router captured; fidelity
+    conditioning views as references, with the reference attention's settings `attention` (`locality`, `center_keys`; default
+    `ROUTER_ATTENTION`); `n_videos` orbits generated with the references read and the router captured; fidelity
     over the whole turn and per 90° sector, routing accuracy overall and per self-attention layer of the view U-Net."""
+    attention = dict(ROUTER_ATTENTION if attention is None else attention)   # one spatial grid and centred keys: the router routes (09e)
+    bad = sorted(set(attention) - set(ROUTER_ATTENTION))
+    if bad: raise ConfigError(f"attention settings {bad} unknown: give {sorted(ROUTER_ATTENTION)}")
     out_dir = Path(out_dir); (out_dir/'videos').mkdir(parents=True, exist_ok=True)
     engine, shown = load_orbit_engine(weights), str(dapter) if dapter else 'shipped (assets/toy_engine_3dapter)'
     if dapter == 'random': add_dapter_branch(engine)                        # zero-initialised: the engine reading the references as is
     else: dapter = check_engine_dapter(dapter); load_dapter(engine, dapter)
     truth = SubjectTruth(subject, engine.config.resolution)
     mv, ci = truth.mv, truth.cond_idx
-    cfg = EngineJointConfig(steps=steps, **ROUTER_ATTENTION)          # one spatial grid and centred keys: the router routes (09e)
+    cfg = EngineJointConfig(steps=steps, **attention)
     log = train_engine_joint(engine, mv, ci, cfg, out_dir/'joint_work', progress=progress)
     save_engine_adapter(engine, '3db', out_dir/'adapter_joint'/'3db', {'steps': steps, 'prompt': mv.prompt()})
     save_dapter(engine, out_dir/'adapter_joint'/'dapter', info={'joint_steps': steps, 'pretrained': str(dapter)})
@@ -226,7 +230,7 @@ def demo_engine_joint(subject, out_dir, steps: int = ENGINE_JOINT_STEPS, n_video
     save_videos(videos, out_dir, 'joint')
     save_figure(frames_grid(list(videos[:4]), prompts[:4]), out_dir/'joint_grid.png')
     return {'joint': {**sector_fidelity(videos, truth.grid), 'model': 'orbit engine (09e_engine_3dapter)', 'n_videos': n_videos,
-                      'steps': steps, 'k': cfg.k, 'attention': ROUTER_ATTENTION, 'train_seconds': round(log['seconds_total'], 1), 'dapter': shown,
+                      'steps': steps, 'k': cfg.k, 'attention': attention, 'train_seconds': round(log['seconds_total'], 1), 'dapter': shown,
                       'step_ms': round(1000 * log['step_seconds'], 1), 'loss_first_last': loss_first_last(log['history']),
                       'conditioning_views': [int(i) for i in ci], 'reference_azimuths': np.round(ref_az, 1).tolist()},
             'router': {'routing_accuracy': ro['routing_accuracy'], 'chance': ro['chance'], 'per_layer': per_layer,

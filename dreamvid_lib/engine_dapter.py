@@ -6,7 +6,7 @@ Docs: https://dreamvid.github.io/dreamvid/engine_3dapter.html.md"""
 
 # %% ../nbs/09e_engine_3dapter.ipynb #c3b20ce9
 from __future__ import annotations
-import tempfile, warnings
+import functools, tempfile, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -62,6 +62,9 @@ def spatial_prior(n: int, width: float, device=None) -> torch.Tensor:
     pos = torch.stack(torch.meshgrid(c, c, indexing='ij'), -1).reshape(n, 2)
     return -torch.cdist(pos, pos).square() / (2 * width ** 2)
 
+@functools.lru_cache(maxsize=32)
+def _cached_prior(n: int, width: float, device: str) -> torch.Tensor: return spatial_prior(n, width, device)   # read-only
+
 class ReferenceAttnProcessor:
     "Self-attention that, in the bank's 'read' mode, also attends to the references' tokens kept in 'write' mode."
     def __init__(self, layer: int, bank: ReferenceBank): self.layer, self.bank = layer, bank
@@ -85,7 +88,7 @@ class ReferenceAttnProcessor:
         if b.mode == 'read' and b.locality:                                   # the same spatial grid for target and references
             m = (kv.shape[1] - n) // b.k
             if m != n: raise ConfigError(f"reference attention with locality: {m} reference tokens per view vs {n} target tokens")
-            bias = spatial_prior(n, b.locality, x.device).to(logits.dtype)
+            bias = _cached_prior(n, float(b.locality), str(x.device)).to(logits.dtype)
             logits = torch.cat([logits[..., :n], (logits[..., n:].unflatten(-1, (b.k, m)) + bias[:, None]).flatten(-2)], -1)
         p = logits.softmax(-1)
         if b.mode == 'read' and b.capture:
@@ -348,6 +351,11 @@ def generate_with_references(engine: OrbitEngine, prompts: Sequence[str], seeds:
     captions, dirs = [c for c, _ in parts], np.array([d for _, d in parts], np.float32)
     for c in captions: check_prompt(engine.tokenizer, c)
     B, dev, bank = len(prompts), engine.device, engine.reference_bank
+    size = engine.config.resolution if first is None else tuple(torch.as_tensor(first).shape[1:3])
+    size = (size, size) if isinstance(size, int) else size
+    if bank.locality and tuple(refs.shape[1:3]) != size:                  # one spatial grid needs the same token count
+        raise ConfigError(f"refs are {tuple(refs.shape[1:3])} px but the frames {size} px: reference attention with locality "
+                          f"{bank.locality} puts both on one grid; resize the references to the frames' size")
     noise = engine.noise(seeds, 2)
     with engine_adapter(engine, target):
         f0 = engine.draw_first(captions, seeds, noise[:, 0]) if first is None else torch.as_tensor(first, dtype=torch.float32)
@@ -382,12 +390,13 @@ def reference_mass(engine: OrbitEngine, n_videos: int) -> np.ndarray:
 def score_router(engine: OrbitEngine, videos, grid, ref_azimuths) -> dict:
     """The router of the `videos` [V, F, H, W, 3] just drawn by `generate_with_references(..., capture=True)`: routing accuracy
     overall and per self-attention layer (chance 1/K) against each view frame's view-matched azimuth on `grid` (frames
-    1..F-1), with those azimuths and the mass (`reference_mass`)."""
+    1..F-1), with those azimuths, the mass (`reference_mass`) and each video's `view_matched_fidelity` (`fidelity`)."""
     ref_az = np.asarray(ref_azimuths, float)
     mass = reference_mass(engine, len(videos))
-    fa = np.stack([np.asarray(view_matched_fidelity(np.asarray(v), grid)['matched_azimuths'])[1:] for v in videos])
+    fid = [view_matched_fidelity(np.asarray(v), grid) for v in videos]
+    fa = np.stack([np.asarray(f['matched_azimuths'])[1:] for f in fid])
     return {'routing_accuracy': routing_accuracy(mass, fa, ref_az), 'by_layer': routing_by_layer(mass, fa, ref_az),
-            'chance': 1 / len(ref_az), 'frame_azimuths': fa, 'mass': mass}
+            'chance': 1 / len(ref_az), 'frame_azimuths': fa, 'mass': mass, 'fidelity': fid}
 
 # %% ../nbs/09e_engine_3dapter.ipynb #be1a42aa
 @dataclass
@@ -487,7 +496,7 @@ def ring_router_check(engine: OrbitEngine, subjects, branch: str | None = 'dapte
         grid = tracking_views(sub, res, azimuth_step=15.0, elevations=(0.0, 15.0, 30.0), with_depth=False)
         r = score_router(engine, v, grid, ref_az)
         masses.append(r['mass']); frames_az.append(r['frame_azimuths'])
-        psnr += [view_matched_fidelity(x.numpy(), grid)['psnr'] for x in v]
+        psnr += [f['psnr'] for f in r['fidelity']]
     m, fa = np.concatenate(masses, 2), np.concatenate(frames_az)
     return {'routing_accuracy': routing_accuracy(m, fa, ref_az), 'by_layer': [round(a, 3) for a in routing_by_layer(m, fa, ref_az)],
             'per_step': [round(routing_accuracy(m, fa, ref_az, step=i), 3) for i in range(len(m))],

@@ -87,6 +87,7 @@ def main(argv=None):
     p.add_argument('--width', type=int, default=16, help="channels at the top scale (2x and 4x below); with --init, the save's own")
     p.add_argument('--steps', type=int, default=3000); p.add_argument('--batch', type=int, default=32)
     p.add_argument('--lr', type=float, default=1e-3); p.add_argument('--warmup', type=int, default=100)
+    p.add_argument('--cosine', action='store_true', help='after the warm-up, decay the rate along a cosine to 0.1x over --steps (default: constant)')
     p.add_argument('--ema', type=float, default=0.999, help='EMA decay of the weights that are scored and saved')
     p.add_argument('--caption-dropout', type=float, default=0.1, help='share of training images with the empty prompt (for CFG)')
     p.add_argument('--eval-every', type=int, default=500); p.add_argument('--eval-subjects', type=int, default=8)
@@ -115,7 +116,12 @@ def main(argv=None):
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     model = UNetT2I(unet, bb, a.guidance, a.sample_steps)
     opt = torch.optim.AdamW(unet.parameters(), lr=a.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / a.warmup))
+    def rate(i):                                          # i: optimizer steps taken in this run
+        if i < a.warmup: return (i + 1) / a.warmup
+        if not a.cosine: return 1.0
+        t = min(1.0, (i - a.warmup) / max(1, a.steps - a.warmup))
+        return 0.1 + 0.45 * (1 + np.cos(np.pi * t))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, rate)
     g = torch.Generator().manual_seed(a.seed + step0)
     caps_all = [video_caption(s, None) for s in rings['subjects'][:a.subjects]]
     t0, hist = time.time(), []

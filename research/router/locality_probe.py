@@ -22,9 +22,6 @@ import argparse, json, time
 import numpy as np, torch
 from dreamvid_lib import engine_dapter as ed, toyworld as tw
 from dreamvid_lib.orbit_engine import load_orbit_engine
-from dreamvid_lib.experiments import SubjectTruth
-from dreamvid_lib.engine_dreambooth import sector_fidelity
-from dreamvid_lib.prompts import orbit_prompt, alternating_directions
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument('--ring', action='store_true'); p.add_argument('--widths', type=float, nargs='+', default=[0.0, 0.05])
@@ -53,18 +50,14 @@ if a.ring:
                               'per_step': r['per_step'], 'by_layer': r['by_layer'], 'psnr': round(r['psnr'], 2),
                               'seconds': round(time.time() - t)}), flush=True)
 
-if a.joint is not None:
+if a.joint is not None:                                   # the demo's own joint method, at this attention setting
     import tempfile
-    engine = load_orbit_engine(); ed.load_dapter(engine, ed.default_engine_dapter())
-    truth = SubjectTruth(tw.heldout_subjects(8, seed=0)[a.subject], engine.config.resolution)
-    mv, ci = truth.mv, truth.cond_idx
+    from dreamvid_lib.cli import demo_engine_joint
     with tempfile.TemporaryDirectory() as d:
-        log = ed.train_engine_joint(engine, mv, ci, ed.EngineJointConfig(steps=a.joint_steps, locality=a.joint, center_keys=a.center_keys), f'{d}/work', progress=False)
-    prompts = [orbit_prompt(mv.prompt(), d_) for d_ in alternating_directions(8)]
-    ref_az = np.asarray(mv.azimuth[ci], float)
-    videos = ed.generate_with_references(engine, prompts, range(8), mv.images[ci], ref_az, target='3db', capture=True)
-    ro, s = ed.score_router(engine, videos, truth.grid, ref_az), sector_fidelity(videos, truth.grid)
-    print(json.dumps({'subject': a.subject, 'locality': a.joint, 'center_keys': a.center_keys, 'joint_steps': a.joint_steps, 'psnr': round(s['psnr'], 2), 'ssim': r3(s['ssim']),
-                      'rotation': s['rotation_monotone_rate'], 'sectors': {k: (round(v['psnr'], 2) if v else None) for k, v in s['per_sector'].items()},
-                      'routing': r3(ro['routing_accuracy']), 'by_layer': [round(x, 2) for x in ro['by_layer']],
-                      'loss_first_last': [r3(log['history'][0]['loss']), r3(log['history'][-1]['loss'])], 'train_seconds': round(log['seconds_total'])}), flush=True)
+        r = demo_engine_joint(tw.heldout_subjects(8, seed=0)[a.subject], d, a.joint_steps, progress=False,
+                              attention={'locality': a.joint, 'center_keys': a.center_keys})
+    j, ro = r['joint'], r['router']
+    print(json.dumps({'subject': a.subject, 'locality': a.joint, 'center_keys': a.center_keys, 'joint_steps': a.joint_steps, 'psnr': round(j['psnr'], 2), 'ssim': r3(j['ssim']),
+                      'rotation': j['rotation_monotone_rate'], 'sectors': {k: (round(v['psnr'], 2) if v else None) for k, v in j['per_sector'].items()},
+                      'routing': r3(ro['routing_accuracy']), 'by_layer': [round(x, 2) for x in ro['per_layer']],
+                      'loss_first_last': [r3(x) for x in j['loss_first_last']], 'train_seconds': round(j['train_seconds'])}), flush=True)
