@@ -183,3 +183,18 @@ def test_orbit_engine_matches_the_research_sampler():
         ours = engine.draw_views(first[None], [cap], [[-30.0 * k for k in range(1, 8)]], [5])[0]
         theirs = research.video(first, cap, -1, seed=5, steps=steps)[1:]
         assert torch.allclose(ours, theirs, atol=1e-5), (steps, (ours - theirs).abs().max())
+
+
+def test_chain_views_anchor_is_the_engine_and_chain_differs():
+    "chain_views.py (row 63): its `anchor` variant draws exactly what the shipped engine draws; `chain` and `mix` draw other frames 1–7 from the same frame 0."
+    import chain_views
+    from dreamvid_lib.orbit_engine import load_orbit_engine
+    engine = load_orbit_engine()
+    prompts, seeds = ['a video of a matte red mug with a dot rotating clockwise', 'a video of a glossy blue lamp with a star rotating counterclockwise'], [3, 4]
+    shipped = engine.generate(prompts, seeds)
+    anchor = chain_views.videos(engine, prompts, seeds, 'anchor')
+    assert torch.allclose(anchor, shipped, atol=1e-5), (anchor - shipped).abs().max()
+    chain, mix = (chain_views.videos(engine, prompts, seeds, v, first=shipped[:, 0]) for v in ('chain', 'mix:0.5'))
+    for v in (chain, mix):
+        assert torch.equal(v[:, 0], shipped[:, 0]) and torch.allclose(v[:, 1], shipped[:, 1], atol=1e-4)   # frame 1: one 30° hop either way
+        assert (v[:, 2:] - shipped[:, 2:]).abs().max() > 1e-3
