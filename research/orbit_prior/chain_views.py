@@ -30,6 +30,11 @@ def one_step(engine, src, deltas, emb, mask, noise):
 
 @torch.no_grad()
 def videos(engine, prompts, seeds, variant, first=None):
+    "Videos [B, F, H, W, 3] in [0, 1] of `prompts` drawn with the one-step sampler `variant`; `first` [B, H, W, 3]: given frames 0."
+    kind, _, w = variant.partition(':')
+    if kind not in ('anchor', 'chain', 'mix') or (kind == 'mix') != bool(w):
+        raise SystemExit(f"variant {variant!r}: use anchor, chain or mix:W (W in [0, 1], e.g. mix:0.5)")
+    w = float(w or 1)
     cfg = engine.config
     parts = [split_prompt(p) for p in prompts]
     caps, dirs = [c for c, _ in parts], np.array([d for _, d in parts], dtype=np.float32)
@@ -37,8 +42,6 @@ def videos(engine, prompts, seeds, variant, first=None):
     f0 = engine.draw_first(caps, seeds, noise[:, 0]) if first is None else first
     x0 = f0.permute(0, 3, 1, 2) * 2 - 1
     emb, mask = engine.text(caps)
-    kind, w = (variant.split(':') + ['1'])[:2] if ':' in variant else (variant, '1')
-    w = float(w)
     frames, prev = [x0], x0
     for k in range(1, cfg.num_frames):
         est_a = one_step(engine, x0, cfg.step_deg * dirs * k, emb, mask, noise[:, 1])
