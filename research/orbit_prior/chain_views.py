@@ -18,7 +18,7 @@ from dreamvid_lib import toyworld as tw
 from dreamvid_lib.orbit_engine import load_orbit_engine, split_prompt
 from dreamvid_lib.cli import base_prompts
 from dreamvid_lib.metrics import tracking_views
-from demo_misses import score
+from demo_misses import front_views, score
 
 
 @torch.no_grad()
@@ -67,9 +67,7 @@ def main(argv=None):
                     [tw.subject_from_seed(draw * a.subjects + i) for i in range(a.subjects)])
         grids = [tracking_views(s, engine.config.resolution, verbose=False) for s in subjects]
         prompts, seeds, owner = base_prompts(subjects, 2)
-        front = torch.stack([torch.from_numpy(tw.render_views(subjects[i], np.zeros(1), np.array([tw.ring_elevation(subjects[i])]),
-                                                              res=engine.config.resolution).rgb[0]) for i in owner]).float()
-        front = front / 255 if front.max() > 1.5 else front
+        front = front_views(subjects, owner, engine.config.resolution)
         for v in a.variants:
             row = {'draw': draw, 'split': a.split, 'variant': v}
             for name, first in (('text', None), ('render', front)):

@@ -38,6 +38,13 @@ def refined_views(engine, plain, sigma: float, steps: int, seed: int = 123):
     return draw
 
 
+def front_views(subjects, owner, res: int) -> torch.Tensor:
+    "Each video's rendered front view (azimuth 0°, the ring's elevation) [B, H, W, 3] in [0, 1]; `owner[b]`: its subject."
+    front = torch.stack([torch.from_numpy(tw.render_views(subjects[i], np.zeros(1), np.array([tw.ring_elevation(subjects[i])]),
+                                                          res=res).rgb[0]) for i in owner]).float()
+    return front / 255 if front.max() > 1.5 else front
+
+
 def score(videos, prompts, owner, subjects, grids, misses=False):
     ok, err = [], []
     for v, p, i in zip(videos, prompts, owner):
@@ -64,10 +71,7 @@ def main(argv=None):
         subjects = tw.heldout_subjects(a.subjects, seed=draw)
         grids = [tracking_views(s, engine.config.resolution, verbose=False) for s in subjects]
         prompts, seeds, owner = base_prompts(subjects, 2)
-        el = lambda s: np.array([tw.ring_elevation(s)])
-        front = torch.stack([torch.from_numpy(tw.render_views(subjects[i], np.zeros(1), el(subjects[i]), res=engine.config.resolution).rgb[0])
-                             for i in owner]).float()
-        front = front / 255 if front.max() > 1.5 else front
+        front = front_views(subjects, owner, engine.config.resolution)
         real = []
         for pr, i in zip(prompts, owner):
             az = (parse_direction(pr) * engine.config.step_deg * np.arange(engine.config.num_frames)) % 360
