@@ -10,8 +10,8 @@
 #      beside them (UNET=1, the default) the text-to-image U-Net of row 54 (research/orbit_prior/unet_t2i.py, the frame 0
 #      of text-started videos) at width $UW and batch $BU from the committed CPU weights (UINIT) -> $OUT/unet.pt, unet.log,
 #      and (NVS=1, the default) the camera-conditioned U-Net of rows 55-56 (research/orbit_prior/unet_nvs.py: each frame
-#      drawn from frame 0, no rollout) at batch $BN in bf16 from the committed CPU weights of row 57's curriculum (NINIT,
-#      1 -> 16 -> 1,000 subjects; here the next rung, $SUBJ subjects) -> $OUT/nvs.pt, nvs.log,
+#      drawn from frame 0, no rollout) at batch $BN in bf16 from the committed CPU weights of the curriculum's last stage (row 64) (NINIT,
+#      1 -> 16 -> 1,000 -> 3,000 -> 10,000 subjects; here the next rung, $SUBJ subjects) -> $OUT/nvs.pt, nvs.log,
 #   4. benchmarks/bench_hunyuan_gpu.py at full size (HunyuanVideo-1.5 8.3 B) with the time left -> $OUT/bench_hunyuan_gpu.json
 #      (with gradient checkpointing unless GC=0: without it the joint K = 4 step at 720p ran out of the H200's 140 GB).
 #
@@ -49,7 +49,7 @@ if [ "$UNET" = 1 ]; then
   PU=$!
 fi
 if [ "$NVS" = 1 ]; then
-  NI=${NINIT-$CK/row57_unet_nvs_3000.pt}
+  NI=${NINIT-$CK/row64_unet_nvs_10000.pt}
   $PY research/orbit_prior/unet_nvs.py $ND --subjects $SUBJ --camera-planes --sigma-one 0.5 --lr 1e-3 --steps 1000000 --time-limit $TRAIN_S \
     ${NI:+--init $NI} --work "$OUT/nvs_work" --save "$OUT/nvs.pt" > "$OUT/nvs.log" 2>&1 &
   PN=$!
