@@ -28,7 +28,7 @@ from .engine_dreambooth import (EngineDreamBoothConfig, train_engine_dreambooth,
                                             engine_adapter, engine_fingerprint, sector_fidelity)
 from .engine_dapter import (EngineJointConfig, train_engine_joint, load_dapter, generate_with_references,
                                         score_router, build_engine_dapter, DapterPretrainConfig,
-                                        check_engine_dapter, SHIPPED_DAPTER_STEPS)
+                                        check_engine_dapter, SHIPPED_DAPTER_STEPS, check_attention)
 from .prompts import orbit_prompt, alternating_directions, class_caption
 
 # %% auto #0
@@ -316,12 +316,15 @@ def _checkpoint(work_dir: Path) -> dict | None:
 
 def engine_convergence(subject_index: int = 0, work_dir=None, branch_dir=None, db_runs=((400,), (400, 800, 1200, 1600)),
                        joint_runs=((100, 200, 300, 400),), n_videos: int = 8, subject_seed: int = 0, weights=None,
-                       make_engine=None, progress: bool = True) -> dict:
+                       make_engine=None, attention: dict | None = None, progress: bool = True) -> dict:
     """3DreamBooth and the joint method (Eq. 4) on the orbit engine for held-out subject `subject_index` of
     `toyworld.heldout_subjects(8, subject_seed)`, each run scored at each of its checkpoints; `branch_dir`: the pre-trained
     reference branch (`engine_dapter.save_dapter`). `make_engine()` builds a fresh engine (default: `load_orbit_engine(weights)`).
+    `attention`: the reference attention's settings for the joint runs, in training and generation (default
+    `ROUTER_ATTENTION`, as in `dreamvid demo`; `{'locality': 0.0, 'center_keys': False}`: plain reference attention).
     Returns {'config', 'inputs', 'scores': {'base', '3db/400@400', …, 'joint/400@100', …}}, also written to `work_dir/scores.json`."""
     db_runs, joint_runs = _runs(db_runs, 'db_runs'), _runs(joint_runs, 'joint_runs')
+    attention = check_attention(attention)
     if n_videos < 1: raise ConfigError(f"n_videos must be at least 1, got {n_videos}")
     if not 0 <= subject_index < 8: raise ConfigError(f"subject_index {subject_index}: heldout_subjects(8) has subjects 0 to 7")
     if joint_runs and (branch_dir is None or not (Path(branch_dir)/'dapter.json').exists()):
@@ -333,7 +336,8 @@ def engine_convergence(subject_index: int = 0, work_dir=None, branch_dir=None, d
     engine = make_engine()
     truth = SubjectTruth(subject, engine.config.resolution)
     mv, ci = truth.mv, truth.cond_idx
-    config = {'subject_index': subject_index, 'subject_seed': subject_seed, 'db_runs': db_runs, 'joint_runs': joint_runs, 'n_videos': n_videos}
+    config = {'subject_index': subject_index, 'subject_seed': subject_seed, 'db_runs': db_runs, 'joint_runs': joint_runs, 'n_videos': n_videos,
+              'attention': attention}
     inputs = {'subject': subject.description(), 'engine': engine_fingerprint(engine),
               'branch': files_fingerprint(branch_dir) if joint_runs else None, 'conditioning_views': [int(i) for i in ci]}
     check_work_folder(work_dir, {'config': config, 'inputs': inputs}, owned=('scores.json',), what='convergence study')
@@ -351,7 +355,9 @@ def engine_convergence(subject_index: int = 0, work_dir=None, branch_dir=None, d
             keys = [f'{method}/{run[-1]}@{c}' for c in run]
             if all(k in scores for k in keys): continue
             e, wd = None, work_dir/f'{method}_{run[-1]}'
-            cfg = (EngineDreamBoothConfig if method == '3db' else EngineJointConfig)(steps=run[-1], checkpoint_every=math.gcd(*run))
+            every = math.gcd(*run)
+            cfg = (EngineDreamBoothConfig(steps=run[-1], checkpoint_every=every) if method == '3db' else
+                   EngineJointConfig(steps=run[-1], checkpoint_every=every, **attention))
             for c, key in zip(run, keys):
                 st = _checkpoint(wd)
                 held = st['step'] if st else 0
@@ -393,10 +399,12 @@ def convergence_claims(scores: dict) -> dict:
             'joint_iterations_to_reach_it': reach, 'joint_checked_up_to': jcurve[-1][0] if jcurve else 0}
 
 def convergence_study(subjects=(0,), db_runs=((400,), (400, 800, 1200, 1600)), joint_runs=((100, 200, 300, 400),),
-                      n_videos: int = 8, branch_steps: int = 200, ring_subjects: int = 1000, root=None, progress: bool = True) -> dict:
+                      n_videos: int = 8, branch_steps: int = 200, ring_subjects: int = 1000, root=None, attention: dict | None = None,
+                      progress: bool = True) -> dict:
     """The engine's reference branch pre-trained with `09e_engine_3dapter`'s recipe (the shipped `assets/toy_engine_3dapter`
     at the default `branch_steps` and `ring_subjects`, else built once in `root`), then `engine_convergence` for each held-out
-    subject, in folders under `root` (default: the cache) named by the settings, so that a rerun resumes or reuses them.
+    subject, in folders under `root` (default: the cache) named by the settings and the engine's fingerprint, so that a rerun
+    resumes or reuses them and a new engine starts afresh. `attention`: the joint runs' reference attention (`engine_convergence`).
     Returns {subject index: engine_convergence's result plus 'claims' (`convergence_claims`)}."""
     import hashlib
     root = Path(root) if root else cache_dir()/'engine_convergence'
@@ -405,11 +413,14 @@ def convergence_study(subjects=(0,), db_runs=((400,), (400, 800, 1200, 1600)), j
     branch = check_engine_dapter() if shipped else root/name
     if joint_runs and not (branch/'dapter.json').exists():
         build_engine_dapter(branch, ring_subjects, DapterPretrainConfig(steps=branch_steps), progress=progress)
-    key = json.dumps({'db': _runs(db_runs, 'db_runs'), 'joint': _runs(joint_runs, 'joint_runs'), 'n': n_videos, 'branch': name})
+    attention = check_attention(attention)
+    key = json.dumps({'db': _runs(db_runs, 'db_runs'), 'joint': _runs(joint_runs, 'joint_runs'), 'n': n_videos, 'branch': name,
+                      'attention': attention, 'engine': engine_fingerprint(load_orbit_engine())})
     tag = hashlib.sha1(key.encode()).hexdigest()[:8]
     out = {}
     for i in subjects:
-        res = engine_convergence(i, root/f'subject_{i}_{tag}', branch if joint_runs else None, db_runs, joint_runs, n_videos, progress=progress)
+        res = engine_convergence(i, root/f'subject_{i}_{tag}', branch if joint_runs else None, db_runs, joint_runs, n_videos,
+                                 attention=attention, progress=progress)
         out[i] = {**res, 'claims': convergence_claims(res['scores']) if joint_runs and db_runs else None}
     return out
 

@@ -29,7 +29,7 @@ from .pretrain import (PretrainConfig, pretrain, finalize_pretrained, VAEConfig,
 from .experiments import run_method, SubjectTruth
 from .engine_dreambooth import EngineDreamBoothConfig, train_engine_dreambooth, sector_fidelity, save_engine_adapter
 from .engine_dapter import (EngineJointConfig, train_engine_joint, load_dapter, save_dapter, generate_with_references,
-                                        score_router, check_engine_dapter, add_dapter_branch, ROUTER_ATTENTION)
+                                        score_router, check_engine_dapter, add_dapter_branch, ROUTER_ATTENTION, check_attention)
 from .bench import BenchConfig, METHODS, run_bench
 from . import personalize, synthetic3d, make_your_3d
 from .openlrm import image_to_3d_cli
@@ -208,9 +208,7 @@ def demo_engine_joint(subject, out_dir, steps: int = ENGINE_JOINT_STEPS, n_video
     conditioning views as references, with the reference attention's settings `attention` (`locality`, `center_keys`; default
     `ROUTER_ATTENTION`); `n_videos` orbits generated with the references read and the router captured; fidelity
     over the whole turn and per 90° sector, routing accuracy overall and per self-attention layer of the view U-Net."""
-    attention = dict(ROUTER_ATTENTION if attention is None else attention)   # one spatial grid and centred keys: the router routes (09e)
-    bad = sorted(set(attention) - set(ROUTER_ATTENTION))
-    if bad: raise ConfigError(f"attention settings {bad} unknown: give {sorted(ROUTER_ATTENTION)}")
+    attention = check_attention(attention)        # default: one spatial grid and centred keys, the router routes (09e)
     out_dir = Path(out_dir); (out_dir/'videos').mkdir(parents=True, exist_ok=True)
     engine, shown = load_orbit_engine(weights), str(dapter) if dapter else 'shipped (assets/toy_engine_3dapter)'
     if dapter == 'random': add_dapter_branch(engine)                        # zero-initialised: the engine reading the references as is

@@ -37,8 +37,8 @@ __all__ = ['SHIPPED_DAPTER_STEPS', 'ROUTER_ATTENTION', 'ReferenceBank', 'spatial
            'add_reference_attention', 'references', 'read_velocity', 'DapterPretrainConfig', 'RingRefBatches',
            'RefFlowLoss', 'add_dapter_branch', 'DapterState', 'rings_fingerprint', 'pretrain_engine_dapter',
            'save_dapter', 'load_dapter', 'default_engine_dapter', 'check_engine_dapter', 'build_engine_dapter',
-           'generate_with_references', 'reference_mass', 'score_router', 'EngineJointConfig', 'EngineJointBatches',
-           'EngineJointLoss', 'JointState', 'train_engine_joint', 'ring_router_check']
+           'generate_with_references', 'reference_mass', 'score_router', 'EngineJointConfig', 'check_attention',
+           'EngineJointBatches', 'EngineJointLoss', 'JointState', 'train_engine_joint', 'ring_router_check']
 
 # %% ../nbs/09e_engine_3dapter.ipynb #af6c03f5
 class ReferenceBank:
@@ -408,6 +408,14 @@ class EngineJointConfig(EngineDreamBoothConfig):
     center_keys: bool | None = None   # re-centre the references' keys (None: the branch's own)
 
 ROUTER_ATTENTION = {'locality': 0.05, 'center_keys': True}   # the settings under which the router routes (recipe rows 17-19)
+
+def check_attention(attention: dict | None = None) -> dict:
+    """A joint run's reference-attention settings: `ROUTER_ATTENTION` when None; a dict of some of its keys otherwise (a key
+    left out keeps the branch's own setting); unknown keys are refused before any work."""
+    attention = dict(ROUTER_ATTENTION if attention is None else attention)
+    bad = sorted(set(attention) - set(ROUTER_ATTENTION))
+    if bad: raise ConfigError(f"attention settings {bad} unknown: give {sorted(ROUTER_ATTENTION)}")
+    return attention
 
 class EngineJointBatches(EngineViewBatches):
     "`EngineViewBatches` plus, per pair, the K conditioning views and their azimuths from the pair's source."

@@ -2,13 +2,14 @@
 
 Uses the shipped reference branch (`assets/toy_engine_3dapter`: Eq. 2 with `09e_engine_3dapter`'s recipe, 200 steps on
 1,000 ring subjects, lr 5e-4, batch 16), then for each held-out subject runs 3DreamBooth for 400 iterations, 3DreamBooth for 1,600 scored at 400, 800,
-1,200 and 1,600, and the joint method (Eq. 4) for 400 scored every 100; 8 videos per checkpoint. Everything is resumable
+1,200 and 1,600, and the joint method (Eq. 4) for 400 scored every 100, with the demo's reference attention (`ROUTER_ATTENTION`: one
+spatial grid and centred reference keys, in training and generation); 8 videos per checkpoint. Everything is resumable
 and cached under ~/.cache/dreamvid/engine_convergence (the notebook reuses it): rerun the same command after an
 interruption. Each subject's scores and claims are written to `--results`.
 
     python research/bench/engine_convergence.py --subjects 0
 
-About 30 minutes per subject on 2 CPU threads (3DreamBooth 0.4 s per step, the joint method 2 s per step).
+About 30 minutes per subject on 2 CPU threads (3DreamBooth 0.35 s per step, the joint method 2.3 s per step).
 """
 import argparse
 from pathlib import Path
