@@ -107,8 +107,8 @@ def main():
             noise = torch.randn(bb.encode_video(vid).shape, generator=g)
             def step():
                 loss = loss_mod(vid, caps, sig, noise); loss.backward(); opt.step(); opt.zero_grad()
-            t0 = time.perf_counter(); step()
-            if i >= 2: times.append(time.perf_counter() - t0)
+            sec = _timed(step)
+            if i >= 2: times.append(sec)
         flops = step_flops(step)
         res[f'{kind}_step_s'] = round(float(np.median(times)), 4)
         res[f'{kind}_samples_per_s'] = round(vid.shape[0] / float(np.median(times)), 1)
